@@ -1,0 +1,5 @@
+"""``python -m llem_mlflow``: the CLI."""
+
+from llem_mlflow.cli import main
+
+main()

@@ -1,0 +1,196 @@
+"""Result files on disk: the per-experiment folder, result.json and the Parquet power trace.
+
+This is the only module that imports pyarrow (lazily). Every write is atomic: a temp file in the
+target folder, fsync, then ``os.replace``, so a crash never leaves a half-written result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from llem_mlflow.errors import TrackingError
+from llem_mlflow.result import ExperimentResult
+from llem_mlflow.trace import PowerTrace, TraceSample
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+RESULT_FILE = "result.json"
+TRACE_FILE = "timeseries.parquet"
+OTHER_PHASE = "other"
+_META_INTERVAL = b"llem.interval_s"
+_META_WINDOWS = b"llem.windows"
+_NULLABLE_FIELDS = ("temperature_c", "sm_clock_mhz", "utilization_pct", "memory_used_b", "throttle_reasons")
+
+
+def result_dir(output_dir: Path, experiment_id: str) -> Path:
+    """Create and return ``output_dir/experiment_id``; refuse a folder that already holds files.
+
+    Raises:
+        TrackingError: the folder exists and is not empty, or is not a folder, or cannot be created.
+    """
+    target = Path(output_dir) / experiment_id
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise TrackingError(
+            f"result folder {target} already exists and is not empty; refusing to overwrite results. "
+            "Choose another output_dir or move the old results away."
+        )
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrackingError(f"cannot create result folder {target}: {exc}; check output_dir") from exc
+    return target
+
+
+def write_result_json(result: ExperimentResult, directory: Path) -> Path:
+    """Write ``result.json`` (indented JSON of the model) atomically into ``directory``."""
+    data = result.model_dump_json(indent=2).encode()
+    return _atomic_write(Path(directory) / RESULT_FILE, lambda f: f.write(data))
+
+
+def read_result_json(path: Path) -> ExperimentResult:
+    """Read and validate a ``result.json``.
+
+    Raises:
+        TrackingError: the file is missing or does not hold a valid ExperimentResult.
+    """
+    try:
+        return ExperimentResult.model_validate_json(Path(path).read_bytes())
+    except OSError as exc:
+        raise TrackingError(f"cannot read result file {path}: {exc}") from exc
+    except ValidationError as exc:
+        raise TrackingError(f"{path} is not a valid llem result (schema 2.0): {exc}") from exc
+
+
+def write_trace_parquet(
+    trace: PowerTrace, directory: Path, windows: Mapping[str, tuple[float, float]]
+) -> Path:
+    """Write the trace as a long-format Parquet table (one row per sample) atomically.
+
+    ``phase`` names the first window ``(start_s, end_s)`` that contains the sample, else "other".
+    The file metadata keeps ``interval_s`` and the windows as JSON. An empty trace writes a valid
+    file with the schema and zero rows.
+    """
+    import pyarrow.parquet as pq
+
+    table = _trace_table(trace, windows)
+
+    def write(f: IO[bytes]) -> None:
+        pq.write_table(table, f)
+
+    return _atomic_write(Path(directory) / TRACE_FILE, write)
+
+
+def read_trace_parquet(path: Path) -> PowerTrace:
+    """Read a trace written by ``write_trace_parquet`` back into a PowerTrace (same sample order).
+
+    Raises:
+        TrackingError: the file is missing or is not an llem power trace.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise TrackingError(f"cannot read power trace {path}: {exc}") from exc
+    meta = table.schema.metadata or {}
+    missing = {f.name for f in _schema()} - set(table.column_names)
+    if _META_INTERVAL not in meta or missing:
+        raise TrackingError(f"{path} is not an llem power trace (missing {sorted(missing) or 'metadata'})")
+    rows = table.drop_columns(["phase"]).to_pylist()
+    return PowerTrace(interval_s=float(meta[_META_INTERVAL]), samples=[TraceSample(**r) for r in rows])
+
+
+def read_trace_windows(path: Path) -> dict[str, tuple[float, float]]:
+    """The phase windows stored in a trace file's metadata."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    raw: dict[str, list[float]] = json.loads(meta.get(_META_WINDOWS, b"{}"))
+    return {name: (float(w[0]), float(w[1])) for name, w in raw.items()}
+
+
+def _schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("timestamp_s", pa.float64(), nullable=False),
+            pa.field("gpu", pa.int32(), nullable=False),
+            pa.field("power_w", pa.float64(), nullable=False),
+            pa.field("temperature_c", pa.float64()),
+            pa.field("sm_clock_mhz", pa.float64()),
+            pa.field("utilization_pct", pa.float64()),
+            pa.field("memory_used_b", pa.int64()),
+            pa.field("throttle_reasons", pa.int64()),
+            pa.field("phase", pa.string(), nullable=False),
+        ]
+    )
+
+
+def _trace_table(trace: PowerTrace, windows: Mapping[str, tuple[float, float]]) -> pa.Table:
+    import pyarrow as pa
+
+    samples = trace.samples
+    columns: dict[str, list[Any]] = {
+        "timestamp_s": [s.timestamp_s for s in samples],
+        "gpu": [s.gpu for s in samples],
+        "power_w": [s.power_w for s in samples],
+    }
+    for name in _NULLABLE_FIELDS:
+        columns[name] = [getattr(s, name) for s in samples]
+    columns["phase"] = [_phase(s.timestamp_s, windows) for s in samples]
+    metadata = {
+        _META_INTERVAL: repr(float(trace.interval_s)).encode(),
+        _META_WINDOWS: json.dumps({k: [float(a), float(b)] for k, (a, b) in windows.items()}).encode(),
+    }
+    return pa.Table.from_pydict(columns, schema=_schema().with_metadata(metadata))
+
+
+def _phase(timestamp_s: float, windows: Mapping[str, tuple[float, float]]) -> str:
+    for name, (start_s, end_s) in windows.items():
+        if start_s <= timestamp_s <= end_s:
+            return name
+    return OTHER_PHASE
+
+
+def _atomic_write(target: Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Write via a temp file in the target's folder, fsync, then rename over ``target``."""
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise TrackingError(f"cannot write {target}: {exc}; check that the folder exists") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, target)
+    except BaseException as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise TrackingError(f"cannot write {target}: {exc}; check free space and permissions") from exc
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # not supported on this platform (e.g. Windows); the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,125 @@
+"""ExperimentConfig: what one experiment measures, where its results go, and its hash.
+
+The config is inert: validating it touches no GPU, network or environment variable.
+``load_config`` reads YAML and applies overrides; every failure is a ``ConfigError``
+whose message names the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from llem_mlflow.errors import ConfigError
+
+Precision = Literal["fp32", "fp16", "bf16"]
+
+#: Fields that do not change what is measured: excluded from ``measurement_config_hash``.
+NON_MEASUREMENT_FIELDS: frozenset[str] = frozenset(
+    {"output_dir", "tracking_uri", "experiment_name", "run_name", "mlflow"}
+)
+
+
+class ExperimentConfig(BaseModel):
+    """One experiment: model, workload, measurement settings and output/tracking settings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    model: str = Field("gpt2", min_length=1, description="Hub id, shipped config name or local folder.")
+    backend: Literal["pytorch"] = "pytorch"
+    n: int = Field(8, ge=1, description="Number of prompts.")
+    batch_size: int = Field(4, ge=1, description="Prompts per generate() call.")
+    precision: Precision | None = Field(
+        None, description="fp32|fp16|bf16; default bf16 on CUDA, fp32 on CPU."
+    )
+    max_input_tokens: int = Field(32, ge=1, description="Prompt length (synthetic) or truncation limit.")
+    max_output_tokens: int = Field(
+        32, ge=1, description="Exactly this many new tokens per prompt (EOS ignored)."
+    )
+    dataset: str = Field(
+        "synthetic", min_length=1, description="'synthetic' or a path to a .jsonl of prompts."
+    )
+    weights: Literal["auto", "pretrained", "random"] = "auto"
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    seed: int = Field(42, ge=0)
+    warmup_batches: int = Field(1, ge=0, description="generate() calls before measuring.")
+    baseline_s: float = Field(3.0, ge=0.0, description="Idle-power baseline length in seconds; 0 disables.")
+    sampling_interval_s: float = Field(0.015, gt=0.0, le=1.0, description="Power trace period in seconds.")
+    output_dir: str = Field("results", min_length=1, description="Parent folder of <experiment_id>/.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or sqlite."
+    )
+    experiment_name: str | None = Field(None, description="MLflow experiment (ignored inside `mlflow run`).")
+    run_name: str | None = None
+    mlflow: bool = Field(True, description="Log the result to MLflow.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_is_synthetic_or_jsonl(cls, value: str) -> str:
+        if value != "synthetic" and not value.endswith(".jsonl"):
+            raise ValueError(
+                "must be 'synthetic' or a path to a .jsonl file with one {\"prompt\": ...} per line"
+            )
+        return value
+
+    def measurement_dict(self) -> dict[str, Any]:
+        """The fields that change what is measured (everything but NON_MEASUREMENT_FIELDS)."""
+        return self.model_dump(mode="json", exclude=set(NON_MEASUREMENT_FIELDS))
+
+    def config_hash(self) -> str:
+        """First 16 hex digits of SHA-256 over the canonical JSON of ``measurement_dict()``."""
+        canonical = json.dumps(self.measurement_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem: ``field: message``."""
+    parts = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "config"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            allowed = ", ".join(ExperimentConfig.model_fields)
+            msg = f"unknown field; allowed fields are: {allowed}"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of field: value, not {type(data).__name__}"
+        )
+    return data
+
+
+def load_config(source: str | Path | ExperimentConfig | None = None, **overrides: Any) -> ExperimentConfig:
+    """Build a config from a YAML path, an existing config or defaults, then apply overrides.
+
+    Overrides whose value is None are ignored (unset CLI flags).
+
+    Raises:
+        ConfigError: unreadable file, unknown field or invalid value.
+    """
+    if isinstance(source, ExperimentConfig):
+        base: dict[str, Any] = source.model_dump()
+    elif source is None or str(source) == "":
+        base = {}
+    else:
+        base = _read_yaml(Path(source))
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ExperimentConfig.model_validate(base)
+    except ValidationError as err:
+        raise ConfigError(f"invalid config: {format_validation_error(err)}") from None

@@ -1,0 +1,126 @@
+"""The narrow seams the runner depends on: a GPU device, a model backend, and their data.
+
+Only plain dataclasses and ``typing.Protocol`` live here; real adapters are
+``device.NvmlDevice`` (pynvml) and ``backend.TransformersBackend`` (torch/transformers),
+and tests inject hand-written fakes (``tests/fakes.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class CudaDeviceId:
+    """How the process sees one CUDA device, enough to find it in NVML without index guessing."""
+
+    cuda_index: int
+    uuid: str | None  # "GPU-xxxxxxxx-..." as NVML spells it, when torch reports it
+    pci_bus_id: str | None  # "00000000:19:00.0", when torch reports it
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """Static facts about one GPU, read once."""
+
+    cuda_index: int
+    nvml_index: int
+    name: str
+    uuid: str
+    pci_bus_id: str | None
+    memory_total_b: int | None
+    power_limit_w: float | None
+    persistence_mode: bool | None
+    compute_capability: str | None
+
+
+@dataclass(frozen=True)
+class SlowReading:
+    """Readings taken less often than power (each may be None when NVML cannot give it)."""
+
+    temperature_c: float | None
+    sm_clock_mhz: float | None
+    utilization_pct: float | None
+    memory_used_b: int | None
+    throttle_reasons: int | None
+
+
+class GpuDevice(Protocol):
+    """One GPU as the measurement needs it. Units are SI: joules, watts."""
+
+    @property
+    def info(self) -> GpuInfo:
+        """Static facts (name, UUID, limits)."""
+        ...
+
+    def energy_j(self) -> float:
+        """The cumulative energy counter in joules (costly: ~4 ms; read at window edges only)."""
+        ...
+
+    def power_w(self) -> float:
+        """Instantaneous board power in watts (cheap: microseconds)."""
+        ...
+
+    def slow_reading(self) -> SlowReading:
+        """Temperature, SM clock, utilization, memory used, throttle reasons."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the FLOPs estimate needs from the loaded model."""
+
+    body_matmul_params: int  # 2-D weights outside the input embeddings and the LM head
+    lm_head_params: int  # vocab x hidden
+    n_layers: int
+    attn_dim: int  # n_heads * head_dim (width of Q and of the attended values)
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What loading produced and decided."""
+
+    weights: str  # "pretrained" | "random"
+    precision: str  # "fp32" | "fp16" | "bf16"
+    device: str  # "cuda" | "cpu"
+    load_time_s: float
+    shape: ModelShape
+    cuda_devices: list[CudaDeviceId] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """One generate() call, counted exactly."""
+
+    input_tokens: int  # real prompt tokens (no padding)
+    output_tokens: int  # generated tokens (no pads after EOS)
+    padded_input_len: int  # prompt length after left padding (what the GPU processed)
+    new_tokens: int  # generation steps taken (max over the batch)
+    batch_size: int
+
+
+class Backend(Protocol):
+    """A model runtime: load once, turn prompts into token ids, generate, synchronize."""
+
+    def load(self) -> LoadedModel:
+        """Load or build the model on its device."""
+        ...
+
+    def tokenize(self, prompts: list[str], max_input_tokens: int) -> list[list[int]]:
+        """Token ids of text prompts, truncated to ``max_input_tokens``."""
+        ...
+
+    def generate(self, batch: list[list[int]], max_output_tokens: int) -> BatchStats:
+        """Generate exactly ``max_output_tokens`` new tokens per prompt (EOS ignored)."""
+        ...
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (CUDA sync); no-op on CPU."""
+        ...
+
+    def versions(self) -> dict[str, str | None]:
+        """torch, transformers and CUDA runtime versions."""
+        ...

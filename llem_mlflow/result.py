@@ -1,0 +1,193 @@
+"""ExperimentResult (schema 2.0): the one source of truth for result.json and MLflow logging.
+
+``mlflow_params``/``mlflow_tags``/``mlflow_metrics`` derive every MLflow view from the model,
+so no other module keeps its own list of keys.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from llem_mlflow.config import ExperimentConfig
+
+SCHEMA_VERSION: Literal["2.0"] = "2.0"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class GpuSnapshot(_Model):
+    """One GPU the model used, as NVML reports it."""
+
+    cuda_index: int
+    nvml_index: int
+    name: str
+    uuid: str
+    pci_bus_id: str | None = None
+    memory_total_b: int | None = None
+    power_limit_w: float | None = None
+    persistence_mode: bool | None = None
+    compute_capability: str | None = None
+
+
+class EnvironmentSnapshot(_Model):
+    """Where the experiment ran. Never holds secrets (tokens, passwords, URI credentials)."""
+
+    python_version: str
+    platform: str
+    cpu_model: str | None = None
+    cpu_count: int | None = None
+    ram_total_b: int | None = None
+    packages: dict[str, str | None] = Field(
+        default_factory=dict
+    )  # torch, transformers, mlflow, llem-mlflow...
+    cuda_runtime: str | None = None
+    driver_version: str | None = None
+    gpus: list[GpuSnapshot] = Field(default_factory=list)
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+
+
+class GpuEnergy(_Model):
+    """Energy of one GPU over the measured window."""
+
+    cuda_index: int
+    uuid: str
+    gross_j: float
+    idle_power_w: float | None = None
+    net_j: float | None = None
+    trace_integral_j: float | None = None
+    counter_vs_trace_pct: float | None = None  # (counter - trace) / counter * 100
+    samples_in_window: int = 0
+
+
+class EnergyBreakdown(_Model):
+    """Gross (counter delta), idle baseline and net energy, summed over the GPUs used."""
+
+    gross_j: float
+    idle_power_w: float | None = None  # sum over GPUs, measured with the model loaded
+    idle_duration_s: float | None = None
+    net_j: float | None = None  # gross - idle_power_w * window duration
+    edge_uncertainty_j: float | None = None  # +- one counter update (~0.1 s) at each edge
+    counter_update_s: float = 0.1
+    per_gpu: list[GpuEnergy] = Field(default_factory=list)
+
+
+class Window(_Model):
+    """A timed phase; timestamps are Unix epoch seconds."""
+
+    start_s: float
+    end_s: float
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the window in seconds."""
+        return self.end_s - self.start_s
+
+
+class ExperimentResult(_Model):
+    """Everything one experiment measured, and how."""
+
+    schema_version: Literal["2.0"] = SCHEMA_VERSION
+    experiment_id: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    measurement_config_hash: str = Field(pattern=r"^[0-9a-f]{16}$")
+    measurement_methodology: Literal["total"] = "total"
+    llem_version: str
+    config: ExperimentConfig
+    model: str
+    backend: str
+    weights: Literal["pretrained", "random"]
+    precision: str
+    device: str
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+    total_energy_j: float | None = None
+    total_inference_time_sec: float = Field(ge=0)
+    avg_tokens_per_second: float = Field(ge=0)
+    avg_energy_per_token_j: float | None = None
+    total_flops: float = Field(ge=0)
+    flops_method: str
+    energy_source: Literal["nvml", "none"]
+    energy: EnergyBreakdown | None = None
+    model_load_time_sec: float = Field(ge=0)
+    warnings: list[str] = Field(default_factory=list)
+    start_time: datetime
+    end_time: datetime
+    windows: dict[str, Window] = Field(default_factory=dict)  # "idle", "measure"
+    environment_snapshot: EnvironmentSnapshot
+    timeseries: str | None = None  # file name of the Parquet trace, relative to result.json
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentResult:
+        if self.total_tokens != self.input_tokens + self.output_tokens:
+            raise ValueError("total_tokens must equal input_tokens + output_tokens")
+        if self.energy_source == "none" and self.total_energy_j is not None:
+            raise ValueError("energy_source 'none' requires total_energy_j to be null")
+        return self
+
+    def mlflow_params(self) -> dict[str, str]:
+        """Every config field, as strings (None as empty string is avoided: omitted)."""
+        return {k: _param_str(v) for k, v in self.config.model_dump(mode="json").items() if v is not None}
+
+    def mlflow_tags(self) -> dict[str, str]:
+        """llem.* tags: identity, provenance and environment."""
+        env = self.environment_snapshot
+        tags: dict[str, str | None] = {
+            "llem.config_hash": self.measurement_config_hash,
+            "llem.schema_version": self.schema_version,
+            "llem.version": self.llem_version,
+            "llem.experiment_id": self.experiment_id,
+            "llem.energy_source": self.energy_source,
+            "llem.weights": self.weights,
+            "llem.precision": self.precision,
+            "llem.device": self.device,
+            "llem.gpu.name": env.gpus[0].name if env.gpus else "none",
+            "llem.gpu.count": str(len(env.gpus)),
+            "llem.gpu.uuids": ",".join(g.uuid for g in env.gpus) or None,
+            "llem.env.driver": env.driver_version,
+            "llem.env.cuda": env.cuda_runtime,
+            "llem.env.torch": env.packages.get("torch"),
+            "llem.env.transformers": env.packages.get("transformers"),
+            "llem.env.python": env.python_version,
+            "llem.git.commit": env.git_commit,
+        }
+        return {k: v for k, v in tags.items() if v is not None}
+
+    def mlflow_metrics(self) -> dict[str, float]:
+        """Summary metrics; energy metrics only when energy was measured."""
+        metrics: dict[str, float | None] = {
+            "throughput/output_tokens_per_s": self.avg_tokens_per_second,
+            "time/inference_s": self.total_inference_time_sec,
+            "time/model_load_s": self.model_load_time_sec,
+            "compute/flops": self.total_flops,
+            "tokens/input": float(self.input_tokens),
+            "tokens/output": float(self.output_tokens),
+            "tokens/total": float(self.total_tokens),
+        }
+        if self.energy is not None:
+            metrics.update(_energy_metrics(self))
+        return {k: float(v) for k, v in metrics.items() if v is not None}
+
+
+def _energy_metrics(result: ExperimentResult) -> dict[str, float | None]:
+    energy = result.energy
+    assert energy is not None  # noqa: S101 - guarded by caller
+    per_gpu_gaps = [g.counter_vs_trace_pct for g in energy.per_gpu if g.counter_vs_trace_pct is not None]
+    return {
+        "energy/total_j": result.total_energy_j,
+        "energy/gross_j": energy.gross_j,
+        "energy/net_j": energy.net_j,
+        "energy/idle_w": energy.idle_power_w,
+        "energy/per_output_token_j": result.avg_energy_per_token_j,
+        "energy/edge_uncertainty_j": energy.edge_uncertainty_j,
+        "quality/counter_vs_trace_pct": max(per_gpu_gaps, key=abs) if per_gpu_gaps else None,
+    }
+
+
+def _param_str(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -1,0 +1,136 @@
+"""PowerSampler: a daemon thread that records a power trace (and slower readings) of the run's GPUs.
+
+The trace is for shape, phases and a cross-check; energy comes from the counter (``energy.py``), so
+the sampler never reads the energy counter (a ~4 ms call that would also perturb the workload).
+
+Scheduling: ticks sit on an absolute timeline ``t0 + k * interval_s`` (monotonic clock), waited for
+with ``threading.Event.wait`` so ``stop()`` interrupts at once; a late tick does not shift the ones
+after it, and ticks missed while overrunning are skipped rather than bunched. Timestamps come from
+``clock`` (Unix epoch seconds) so they line up with the counter windows.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+
+from llem_mlflow.errors import ConfigError
+from llem_mlflow.protocols import GpuDevice, SlowReading
+from llem_mlflow.trace import PowerTrace, TraceSample
+
+
+class PowerSampler:
+    """Samples every device's ``power_w()`` each ``interval_s``, ``slow_reading()`` each ``slow_every`` ticks.
+
+    One sample is taken in ``start()`` and one in ``stop()``, so the trace brackets any window measured
+    between them. Construction starts nothing. A failing read is recorded once in ``warnings`` and the
+    loop goes on.
+    """
+
+    def __init__(
+        self,
+        devices: Sequence[GpuDevice],
+        interval_s: float,
+        slow_every: int = 5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not interval_s > 0:
+            raise ConfigError(f"Power sampling interval must be > 0 s, got {interval_s}; use e.g. 0.02.")
+        if slow_every < 1:
+            raise ConfigError(f"slow_every must be >= 1, got {slow_every}.")
+        self._devices = list(devices)
+        self.interval_s = interval_s
+        self.slow_every = slow_every
+        self._clock = clock
+        self._samples: list[TraceSample] = []
+        self._stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._trace: PowerTrace | None = None
+        self._warned: set[tuple[int, str]] = set()
+        self.warnings: list[str] = []
+
+    def start(self) -> None:
+        """Take the first sample (with slow readings) and start the sampling thread."""
+        if self._thread is not None:
+            raise RuntimeError("PowerSampler.start() called twice; create a new sampler per run.")
+        self._sample(slow=True)
+        self._thread = threading.Thread(target=self._run, name="llem-power-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> PowerTrace:
+        """Stop the thread, take the last sample (with slow readings) and return the trace."""
+        if self._trace is not None:
+            return self._trace
+        self._stop_event.set()
+        try:
+            if self._thread is not None:
+                self._thread.join()
+        finally:
+            self._sample(slow=True)
+            self._trace = PowerTrace(interval_s=self.interval_s, samples=list(self._samples))
+        return self._trace
+
+    @property
+    def trace(self) -> PowerTrace | None:
+        """The trace once ``stop()`` has run, else None."""
+        return self._trace
+
+    def __enter__(self) -> PowerSampler:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        tick = 1
+        while not self._stop_event.wait(max(0.0, t0 + tick * self.interval_s - time.monotonic())):
+            self._sample(slow=tick % self.slow_every == 0)
+            behind = time.monotonic() - (t0 + tick * self.interval_s)
+            tick += 1 + max(0, math.floor(behind / self.interval_s))
+
+    def _sample(self, slow: bool) -> None:
+        for device in self._devices:
+            gpu = device.info.cuda_index
+            try:
+                timestamp_s = self._clock()
+                power_w = device.power_w()
+            except Exception as e:  # any failure of one read must not end the trace
+                self._warn_once(gpu, "power", e)
+                continue
+            reading = self._slow(device, gpu) if slow else None
+            self._samples.append(_make_sample(timestamp_s, gpu, power_w, reading))
+
+    def _slow(self, device: GpuDevice, gpu: int) -> SlowReading | None:
+        try:
+            return device.slow_reading()
+        except Exception as e:  # slow readings are optional; keep the power sample
+            self._warn_once(gpu, "slow", e)
+            return None
+
+    def _warn_once(self, gpu: int, kind: str, error: Exception) -> None:
+        if (gpu, kind) not in self._warned:
+            self._warned.add((gpu, kind))
+            effect = "those samples are missing" if kind == "power" else "those fields are left empty"
+            self.warnings.append(f"Power sampler: a {kind} reading of GPU {gpu} failed ({error}); {effect}.")
+
+
+def _make_sample(timestamp_s: float, gpu: int, power_w: float, reading: SlowReading | None) -> TraceSample:
+    if reading is None:
+        return TraceSample(timestamp_s=timestamp_s, gpu=gpu, power_w=power_w)
+    return TraceSample(
+        timestamp_s=timestamp_s,
+        gpu=gpu,
+        power_w=power_w,
+        temperature_c=reading.temperature_c,
+        sm_clock_mhz=reading.sm_clock_mhz,
+        utilization_pct=reading.utilization_pct,
+        memory_used_b=reading.memory_used_b,
+        throttle_reasons=reading.throttle_reasons,
+    )

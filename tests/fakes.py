@@ -1,0 +1,162 @@
+"""Hand-written fakes of the seams in ``llem_mlflow.protocols``: FakeDevice (GpuDevice) and FakeBackend.
+
+They script exact numbers so tests can assert exact energies and token counts, and they count calls
+so tests can assert what was (not) read, e.g. that the sampler never reads the energy counter.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from llem_mlflow.protocols import BatchStats, CudaDeviceId, GpuInfo, LoadedModel, ModelShape, SlowReading
+
+Script = Iterable[float] | Callable[[], float]
+
+
+def _reader(script: float | Script, what: str) -> Callable[[], float]:
+    """A callable that returns a constant, the next scripted value, or calls the given function."""
+    if isinstance(script, (int, float)):
+        value = float(script)
+        return lambda: value
+    if callable(script):
+        return script
+    values: Iterator[float] = iter(script)
+
+    def next_value() -> float:
+        try:
+            return float(next(values))
+        except StopIteration:
+            raise RuntimeError(
+                f"FakeDevice {what} script exhausted: the code read it more often than scripted"
+            ) from None
+
+    return next_value
+
+
+DEFAULT_SLOW = SlowReading(
+    temperature_c=45.0, sm_clock_mhz=1980.0, utilization_pct=50.0, memory_used_b=1 << 30, throttle_reasons=0
+)
+
+
+class FakeDevice:
+    """A GpuDevice with a scripted energy counter (joules) and power (watts); counts every read."""
+
+    def __init__(
+        self,
+        cuda_index: int = 0,
+        uuid: str = "GPU-fake-0",
+        name: str = "Fake GPU",
+        energy_script: Script = (),
+        power_w: float | Script = 100.0,
+        slow: SlowReading | Callable[[], SlowReading] = DEFAULT_SLOW,
+        power_limit_w: float | None = 700.0,
+    ) -> None:
+        self._info = GpuInfo(
+            cuda_index=cuda_index,
+            nvml_index=cuda_index,
+            name=name,
+            uuid=uuid,
+            pci_bus_id=f"00000000:{cuda_index + 0x19:02X}:00.0",
+            memory_total_b=80 << 30,
+            power_limit_w=power_limit_w,
+            persistence_mode=True,
+            compute_capability="9.0",
+        )
+        self._energy = _reader(energy_script, "energy")
+        self._power = _reader(power_w, "power")
+        self._slow = slow
+        self.energy_reads = 0
+        self.power_reads = 0
+        self.slow_reads = 0
+
+    @property
+    def info(self) -> GpuInfo:
+        """Static facts."""
+        return self._info
+
+    def energy_j(self) -> float:
+        """The next scripted counter value."""
+        self.energy_reads += 1
+        return self._energy()
+
+    def power_w(self) -> float:
+        """The scripted power."""
+        self.power_reads += 1
+        return self._power()
+
+    def slow_reading(self) -> SlowReading:
+        """The scripted slow reading (a callable may raise to simulate NVML failures)."""
+        self.slow_reads += 1
+        return self._slow() if callable(self._slow) else self._slow
+
+
+SMALL_SHAPE = ModelShape(
+    body_matmul_params=1_000_000, lm_head_params=64_000, n_layers=2, attn_dim=64, vocab_size=1000
+)
+
+
+class FakeBackend:
+    """A Backend with exact token counts: output = rows x (output_tokens_per_row or max_output_tokens)."""
+
+    def __init__(
+        self,
+        output_tokens_per_row: int | None = None,
+        device: str = "cpu",
+        cuda_devices: Sequence[CudaDeviceId] = (),
+        on_generate: Callable[[], None] | None = None,
+        shape: ModelShape = SMALL_SHAPE,
+    ) -> None:
+        self.output_tokens_per_row = output_tokens_per_row
+        self.device = device
+        self.cuda_devices = list(cuda_devices)
+        self.on_generate = on_generate
+        self.shape = shape
+        self.load_calls = 0
+        self.sync_calls = 0
+        self.generate_calls: list[tuple[int, int]] = []  # (batch size, max_output_tokens)
+        self._vocab: dict[str, int] = {}
+        self._ids = itertools.count(1)
+
+    def load(self) -> LoadedModel:
+        """A random-weight model on ``device``."""
+        self.load_calls += 1
+        return LoadedModel(
+            weights="random",
+            precision="fp32",
+            device=self.device,
+            load_time_s=0.0,
+            shape=self.shape,
+            cuda_devices=list(self.cuda_devices),
+        )
+
+    def tokenize(self, prompts: list[str], max_input_tokens: int) -> list[list[int]]:
+        """One id per whitespace-separated word (stable per word), truncated to ``max_input_tokens``."""
+        return [[self._id(word) for word in prompt.split()][:max_input_tokens] for prompt in prompts]
+
+    def _id(self, word: str) -> int:
+        if word not in self._vocab:
+            self._vocab[word] = next(self._ids)
+        return self._vocab[word]
+
+    def generate(self, batch: list[list[int]], max_output_tokens: int) -> BatchStats:
+        """Exact counts; calls ``on_generate`` (e.g. to advance a fake counter or clock)."""
+        self.generate_calls.append((len(batch), max_output_tokens))
+        if self.on_generate is not None:
+            self.on_generate()
+        per_row = max_output_tokens if self.output_tokens_per_row is None else self.output_tokens_per_row
+        return BatchStats(
+            input_tokens=sum(len(row) for row in batch),
+            output_tokens=len(batch) * per_row,
+            padded_input_len=max((len(row) for row in batch), default=0),
+            new_tokens=per_row,
+            batch_size=len(batch),
+        )
+
+    def synchronize(self) -> None:
+        """Counts calls."""
+        self.sync_calls += 1
+
+    def versions(self) -> dict[str, str | None]:
+        """No real runtime behind the fake."""
+        return {"torch": None, "transformers": None, "cuda_runtime": None}

@@ -1,0 +1,133 @@
+"""result.json and the Parquet power trace on real files: atomicity, round trips, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from llem_mlflow import artifacts
+from llem_mlflow.errors import TrackingError
+from llem_mlflow.result import ExperimentResult
+from llem_mlflow.trace import PowerTrace, TraceSample
+
+Sample = tuple[ExperimentResult, PowerTrace]
+
+
+def _windows(result: ExperimentResult) -> dict[str, tuple[float, float]]:
+    return {k: (w.start_s, w.end_s) for k, w in result.windows.items()}
+
+
+def test_result_dir_creates_nested_folder(tmp_path: Path) -> None:
+    out = artifacts.result_dir(tmp_path / "results" / "deeper", "exp-1")
+    assert out == tmp_path / "results" / "deeper" / "exp-1"
+    assert out.is_dir()
+
+
+def test_result_dir_accepts_existing_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "exp-1").mkdir()
+    assert artifacts.result_dir(tmp_path, "exp-1").is_dir()
+
+
+def test_result_dir_refuses_non_empty_folder(tmp_path: Path) -> None:
+    old = tmp_path / "exp-1"
+    old.mkdir()
+    (old / "result.json").write_text("old data")
+    with pytest.raises(TrackingError, match="not empty"):
+        artifacts.result_dir(tmp_path, "exp-1")
+    assert (old / "result.json").read_text() == "old data"
+
+
+def test_result_json_round_trip_leaves_no_temp_files(tmp_path: Path, sample_result: Sample) -> None:
+    result, _ = sample_result
+    path = artifacts.write_result_json(result, tmp_path)
+    assert path == tmp_path / "result.json"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    assert artifacts.read_result_json(path) == result
+    assert json.loads(path.read_text())["schema_version"] == "2.0"
+
+
+def test_result_json_overwrite_is_whole_file(tmp_path: Path, sample_result: Sample) -> None:
+    result, _ = sample_result
+    (tmp_path / "result.json").write_text("x" * 100_000)
+    path = artifacts.write_result_json(result, tmp_path)
+    assert artifacts.read_result_json(path) == result
+
+
+def test_failed_write_cleans_temp_file_and_keeps_old(tmp_path: Path) -> None:
+    target = tmp_path / "result.json"
+    target.write_text("previous")
+
+    def boom(f: object) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(TrackingError, match="disk full"):
+        artifacts._atomic_write(target, boom)
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    assert target.read_text() == "previous"
+
+
+def test_read_result_json_rejects_invalid(tmp_path: Path) -> None:
+    bad = tmp_path / "result.json"
+    bad.write_text(json.dumps({"schema_version": "1.0"}))
+    with pytest.raises(TrackingError, match="not a valid llem result"):
+        artifacts.read_result_json(bad)
+
+
+def test_trace_parquet_round_trip(tmp_path: Path, sample_result: Sample) -> None:
+    result, trace = sample_result
+    path = artifacts.write_trace_parquet(trace, tmp_path, _windows(result))
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert artifacts.read_trace_parquet(path) == trace
+    assert artifacts.read_trace_windows(path) == _windows(result)
+
+
+def test_trace_parquet_schema_and_phases(tmp_path: Path, sample_result: Sample) -> None:
+    result, trace = sample_result
+    table = pq.read_table(artifacts.write_trace_parquet(trace, tmp_path, _windows(result)))
+    types = {f.name: str(f.type) for f in table.schema}
+    assert types == {
+        "timestamp_s": "double",
+        "gpu": "int32",
+        "power_w": "double",
+        "temperature_c": "double",
+        "sm_clock_mhz": "double",
+        "utilization_pct": "double",
+        "memory_used_b": "int64",
+        "throttle_reasons": "int64",
+        "phase": "string",
+    }
+    assert table.num_rows == len(trace.samples)
+    phases = table.column("phase").to_pylist()
+    assert set(phases) == {"idle", "measure", "other"}
+    measure = [s for s, p in zip(trace.samples, phases, strict=True) if p == "measure"]
+    assert all(
+        result.windows["measure"].start_s <= s.timestamp_s <= result.windows["measure"].end_s for s in measure
+    )
+    assert float(table.schema.metadata[b"llem.interval_s"]) == trace.interval_s
+
+
+def test_empty_trace_writes_valid_zero_row_file(tmp_path: Path) -> None:
+    path = artifacts.write_trace_parquet(PowerTrace(interval_s=0.015), tmp_path, {})
+    table = pq.read_table(path)
+    assert table.num_rows == 0
+    assert "power_w" in table.column_names and "phase" in table.column_names
+    assert artifacts.read_trace_parquet(path) == PowerTrace(interval_s=0.015, samples=[])
+
+
+def test_read_trace_rejects_foreign_parquet(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    path = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), path)
+    with pytest.raises(TrackingError, match="not an llem power trace"):
+        artifacts.read_trace_parquet(path)
+
+
+def test_sample_without_optional_fields_round_trips(tmp_path: Path) -> None:
+    trace = PowerTrace(interval_s=0.5, samples=[TraceSample(timestamp_s=1.5, gpu=3, power_w=99.0)])
+    path = artifacts.write_trace_parquet(trace, tmp_path, {"measure": (0.0, 1.0)})
+    assert artifacts.read_trace_parquet(path) == trace
+    assert pq.read_table(path).column("phase").to_pylist() == ["other"]

@@ -1,0 +1,237 @@
+"""TransformersBackend on tiny 2-layer models (CPU, fp32), offline."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from llem_mlflow.backend import (  # noqa: E402
+    TransformersBackend,
+    backend_versions,
+    count_output_tokens,
+    cuda_available,
+    hub_reachable,
+    left_pad,
+)
+from llem_mlflow.errors import BackendError, ConfigError  # noqa: E402
+from llem_mlflow.protocols import BatchStats, ModelShape  # noqa: E402
+from tests.helpers_models import EOS_ID, make_local_model  # noqa: E402
+
+PROMPTS = ["hello world", "a", "the quick brown fox jumps"]  # 11, 1, 25 characters
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_local_model(tmp_path_factory.mktemp("tiny-gpt2"), "llem/tiny-gpt2")
+
+
+@pytest.fixture(scope="module")
+def llama_weights_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = make_local_model(tmp_path_factory.mktemp("tiny-llama"), "llem/tiny-llama", with_weights=True)
+    # A checkpoint generation config that would make generate() sample and warn if merged in.
+    config = json.loads((folder / "generation_config.json").read_text())
+    config.update(do_sample=True, temperature=0.7, top_p=0.9, max_length=5)
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def loaded(model: str, **kwargs: Any) -> TransformersBackend:
+    backend = TransformersBackend(model, device="cpu", **kwargs)
+    backend.load()
+    return backend
+
+
+def test_random_weights_are_normal_with_the_initializer_range() -> None:
+    backend = loaded("llem/tiny-gpt2", weights="random")
+    matrices = [p for p in backend.model.parameters() if p.dim() == 2]
+    assert len(matrices) == 10  # wte, wpe, 4 per layer
+    for weight in matrices:
+        std = weight.float().std().item()
+        # c_proj layers use the GPT-2 scaled init 0.02 / sqrt(2 * n_layer) = 0.01
+        assert 0.008 < std < 0.024, std
+        assert abs(weight.float().mean().item()) < 0.005
+
+
+def test_random_weights_are_seeded() -> None:
+    first = loaded("llem/tiny-llama", weights="random", seed=7).model.state_dict()
+    again = loaded("llem/tiny-llama", weights="random", seed=7).model.state_dict()
+    other = loaded("llem/tiny-llama", weights="random", seed=8).model.state_dict()
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(first[name], again[name])
+    assert not torch.equal(first[name], other[name])
+
+
+def test_shape_of_tiny_gpt2_by_hand() -> None:
+    backend = TransformersBackend("llem/tiny-gpt2", weights="random", device="cpu")
+    info = backend.load()
+    # per layer: c_attn 64x192 + attn c_proj 64x64 + c_fc 64x256 + mlp c_proj 256x64 = 49152
+    assert info.shape == ModelShape(
+        body_matmul_params=2 * 49152, lm_head_params=1000 * 64, n_layers=2, attn_dim=64, vocab_size=1000
+    )
+    assert (info.weights, info.precision, info.device, info.cuda_devices, info.warnings) == (
+        "random", "fp32", "cpu", [], [],
+    )  # fmt: skip
+    assert info.load_time_s > 0
+
+
+def test_shape_of_tiny_llama_by_hand() -> None:
+    info = TransformersBackend("llem/tiny-llama", weights="random", device="cpu").load()
+    # per layer: q 64x64 + k 32x64 + v 32x64 + o 64x64 + gate/up/down 3 x 64x128 = 36864
+    assert info.shape == ModelShape(73728, 64000, 2, 64, 1000)
+
+
+def test_bf16_random_model_on_cpu() -> None:
+    backend = TransformersBackend("llem/tiny-llama", weights="random", precision="bf16", device="cpu")
+    assert backend.load().precision == "bf16"
+    assert next(backend.model.parameters()).dtype == torch.bfloat16
+
+
+def test_tokenize_truncates_and_counts_characters(gpt2_folder: Path) -> None:
+    backend = loaded(str(gpt2_folder), weights="random")
+    rows = backend.tokenize(PROMPTS, max_input_tokens=16)
+    assert [len(row) for row in rows] == [11, 1, 16]
+
+
+def test_generate_counts_exactly_with_different_prompt_lengths(gpt2_folder: Path) -> None:
+    backend = loaded(str(gpt2_folder), weights="random")
+    rows = backend.tokenize(PROMPTS, max_input_tokens=16)
+    stats = backend.generate(rows, max_output_tokens=7)
+    assert stats == BatchStats(
+        input_tokens=28, output_tokens=21, padded_input_len=16, new_tokens=7, batch_size=3
+    )
+
+
+def test_eos_never_ends_a_row_early(gpt2_folder: Path) -> None:
+    backend = loaded(str(gpt2_folder), weights="random")
+
+    def eos_wins(module: Any, inputs: Any, logits: Any) -> Any:
+        logits[..., EOS_ID] += 1e4  # greedy would pick EOS at every step
+        return logits
+
+    backend.model.get_output_embeddings().register_forward_hook(eos_wins)
+    stats = backend.generate([[5, 6, 7], [8]], max_output_tokens=6)
+    assert (stats.output_tokens, stats.new_tokens) == (12, 6)
+
+
+def test_pretrained_folder_loads_its_weights_and_generates_quietly(
+    llama_weights_folder: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.torch import load_file
+
+    backend = TransformersBackend(str(llama_weights_folder), device="cpu")
+    info = backend.load()
+    assert (info.weights, info.warnings) == ("pretrained", [])
+    saved = load_file(str(llama_weights_folder / "model.safetensors"))
+    name = "model.layers.1.mlp.down_proj.weight"
+    assert torch.equal(backend.model.state_dict()[name], saved[name])
+    capfd.readouterr()
+    stats = backend.generate(backend.tokenize(PROMPTS, 16), max_output_tokens=9)
+    assert stats.output_tokens == 27
+    err = capfd.readouterr().err
+    assert "max_length" not in err and "do_sample" not in err and "temperature" not in err, err
+
+
+def test_folder_without_weights_fails_for_pretrained_and_falls_back_for_auto(gpt2_folder: Path) -> None:
+    with pytest.raises(BackendError, match="no weight files"):
+        TransformersBackend(str(gpt2_folder), weights="pretrained", device="cpu").load()
+    info = TransformersBackend(str(gpt2_folder), weights="auto", device="cpu").load()
+    assert info.weights == "random" and "RANDOM WEIGHTS" in info.warnings[0]
+
+
+def test_auto_falls_back_to_random_gpt2_offline(caplog: pytest.LogCaptureFixture) -> None:
+    hub = pytest.importorskip("huggingface_hub")
+    if isinstance(hub.try_to_load_from_cache("gpt2", "config.json"), str):
+        pytest.skip("gpt2 is in the local HF cache: auto would load it")
+    with caplog.at_level(logging.WARNING, logger="llem_mlflow.backend"):
+        info = TransformersBackend("gpt2", device="cpu").load()
+    assert info.weights == "random"
+    assert len(info.warnings) == 1 and "RANDOM WEIGHTS" in info.warnings[0]
+    assert any("RANDOM WEIGHTS" in record.getMessage() for record in caplog.records)
+    assert info.shape == ModelShape(84_934_656, 38_597_376, 12, 768, 50257)
+
+
+def test_tokenize_without_a_tokenizer_says_what_to_do(tmp_path: Path) -> None:
+    folder = make_local_model(tmp_path / "m", "llem/tiny-gpt2", with_tokenizer=False)
+    backend = loaded(str(folder), weights="random")
+    with pytest.raises(BackendError, match="dataset=synthetic"):
+        backend.tokenize(["hi"], 4)
+
+
+@pytest.mark.parametrize("weights", ["random", "auto"])
+def test_unknown_model_lists_the_shipped_models(weights: str) -> None:
+    with pytest.raises(BackendError) as caught:
+        TransformersBackend("no-such-org/no-such-model", weights=weights, device="cpu").load()
+    assert "llem/tiny-gpt2" in str(caught.value) and "gpt2-xl" in str(caught.value)
+
+
+def test_pretrained_hub_model_offline_says_how_to_fix() -> None:
+    with pytest.raises(BackendError, match="HF_HUB_OFFLINE"):
+        TransformersBackend("no-such-org/no-such-model", weights="pretrained", device="cpu").load()
+
+
+def test_folder_without_config_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(BackendError, match="no config.json"):
+        TransformersBackend(str(tmp_path), weights="random", device="cpu").load()
+
+
+@pytest.mark.skipif(cuda_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_an_error() -> None:
+    with pytest.raises(BackendError, match="device=cuda"):
+        TransformersBackend("llem/tiny-gpt2", weights="random", device="cuda").load()
+
+
+def test_invalid_arguments_and_generate_before_load() -> None:
+    with pytest.raises(ConfigError):
+        TransformersBackend("gpt2", weights="maybe")
+    with pytest.raises(ConfigError):
+        TransformersBackend("gpt2", precision="fp8")
+    with pytest.raises(BackendError, match="load"):
+        TransformersBackend("gpt2").generate([[1, 2]], 3)
+
+
+def test_hub_reachable_is_false_offline_and_for_a_closed_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert hub_reachable() is False  # HF_HUB_OFFLINE=1 from the autouse fixture
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    assert hub_reachable(timeout_s=2.0) is False
+
+
+def test_unreachable_hub_falls_back_without_touching_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    offline_before = hub_constants.HF_HUB_OFFLINE
+    info = TransformersBackend("llem/tiny-gpt2", device="cpu").load()
+    assert info.weights == "random" and "unreachable" in info.warnings[0]
+    assert hub_constants.HF_HUB_OFFLINE is offline_before  # the forced offline mode was undone
+
+
+def test_counting_helpers() -> None:
+    assert count_output_tokens([[5, 2, 7, 2], [1, 1, 1]], {2}) == 2 + 3
+    assert left_pad([[4, 5, 6], [7]], pad_id=0) == ([[4, 5, 6], [0, 0, 7]], [[1, 1, 1], [0, 0, 1]])
+
+
+def test_versions_report_the_installed_packages() -> None:
+    import transformers
+
+    versions = backend_versions()
+    assert versions["torch"] == torch.__version__
+    assert versions["transformers"] == transformers.__version__
+    assert set(versions) == {"torch", "transformers", "cuda_runtime"}
+    assert TransformersBackend("gpt2").versions() == versions

@@ -1,0 +1,57 @@
+"""The real CLI's exit codes and messages for invalid input (no model is loaded for these)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llem_mlflow", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--batch-size", "0"], "batch_size"),
+        (["--precision", "fp8"], "precision"),
+        (["--weights", "maybe"], "weights"),
+    ],
+)
+def test_invalid_flag_exits_2_with_one_line(tmp_path: Path, args: list[str], field: str) -> None:
+    proc = cli("run", "--model", "gpt2", *args, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: invalid config: {field}:"), proc.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "no MLflow run may be started for an invalid config"
+
+
+def test_unknown_yaml_key_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("model: gpt2\nbatchsize: 2\n")
+    proc = cli("run", "c.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: invalid config: batchsize: unknown field")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_version(tmp_path: Path) -> None:
+    from llem_mlflow import __version__
+
+    proc = cli("--version", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"llem-mlflow {__version__}"
+
+
+def test_config_command_without_gpu(tmp_path: Path) -> None:
+    proc = cli("config", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "energy source   none" in proc.stdout and "torch" in proc.stdout
