@@ -173,6 +173,7 @@ def _atomic_write(target: Path, write: Callable[[IO[bytes]], object]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp creates 0600; results are ordinary files
         os.replace(tmp_name, target)
     except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
@@ -181,6 +182,12 @@ def _atomic_write(target: Path, write: Callable[[IO[bytes]], object]) -> Path:
         raise
     _fsync_dir(target.parent)
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:

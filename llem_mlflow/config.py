@@ -32,12 +32,12 @@ class ExperimentConfig(BaseModel):
 
     model: str = Field("gpt2", min_length=1, description="Hub id, shipped config name or local folder.")
     backend: Literal["pytorch"] = "pytorch"
-    n: int = Field(8, ge=1, description="Number of prompts.")
-    batch_size: int = Field(4, ge=1, description="Prompts per generate() call.")
+    n: int = Field(32, ge=1, description="Number of prompts.")
+    batch_size: int = Field(8, ge=1, description="Prompts per generate() call.")
     precision: Precision | None = Field(
         None, description="fp32|fp16|bf16; default bf16 on CUDA, fp32 on CPU."
     )
-    max_input_tokens: int = Field(32, ge=1, description="Prompt length (synthetic) or truncation limit.")
+    max_input_tokens: int = Field(64, ge=1, description="Prompt length (synthetic) or truncation limit.")
     max_output_tokens: int = Field(
         32, ge=1, description="Exactly this many new tokens per prompt (EOS ignored)."
     )

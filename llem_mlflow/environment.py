@@ -49,7 +49,7 @@ def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
-    """The CPU model name from /proc/cpuinfo, else ``platform.processor()``, else None."""
+    """The CPU model name from /proc/cpuinfo, else the machine type, else None (no subprocess)."""
     try:
         for line in cpuinfo.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
@@ -57,7 +57,7 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
                 return value.strip()
     except OSError:
         pass
-    return platform.processor() or None
+    return platform.machine() or None
 
 
 def ram_total_b(meminfo: Path = Path("/proc/meminfo")) -> int | None:
@@ -116,6 +116,12 @@ def git_state(cwd: Path | None = None) -> tuple[str | None, bool | None]:
     return (commit, None) if commit and len(commit) == 40 else (None, None)
 
 
+def _platform() -> str:
+    # Not platform.platform(): it reads uname().processor, which runs `uname -p` in a subprocess.
+    u = os.uname()
+    return f"{u.sysname}-{u.release}-{u.machine}"
+
+
 def snapshot(
     gpus: Sequence[GpuInfo],
     driver_version: str | None,
@@ -130,7 +136,7 @@ def snapshot(
     commit, dirty = git_state(cwd)
     return EnvironmentSnapshot(
         python_version=platform.python_version(),
-        platform=platform.platform(),
+        platform=_platform(),
         cpu_model=cpu_model(),
         cpu_count=os.cpu_count(),
         ram_total_b=ram_total_b(),

@@ -178,9 +178,9 @@ def _build_result(
     out_tok = sum(s.output_tokens for s in m.stats)
     seconds = m.window.duration_s
     gross = breakdown.gross_j if breakdown else None
-    warnings = [*loaded.warnings, *m.warnings, *energy_warnings]
-    for w in warnings:
+    for w in [*m.warnings, *energy_warnings]:  # the backend already logged its own warnings
         log.warning(w)
+    warnings = [*loaded.warnings, *m.warnings, *energy_warnings]
     windows = {"measure": Window(start_s=m.window.start_s, end_s=m.window.end_s)}
     if m.idle is not None:
         windows["idle"] = Window(start_s=m.idle.start_s, end_s=m.idle.end_s)

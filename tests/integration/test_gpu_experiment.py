@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import traceback
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,7 +56,8 @@ class _SpawnCounter:
 
     def _wrap(self, name: str, fn: Any) -> Any:
         def counted(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append(name)
+            here = [f"{f.filename}:{f.lineno}" for f in traceback.extract_stack(limit=12)[:-1]]
+            self.calls.append(f"{name} {args[1:2]!r} via {' <- '.join(reversed(here))}")
             return fn(*args, **kwargs)
 
         return counted

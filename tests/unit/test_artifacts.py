@@ -131,3 +131,15 @@ def test_sample_without_optional_fields_round_trips(tmp_path: Path) -> None:
     path = artifacts.write_trace_parquet(trace, tmp_path, {"measure": (0.0, 1.0)})
     assert artifacts.read_trace_parquet(path) == trace
     assert pq.read_table(path).column("phase").to_pylist() == ["other"]
+
+
+def test_written_files_follow_the_umask(tmp_path: Path, cpu_result: ExperimentResult) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = artifacts.write_result_json(cpu_result, tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

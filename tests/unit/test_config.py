@@ -66,6 +66,6 @@ def test_hash_ignores_output_and_tracking_fields_only() -> None:
         output_dir="elsewhere", tracking_uri="http://x", experiment_name="e", run_name="r", mlflow=False
     )
     assert base.config_hash() == moved.config_hash()
-    assert base.config_hash() != ExperimentConfig(batch_size=8).config_hash()
+    assert base.config_hash() != ExperimentConfig(batch_size=3).config_hash()
     assert len(base.config_hash()) == 16 and int(base.config_hash(), 16) >= 0
     assert set(base.measurement_dict()) == set(ExperimentConfig.model_fields) - NON_MEASUREMENT_FIELDS

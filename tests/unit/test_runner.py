@@ -89,3 +89,22 @@ def test_jsonl_prompts_are_tokenized(tmp_path: Path) -> None:
 def test_missing_dataset_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         execute(_cfg(tmp_path, dataset=str(tmp_path / "none.jsonl")), backend=FakeBackend())
+
+
+def test_real_cpu_run_starts_no_child_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import subprocess
+
+    spawned: list[str] = []
+    real = subprocess.Popen._execute_child  # type: ignore[attr-defined]
+
+    def spy(self: subprocess.Popen[bytes], args: object, *rest: object, **kw: object) -> None:
+        spawned.append(repr(args))
+        real(self, args, *rest, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", spy)
+    monkeypatch.setattr(os, "fork", lambda: spawned.append("fork"))
+    cfg = _cfg(tmp_path, model="llem/tiny-gpt2", weights="random", n=2, max_output_tokens=2)
+    result = execute(cfg).result
+    assert result.output_tokens == 4 and result.environment_snapshot.platform
+    assert spawned == []
