@@ -51,7 +51,9 @@ def run(
     backend: Annotated[str | None, Opt(help="Inference backend: pytorch.")] = None,
     n: Annotated[int | None, Opt("--n", "-n", help="Number of prompts.")] = None,
     batch_size: Annotated[int | None, Opt(help="Prompts per generate() call.")] = None,
-    precision: Annotated[str | None, Opt(help="fp32|fp16|bf16 (default: bf16 on CUDA, fp32 on CPU).")] = None,
+    precision: Annotated[
+        str | None, Opt(help="auto|fp32|fp16|bf16 (auto: bf16 on CUDA, fp32 on CPU).")
+    ] = None,
     max_input_tokens: Annotated[int | None, Opt(help="Prompt length / truncation.")] = None,
     max_output_tokens: Annotated[int | None, Opt(help="New tokens per prompt (exact).")] = None,
     dataset: Annotated[str | None, Opt(help="'synthetic' or a .jsonl path.")] = None,

@@ -17,8 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from llem_mlflow.errors import ConfigError
 
-Precision = Literal["fp32", "fp16", "bf16"]
-
 #: Fields that do not change what is measured: excluded from ``measurement_config_hash``.
 NON_MEASUREMENT_FIELDS: frozenset[str] = frozenset(
     {"output_dir", "tracking_uri", "experiment_name", "run_name", "mlflow"}
@@ -34,12 +32,12 @@ class ExperimentConfig(BaseModel):
     backend: Literal["pytorch"] = "pytorch"
     n: int = Field(32, ge=1, description="Number of prompts.")
     batch_size: int = Field(8, ge=1, description="Prompts per generate() call.")
-    precision: Precision | None = Field(
-        None, description="fp32|fp16|bf16; default bf16 on CUDA, fp32 on CPU."
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="fp32|fp16|bf16, or auto: bf16 on CUDA (fp16 without bf16), fp32 on CPU."
     )
     max_input_tokens: int = Field(64, ge=1, description="Prompt length (synthetic) or truncation limit.")
     max_output_tokens: int = Field(
-        32, ge=1, description="Exactly this many new tokens per prompt (EOS ignored)."
+        64, ge=1, description="Exactly this many new tokens per prompt (EOS ignored)."
     )
     dataset: str = Field(
         "synthetic", min_length=1, description="'synthetic' or a path to a .jsonl of prompts."
@@ -57,6 +55,11 @@ class ExperimentConfig(BaseModel):
     experiment_name: str | None = Field(None, description="MLflow experiment (ignored inside `mlflow run`).")
     run_name: str | None = None
     mlflow: bool = Field(True, description="Log the result to MLflow.")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _unset_precision_is_auto(cls, value: object) -> object:
+        return "auto" if value is None else value  # results written before "auto" existed hold null
 
     @field_validator("dataset")
     @classmethod

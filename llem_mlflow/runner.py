@@ -100,7 +100,11 @@ def _default_backend(cfg: ExperimentConfig) -> Backend:
     from llem_mlflow.backend import TransformersBackend
 
     return TransformersBackend(
-        cfg.model, weights=cfg.weights, precision=cfg.precision, device=cfg.device, seed=cfg.seed
+        cfg.model,
+        weights=cfg.weights,
+        precision=None if cfg.precision == "auto" else cfg.precision,
+        device=cfg.device,
+        seed=cfg.seed,
     )
 
 

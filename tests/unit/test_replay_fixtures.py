@@ -1,0 +1,61 @@
+"""Replay of a real H200 run: the schema, the trace and MLflow logging of a result that came from a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llem_mlflow import artifacts
+from llem_mlflow.result import ExperimentResult
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "h200_gpt2"
+
+
+@pytest.fixture
+def real() -> ExperimentResult:
+    return artifacts.read_result_json(FIXTURE / "result.json")
+
+
+def test_schema_round_trip(real: ExperimentResult) -> None:
+    assert real.schema_version == "2.0" and real.energy_source == "nvml"
+    again = ExperimentResult.model_validate_json(real.model_dump_json())
+    assert again == real
+    assert real.total_tokens == real.input_tokens + real.output_tokens
+    assert real.avg_energy_per_token_j == pytest.approx(real.total_energy_j / real.output_tokens)  # type: ignore[operator]
+
+
+def test_trace_covers_window_and_matches_stored_cross_check(real: ExperimentResult) -> None:
+    trace = artifacts.read_trace_parquet(FIXTURE / "timeseries.parquet")
+    window = real.windows["measure"]
+    samples = trace.for_gpu(0)
+    assert samples[0].timestamp_s < window.start_s and samples[-1].timestamp_s > window.end_s
+    assert real.energy is not None
+    gpu = real.energy.per_gpu[0]
+    assert len(trace.between(0, window.start_s, window.end_s)) == gpu.samples_in_window
+    assert trace.integrate_j(0, window.start_s, window.end_s) == pytest.approx(gpu.trace_integral_j)
+    assert artifacts.read_trace_windows(FIXTURE / "timeseries.parquet")["measure"] == (
+        window.start_s,
+        window.end_s,
+    )
+
+
+def test_mlflow_logging_of_a_real_gpu_result(real: ExperimentResult, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from llem_mlflow.tracking import log_result
+
+    trace = artifacts.read_trace_parquet(FIXTURE / "timeseries.parquet")
+    files = [FIXTURE / "result.json", FIXTURE / "timeseries.parquet"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = log_result(real, files, trace, tracking_uri=uri, experiment_name="replay", run_name="h200")
+    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert (
+        run.data.tags["llem.gpu.name"] == "NVIDIA H200" and run.data.tags["llem.env.driver"] == "580.159.04"
+    )
+    assert run.data.metrics["energy/total_j"] == pytest.approx(real.total_energy_j)
+    assert run.data.metrics["energy/net_j"] == pytest.approx(real.energy.net_j)  # type: ignore[union-attr]
+    history = MlflowClient(tracking_uri=uri).get_metric_history(run_id, "power/gpu0_w")
+    assert [h.value for h in history] == [s.power_w for s in trace.for_gpu(0)]
+    assert [h.timestamp for h in history] == [int(s.timestamp_s * 1000) for s in trace.for_gpu(0)]
