@@ -120,6 +120,27 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="[llem] %(levelname)s: %(message)s", stream=sys.stderr)
 
 
+@app.command("log")
+def log_saved(
+    result_dir: Annotated[str, typer.Argument(help="A result folder (holds result.json and the trace).")],
+    tracking_uri: Annotated[str | None, Opt(help="MLflow tracking URI.")] = None,
+    experiment_name: Annotated[str | None, Opt(help="MLflow experiment name.")] = None,
+    run_name: Annotated[str | None, Opt(help="MLflow run name.")] = None,
+) -> None:
+    """Log a saved result folder to MLflow (e.g. after the tracking server was unreachable)."""
+    from pathlib import Path
+
+    from llem_mlflow.runner import log_folder
+
+    _setup_logging()
+    try:
+        run_id = log_folder(Path(result_dir), tracking_uri, experiment_name, run_name)
+    except LlemError as exc:
+        _err(str(exc))
+        raise typer.Exit(1) from None
+    typer.echo(f"mlflow run      {run_id}")
+
+
 @app.command("config")
 def show_config() -> None:
     """Show the GPUs NVML sees, whether energy can be measured, and backend versions."""

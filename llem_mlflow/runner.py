@@ -19,7 +19,7 @@ from typing import Any
 from llem_mlflow import artifacts, energy, environment, flops, workload
 from llem_mlflow._version import __version__
 from llem_mlflow.config import ExperimentConfig, load_config
-from llem_mlflow.errors import DeviceError
+from llem_mlflow.errors import DeviceError, TrackingError
 from llem_mlflow.protocols import Backend, BatchStats, CudaDeviceId, GpuDevice, GpuInfo, LoadedModel
 from llem_mlflow.result import EnergyBreakdown, ExperimentResult, Window
 from llem_mlflow.sampler import PowerSampler
@@ -37,6 +37,7 @@ class GpuSet:
     devices: Sequence[GpuDevice]
     driver_version: str | None
     warning: str | None = None
+    close: Callable[[], None] = lambda: None  # releases NVML once the measurement is over
 
 
 GpuProvider = Callable[[Sequence[CudaDeviceId]], GpuSet]
@@ -91,7 +92,10 @@ def execute(
     loaded = backend.load()
     prompts = _prompts(cfg, backend, loaded)
     gpu_set = (gpus or _nvml_gpus)(loaded.cuda_devices) if loaded.device == "cuda" else _no_gpu(loaded)
-    measurement = _measure(cfg, backend, gpu_set, prompts, say)
+    try:
+        measurement = _measure(cfg, backend, gpu_set, prompts, say)
+    finally:
+        gpu_set.close()
     result = _build_result(cfg, start, loaded, gpu_set, measurement, backend)
     return _record(cfg, result, measurement, say)
 
@@ -231,14 +235,39 @@ def _record(cfg: ExperimentConfig, result: ExperimentResult, m: _Measurement, sa
     say(f"wrote {json_path} and {trace_path.name}")
     run_id = None
     if cfg.mlflow:
-        from llem_mlflow import tracking
+        run_id = log_folder(folder, cfg.tracking_uri, cfg.experiment_name, cfg.run_name, (result, m.trace))
+    return Outcome(result=result, result_dir=folder, run_id=run_id)
 
-        run_id = tracking.log_result(
+
+def log_folder(
+    folder: Path,
+    tracking_uri: str | None,
+    experiment_name: str | None,
+    run_name: str | None,
+    loaded: tuple[ExperimentResult, PowerTrace] | None = None,
+) -> str:
+    """Log a result folder (result.json + trace) to MLflow; returns the run id.
+
+    Raises:
+        TrackingError: logging failed; the message says the files are safe in ``folder``.
+    """
+    from llem_mlflow import tracking
+
+    json_path, trace_path = folder / artifacts.RESULT_FILE, folder / artifacts.TRACE_FILE
+    result, trace = loaded or (
+        artifacts.read_result_json(json_path),
+        artifacts.read_trace_parquet(trace_path),
+    )
+    try:
+        return tracking.log_result(
             result,
             [json_path, trace_path],
-            m.trace,
-            tracking_uri=cfg.tracking_uri,
-            experiment_name=cfg.experiment_name,
-            run_name=cfg.run_name,
+            trace,
+            tracking_uri=tracking_uri,
+            experiment_name=experiment_name,
+            run_name=run_name,
         )
-    return Outcome(result=result, result_dir=folder, run_id=run_id)
+    except TrackingError as exc:
+        raise TrackingError(
+            f"{exc}\nThe result is saved in {folder}; log it later with: llem-mlflow log {folder}"
+        ) from None

@@ -55,3 +55,38 @@ def test_config_command_without_gpu(tmp_path: Path) -> None:
     proc = cli("config", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "energy source   none" in proc.stdout and "torch" in proc.stdout
+
+
+def test_unreachable_tracking_server_keeps_files_and_log_recovers(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+    from mlflow_server import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    proc = cli(
+        "run",
+        "--model",
+        "llem/tiny-gpt2",
+        "--weights",
+        "random",
+        "--n",
+        "2",
+        "--max-output-tokens",
+        "2",
+        "--baseline-s",
+        "0",
+        "--output-dir",
+        "out",
+        "--tracking-uri",
+        dead,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    assert "log it later with: llem-mlflow log" in proc.stderr
+    (folder,) = (tmp_path / "out").iterdir()
+    assert (folder / "result.json").is_file() and (folder / "timeseries.parquet").is_file()
+    uri = f"sqlite:///{tmp_path / 'later.db'}"
+    logged = cli("log", str(folder), "--tracking-uri", uri, "--experiment-name", "later", cwd=tmp_path)
+    assert logged.returncode == 0, logged.stderr
+    run_id = logged.stdout.split()[-1]
+    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["llem.experiment_id"] == folder.name

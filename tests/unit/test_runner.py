@@ -59,11 +59,15 @@ def test_gpu_run_takes_energy_from_counter_edges(tmp_path: Path) -> None:
     # Counter reads: idle start, idle end, window start, window end. The sampler must never read it.
     device = FakeDevice(energy_script=[10_000.0, 10_030.0, 10_100.0, 11_100.0], power_w=150.0)
     backend = FakeBackend(device="cuda", cuda_devices=[CUDA0], on_generate=lambda: time.sleep(0.02))
+    closed: list[bool] = []
     outcome = execute(
         _cfg(tmp_path),
         backend=backend,
-        gpus=lambda ids: GpuSet(devices=[device], driver_version="580.159.04"),
+        gpus=lambda ids: GpuSet(
+            devices=[device], driver_version="580.159.04", close=lambda: closed.append(True)
+        ),
     )
+    assert closed == [True]
     r = outcome.result
     assert r.energy_source == "nvml" and r.total_energy_j == 1000.0
     assert r.avg_energy_per_token_j == pytest.approx(1000.0 / 20)

@@ -1,0 +1,39 @@
+"""Package hygiene: a cheap import, and each vendor library imported by its one owner module only."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "llem_mlflow"
+OWNERS = {
+    "torch": "backend.py",
+    "transformers": "backend.py",
+    "pynvml": "device.py",
+    "mlflow": "tracking.py",
+    "pyarrow": "artifacts.py",
+}
+
+
+def test_import_loads_no_vendor_library() -> None:
+    code = (
+        "import sys; from llem_mlflow import ExperimentConfig, ExperimentResult, run_experiment; "
+        f"print(sorted(m for m in {sorted(OWNERS)!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_vendor_imports_live_in_their_owner_module() -> None:
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
+            for name in names:
+                top = name.split(".")[0]
+                assert top not in OWNERS or OWNERS[top] == path.name, f"{path.name} imports {name}"
