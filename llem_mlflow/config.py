@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
 from llem_mlflow.errors import ConfigError
+from llem_mlflow.secrets import scrub_secrets
 
 #: Fields that do not change what is measured: excluded from ``measurement_config_hash``.
 NON_MEASUREMENT_FIELDS: frozenset[str] = frozenset(
@@ -70,6 +71,11 @@ class ExperimentConfig(BaseModel):
             )
         return value
 
+    @field_serializer("tracking_uri")
+    def _no_credentials(self, value: str | None) -> str | None:
+        # Serialized copies (result.json, MLflow params) never hold credentials; the live value keeps them.
+        return None if value is None else scrub_secrets(value)
+
     def measurement_dict(self) -> dict[str, Any]:
         """The fields that change what is measured (everything but NON_MEASUREMENT_FIELDS)."""
         return self.model_dump(mode="json", exclude=set(NON_MEASUREMENT_FIELDS))
@@ -116,7 +122,7 @@ def load_config(source: str | Path | ExperimentConfig | None = None, **overrides
         ConfigError: unreadable file, unknown field or invalid value.
     """
     if isinstance(source, ExperimentConfig):
-        base: dict[str, Any] = source.model_dump()
+        base: dict[str, Any] = dict(source)  # field values as they are (model_dump scrubs credentials)
     elif source is None or str(source) == "":
         base = {}
     else:

@@ -1,8 +1,8 @@
-"""The environment snapshot (Python, host, packages, driver, GPUs, git) and secret scrubbing for URIs.
+"""The environment snapshot: Python, host, packages, driver, GPUs, git commit.
 
 The snapshot is taken outside the measured window and starts no subprocess (git state is read from
-``.git`` files), so the experiment stays in one process. No environment variables are copied into it, and
-``scrub_secrets`` removes credentials from any URI before it is logged.
+``.git`` files), so the experiment stays in one process. No environment variables are copied into it
+(credentials in URIs are handled by ``llem_mlflow.secrets``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import re
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -19,22 +18,6 @@ from llem_mlflow.protocols import GpuInfo
 from llem_mlflow.result import EnvironmentSnapshot, GpuSnapshot
 
 PACKAGES = ("torch", "transformers", "mlflow", "pydantic", "pyarrow", "nvidia-ml-py", "llem-mlflow")
-
-_URI_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s@]+@")
-_SECRET_PARAM = re.compile(
-    r"(?P<name>[?&;][^=&;#\s]*(?:token|password|passwd|pwd|key|secret|signature|credential)[^=&;#\s]*=)"
-    r"[^&;#\s]*",
-    re.IGNORECASE,
-)
-
-
-def scrub_secrets(text: str) -> str:
-    """``text`` with URI credentials (``user:password@``) and secret-looking query values removed.
-
-    ``https://u:p@host/x?token=abc&run=1`` becomes ``https://host/x?token=***&run=1``.
-    """
-    text = _URI_USERINFO.sub(r"\g<scheme>", text)
-    return _SECRET_PARAM.sub(r"\g<name>***", text)
 
 
 def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:

@@ -21,9 +21,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llem_mlflow.environment import scrub_secrets
 from llem_mlflow.errors import TrackingError
 from llem_mlflow.result import ExperimentResult
+from llem_mlflow.secrets import scrub_secrets
 from llem_mlflow.trace import PowerTrace
 
 if TYPE_CHECKING:

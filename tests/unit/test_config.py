@@ -69,3 +69,11 @@ def test_hash_ignores_output_and_tracking_fields_only() -> None:
     assert base.config_hash() != ExperimentConfig(batch_size=3).config_hash()
     assert len(base.config_hash()) == 16 and int(base.config_hash(), 16) >= 0
     assert set(base.measurement_dict()) == set(ExperimentConfig.model_fields) - NON_MEASUREMENT_FIELDS
+
+
+def test_credentials_in_tracking_uri_never_serialized() -> None:
+    cfg = load_config(None, tracking_uri="https://alice:s3cret@mlflow.example/?token=abc")
+    assert cfg.tracking_uri == "https://alice:s3cret@mlflow.example/?token=abc"  # still usable to connect
+    dumped = cfg.model_dump_json()
+    assert "s3cret" not in dumped and "abc" not in dumped and "alice" not in dumped
+    assert load_config(cfg, n=2).tracking_uri == cfg.tracking_uri  # overrides keep the live value
