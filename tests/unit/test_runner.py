@@ -112,3 +112,24 @@ def test_real_cpu_run_starts_no_child_process(tmp_path: Path, monkeypatch: pytes
     result = execute(cfg).result
     assert result.output_tokens == 4 and result.environment_snapshot.platform
     assert spawned == []
+
+
+def test_text_prompts_of_different_lengths_give_exact_output_tokens(tmp_path: Path) -> None:
+    from helpers_models import make_local_model
+
+    folder = make_local_model(tmp_path / "model", arch="llem/tiny-gpt2", with_tokenizer=True)
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(f'{{"prompt": "{"ab" * k}"}}\n' for k in (1, 4, 2, 9, 3)))
+    cfg = _cfg(
+        tmp_path,
+        model=str(folder),
+        weights="random",
+        dataset=str(data),
+        n=5,
+        batch_size=3,
+        max_input_tokens=12,
+        max_output_tokens=7,
+    )
+    result = execute(cfg).result
+    assert result.output_tokens == 5 * 7
+    assert result.input_tokens == 2 + 8 + 4 + 12 + 6  # one token per character, the 18-char prompt truncated
