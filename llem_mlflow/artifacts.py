@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -164,8 +164,10 @@ def _phase(timestamp_s: float, windows: Mapping[str, tuple[float, float]]) -> st
 
 def _atomic_write(target: Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Write via a temp file in the target's folder, fsync, then rename over ``target``."""
+    tmp_name = str(target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        # os.open with 0o666 lets the umask decide the mode (mkstemp would force 0600).
+        fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
         raise TrackingError(f"cannot write {target}: {exc}; check that the folder exists") from exc
     try:
@@ -173,7 +175,6 @@ def _atomic_write(target: Path, write: Callable[[IO[bytes]], object]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp creates 0600; results are ordinary files
         os.replace(tmp_name, target)
     except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
@@ -182,12 +183,6 @@ def _atomic_write(target: Path, write: Callable[[IO[bytes]], object]) -> Path:
         raise
     _fsync_dir(target.parent)
     return target
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -131,7 +131,7 @@ def _resolve_device(requested: str) -> str:
 
 
 def _resolve_precision(requested: str | None, device: str) -> str:
-    if requested is not None:
+    if requested not in (None, "auto"):
         return requested
     if device == "cpu":
         return "fp32"
@@ -398,10 +398,8 @@ class TransformersBackend:
     ) -> None:
         if weights not in ("auto", "pretrained", "random"):
             raise ConfigError(f"weights must be auto, pretrained or random, not {weights!r}")
-        if precision is not None and precision not in _PRECISIONS:
-            raise ConfigError(
-                f"precision must be one of {', '.join(_PRECISIONS)} (or unset), not {precision!r}"
-            )
+        if precision not in (None, "auto", *_PRECISIONS):
+            raise ConfigError(f"precision must be auto or one of {', '.join(_PRECISIONS)}, not {precision!r}")
         if device not in ("auto", "cuda", "cpu"):
             raise ConfigError(f"device must be auto, cuda or cpu, not {device!r}")
         self.model_name = model

@@ -106,7 +106,7 @@ def _default_backend(cfg: ExperimentConfig) -> Backend:
     return TransformersBackend(
         cfg.model,
         weights=cfg.weights,
-        precision=None if cfg.precision == "auto" else cfg.precision,
+        precision=cfg.precision,
         device=cfg.device,
         seed=cfg.seed,
     )
