@@ -130,7 +130,7 @@ def log_saved(
     """Log a saved result folder to MLflow (e.g. after the tracking server was unreachable)."""
     from pathlib import Path
 
-    from llem_mlflow.runner import log_folder
+    from llem_mlflow.recording import log_folder
 
     _setup_logging()
     try:

@@ -43,6 +43,9 @@ class ExperimentConfig(BaseModel):
     dataset: str = Field(
         "synthetic", min_length=1, description="'synthetic' or a path to a .jsonl of prompts."
     )
+    prompt_field: str = Field(
+        "prompt", min_length=1, description="JSON key holding the prompt text in a .jsonl dataset."
+    )
     weights: Literal["auto", "pretrained", "random"] = "auto"
     device: Literal["auto", "cuda", "cpu"] = "auto"
     seed: int = Field(42, ge=0)

@@ -79,6 +79,15 @@ class ModelShape:
 
 
 @dataclass(frozen=True)
+class ModelFacts:
+    """What is known of a model from its config alone, before any weight is loaded."""
+
+    vocab_size: int
+    context_length: int | None  # max positions (n_positions / max_position_embeddings); None: unknown
+    config_source: str  # "shipped config", "local folder", "HF cache" or "hub"
+
+
+@dataclass(frozen=True)
 class LoadedModel:
     """What loading produced and decided."""
 
@@ -89,6 +98,7 @@ class LoadedModel:
     shape: ModelShape
     cuda_devices: list[CudaDeviceId] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    revision: str | None = None  # commit hash of pretrained weights when known; None for random weights
 
 
 @dataclass(frozen=True)
@@ -103,14 +113,22 @@ class BatchStats:
 
 
 class Backend(Protocol):
-    """A model runtime: load once, turn prompts into token ids, generate, synchronize."""
+    """A model runtime: inspect, tokenize (both before loading), load once, generate, synchronize."""
 
-    def load(self) -> LoadedModel:
-        """Load or build the model on its device."""
+    def inspect(self) -> ModelFacts:
+        """Vocabulary size and context length from the model's config only (no weights, no GPU)."""
         ...
 
     def tokenize(self, prompts: list[str], max_input_tokens: int) -> list[list[int]]:
-        """Token ids of text prompts, truncated to ``max_input_tokens``."""
+        """Token ids of text prompts, truncated to ``max_input_tokens``; works before ``load()``."""
+        ...
+
+    def tokenizer_name(self) -> str:
+        """Which tokenizer ``tokenize`` used, e.g. ``"gpt2 (HF cache)"`` or ``"byte-level fallback"``."""
+        ...
+
+    def load(self) -> LoadedModel:
+        """Load or build the model on its device."""
         ...
 
     def generate(self, batch: list[list[int]], max_output_tokens: int) -> BatchStats:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.identity import ResolvedSettings
 
 SCHEMA_VERSION: Literal["2.0"] = "2.0"
 
@@ -97,7 +98,10 @@ class ExperimentResult(_Model):
     measurement_config_hash: str = Field(pattern=r"^[0-9a-f]{16}$")
     measurement_methodology: Literal["total"] = "total"
     llem_version: str
-    config: ExperimentConfig
+    config: ExperimentConfig  # as requested (may say "auto")
+    # What was measured, every "auto" resolved; measurement_config_hash is computed from it alone.
+    # Null only in results written before hash recipe 2 (llem-mlflow < 0.2), whose hash was over `config`.
+    resolved: ResolvedSettings | None = None
     model: str
     backend: str
     weights: Literal["pretrained", "random"]
@@ -128,6 +132,8 @@ class ExperimentResult(_Model):
             raise ValueError("total_tokens must equal input_tokens + output_tokens")
         if self.energy_source == "none" and self.total_energy_j is not None:
             raise ValueError("energy_source 'none' requires total_energy_j to be null")
+        if self.resolved is not None and self.resolved.measurement_hash() != self.measurement_config_hash:
+            raise ValueError("measurement_config_hash must be the hash of `resolved`")
         return self
 
     def mlflow_params(self) -> dict[str, str]:

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llem_mlflow import artifacts, energy, environment, flops, workload
+from llem_mlflow import artifacts, energy, environment, flops, recording, workload
 from llem_mlflow._version import __version__
 from llem_mlflow.config import ExperimentConfig, load_config
 from llem_mlflow.errors import DeviceError, TrackingError
@@ -235,39 +235,5 @@ def _record(cfg: ExperimentConfig, result: ExperimentResult, m: _Measurement, sa
     say(f"wrote {json_path} and {trace_path.name}")
     run_id = None
     if cfg.mlflow:
-        run_id = log_folder(folder, cfg.tracking_uri, cfg.experiment_name, cfg.run_name, (result, m.trace))
+        run_id = recording.log_folder(folder, cfg.tracking_uri, cfg.experiment_name, cfg.run_name, (result, m.trace))
     return Outcome(result=result, result_dir=folder, run_id=run_id)
-
-
-def log_folder(
-    folder: Path,
-    tracking_uri: str | None,
-    experiment_name: str | None,
-    run_name: str | None,
-    loaded: tuple[ExperimentResult, PowerTrace] | None = None,
-) -> str:
-    """Log a result folder (result.json + trace) to MLflow; returns the run id.
-
-    Raises:
-        TrackingError: logging failed; the message says the files are safe in ``folder``.
-    """
-    from llem_mlflow import tracking
-
-    json_path, trace_path = folder / artifacts.RESULT_FILE, folder / artifacts.TRACE_FILE
-    result, trace = loaded or (
-        artifacts.read_result_json(json_path),
-        artifacts.read_trace_parquet(trace_path),
-    )
-    try:
-        return tracking.log_result(
-            result,
-            [json_path, trace_path],
-            trace,
-            tracking_uri=tracking_uri,
-            experiment_name=experiment_name,
-            run_name=run_name,
-        )
-    except TrackingError as exc:
-        raise TrackingError(
-            f"{exc}\nThe result is saved in {folder}; log it later with: llem-mlflow log {folder}"
-        ) from None

@@ -1,0 +1,104 @@
+"""What a run measured, with every ``auto`` resolved, and the ``measurement_config_hash`` over it.
+
+The requested config (``ExperimentConfig``) may say ``device: auto``; what decides a measurement
+is what the run resolved: device kind, precision, weights source, model revision, dataset content,
+tokenizer, backend options and the workload numbers. ``ResolvedSettings`` holds exactly those, is
+stored in result.json as ``resolved``, and the hash is recomputable from it alone:
+
+    sha256(canonical JSON of resolved)[:16], canonical = sorted keys, no spaces, UTF-8.
+
+Bump ``HASH_RECIPE`` whenever a field is added, removed or its meaning changes; a test pins a
+literal hash so a refactor cannot change the recipe silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llem_mlflow.config import ExperimentConfig
+
+#: Version of the hash recipe (the fields below and how they are spelled).
+HASH_RECIPE = 2
+SYNTHETIC = "synthetic"
+
+
+class ResolvedSettings(BaseModel):
+    """The settings that decide a measurement, as the run resolved them (no ``auto`` left)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    recipe: int = HASH_RECIPE
+    model: str
+    model_revision: str | None = Field(None, description="Commit of pretrained weights; null for random.")
+    backend: str
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+    weights: Literal["pretrained", "random"]
+    precision: Literal["fp32", "fp16", "bf16"]
+    device: Literal["cpu", "cuda"]
+    n: int
+    batch_size: int
+    max_input_tokens: int
+    max_output_tokens: int
+    dataset: str = Field(description="'synthetic' or 'sha256:<hex>' of the prompt file's bytes.")
+    prompt_field: str | None = Field(None, description="JSON key of the prompt text; null for synthetic.")
+    tokenizer: str | None = Field(None, description="Tokenizer of text prompts; null for synthetic.")
+    seed: int
+    warmup_batches: int
+    baseline_s: float
+    sampling_interval_s: float
+
+    def measurement_hash(self) -> str:
+        """First 16 hex digits of SHA-256 over the canonical JSON of these settings."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def dataset_digest(path: Path) -> str:
+    """``sha256:<hex>`` of a prompt file's bytes: the same prompts hash the same wherever they live."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def resolve(
+    cfg: ExperimentConfig,
+    *,
+    weights: str,
+    precision: str,
+    device: str,
+    revision: str | None,
+    dataset: str,
+    tokenizer: str | None,
+    backend_options: dict[str, Any] | None = None,
+) -> ResolvedSettings:
+    """``cfg`` with what the run decided; ``dataset`` is ``'synthetic'`` or a ``dataset_digest``."""
+    text = dataset != SYNTHETIC
+    return ResolvedSettings.model_validate(
+        {
+            "model": cfg.model,
+            "model_revision": revision if weights == "pretrained" else None,
+            "backend": cfg.backend,
+            "backend_options": backend_options or {},
+            "weights": weights,
+            "precision": precision,
+            "device": device,
+            "n": cfg.n,
+            "batch_size": cfg.batch_size,
+            "max_input_tokens": cfg.max_input_tokens,
+            "max_output_tokens": cfg.max_output_tokens,
+            "dataset": dataset,
+            "prompt_field": cfg.prompt_field if text else None,
+            "tokenizer": tokenizer if text else None,
+            "seed": cfg.seed,
+            "warmup_batches": cfg.warmup_batches,
+            "baseline_s": cfg.baseline_s,
+            "sampling_interval_s": cfg.sampling_interval_s,
+        }
+    )
