@@ -5,9 +5,8 @@ python examples/api_example.py
 
 from llem_mlflow import ExperimentConfig, ExperimentResult, run_experiment
 
-config = ExperimentConfig(
-    model="gpt2", n=4, batch_size=2, max_output_tokens=16, experiment_name="llem-examples"
-)
+# Logs to the default experiment "llem-mlflow", like the CLI and the README's `mlflow run`.
+config = ExperimentConfig(model="gpt2", n=4, batch_size=2, max_output_tokens=16)
 result: ExperimentResult = run_experiment(config)
 
 print(f"experiment   {result.experiment_id}  (config hash {result.measurement_config_hash})")

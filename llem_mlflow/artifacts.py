@@ -1,4 +1,5 @@
-"""Result files on disk: the per-experiment folder, result.json and the Parquet power trace.
+"""Result files on disk: the per-experiment folder, result.json, the Parquet power trace and
+``mlflow_run.json`` (the MLflow run that holds the result, so logging a folder twice is a no-op).
 
 This is the only module that imports pyarrow (lazily). Every write is atomic: a temp file in the
 target folder, fsync, then ``os.replace``, so a crash never leaves a half-written result.
@@ -10,6 +11,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -17,6 +19,7 @@ from pydantic import ValidationError
 
 from llem_mlflow.errors import TrackingError
 from llem_mlflow.result import ExperimentResult
+from llem_mlflow.secrets import scrub_secrets
 from llem_mlflow.trace import PowerTrace, TraceSample
 
 if TYPE_CHECKING:
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
 
 RESULT_FILE = "result.json"
 TRACE_FILE = "timeseries.parquet"
+RUN_RECORD_FILE = "mlflow_run.json"
+_RUN_RECORD_KEYS = ("run_id", "experiment_id", "tracking_uri", "logged_at")
 OTHER_PHASE = "other"
 _META_INTERVAL = b"llem.interval_s"
 _META_WINDOWS = b"llem.windows"
@@ -116,6 +121,34 @@ def read_trace_windows(path: Path) -> dict[str, tuple[float, float]]:
     meta = pq.read_schema(path).metadata or {}
     raw: dict[str, list[float]] = json.loads(meta.get(_META_WINDOWS, b"{}"))
     return {name: (float(w[0]), float(w[1])) for name, w in raw.items()}
+
+
+def write_run_record(
+    directory: Path, *, run_id: str, experiment_id: str, tracking_uri: str, logged_at: datetime
+) -> Path:
+    """Write ``mlflow_run.json`` (which MLflow run holds this result) atomically into ``directory``.
+
+    ``tracking_uri`` is stored without credentials; ``logged_at`` as ISO 8601 (UTC).
+    """
+    record = {
+        "run_id": run_id,
+        "experiment_id": experiment_id,
+        "tracking_uri": scrub_secrets(tracking_uri),
+        "logged_at": logged_at.astimezone(timezone.utc).isoformat(),
+    }
+    data = (json.dumps(record, indent=2) + "\n").encode()
+    return _atomic_write(Path(directory) / RUN_RECORD_FILE, lambda f: f.write(data))
+
+
+def read_run_record(directory: Path) -> dict[str, str] | None:
+    """The ``mlflow_run.json`` of a result folder; None when absent or not a valid record."""
+    try:
+        raw = json.loads((Path(directory) / RUN_RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) for k in _RUN_RECORD_KEYS):
+        return None
+    return {k: raw[k] for k in _RUN_RECORD_KEYS}
 
 
 def _schema() -> pa.Schema:

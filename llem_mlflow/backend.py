@@ -10,12 +10,20 @@ This is the only module that imports torch and transformers, always lazily (insi
   else the shipped catalogue, else the hub config.
 * ``auto``: pretrained when it can be had, else random from the shipped config with a loud
   warning (logged and put in ``LoadedModel.warnings``).
+
+``inspect()`` reads the config alone (local folder ``config.json``, else the shipped catalogue, else
+the HF cache or hub) and keeps it, so ``load()`` does not fetch it again. Tokenizing needs no model:
+the model's own tokenizer (local folder, HF cache, or hub when reachable); when it cannot be had and
+weights are ``random`` or ``auto``, the byte-level fallback of ``llem_mlflow.tokenizers`` with a
+warning; with ``pretrained``, a ``BackendError``.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -26,9 +34,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from llem_mlflow.catalogue import shipped_config, shipped_models
+from llem_mlflow.catalogue import context_length, shipped_config, shipped_models
 from llem_mlflow.errors import BackendError, ConfigError
-from llem_mlflow.protocols import BatchStats, CudaDeviceId, LoadedModel, ModelShape
+from llem_mlflow.protocols import BatchStats, CudaDeviceId, LoadedModel, ModelFacts, ModelShape
+from llem_mlflow.tokenizers import BYTE_FALLBACK_NAME, ByteTokenizer, ModelTokenizer, TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +46,7 @@ _PRECISIONS = ("fp32", "fp16", "bf16")
 _WEIGHT_GLOBS = ("*.safetensors", "*.bin")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 _HUB_CHECK_TIMEOUT_S = 3.0
+_SNAPSHOT_COMMIT = re.compile(r"snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)")
 #: Exceptions that mean "these weights/files cannot be had" (missing, offline, gated, bad id).
 _UNAVAILABLE = (OSError, ValueError, KeyError)
 
@@ -118,7 +128,7 @@ def hub_reachable(timeout_s: float = _HUB_CHECK_TIMEOUT_S) -> bool:
 # ---------------------------------------------------------------- device and precision
 
 
-def _resolve_device(requested: str) -> str:
+def resolve_device(requested: str) -> str:
     if requested == "cpu":
         return "cpu"
     available = cuda_available()
@@ -130,7 +140,7 @@ def _resolve_device(requested: str) -> str:
     return "cuda" if available else "cpu"
 
 
-def _resolve_precision(requested: str | None, device: str) -> str:
+def resolve_precision(requested: str | None, device: str) -> str:
     if requested not in (None, "auto"):
         return requested
     if device == "cpu":
@@ -229,48 +239,72 @@ def _cache_call(load: Any, offline: bool) -> Any:
         return load(local_files_only=True)
 
 
-def _hub_call(load: Any, model: str, what: str) -> Any:
-    """``load(local_files_only=...)``: the HF cache first, then the hub when allowed and reachable."""
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _hub_call(load: Any, model: str, what: str, remedy: str | None = None) -> tuple[Any, str]:
+    """``load(local_files_only=...)``: the HF cache first, then the hub when allowed and reachable.
+
+    Returns the result and where it came from (``"HF cache"`` or ``"hub"``). ``remedy`` (e.g.
+    ``"use weights=random"``) ends each error message; pass it only when that option is not in effect.
+    """
     offline_flag = hub_offline()
     offline = offline_flag or not hub_reachable()
     try:
-        return _cache_call(load, offline)
+        return _cache_call(load, offline), "HF cache"
     except _UNAVAILABLE as exc:
-        cache_error = exc
+        cache_error = _one_line(exc)
+    tail = f", or {remedy}" if remedy else ""
     if offline_flag:
         raise BackendError(
             f"{what} for {model!r} not in the local HF cache and HF_HUB_OFFLINE is set ({cache_error}); "
-            "download it once with network, unset HF_HUB_OFFLINE, or use weights=random"
+            f"download it once with network or unset HF_HUB_OFFLINE{tail}"
         )
     if offline:
         raise BackendError(
             f"{what} for {model!r} not in the local HF cache and the hub ({_hub_endpoint()}) is unreachable; "
-            "check the network (or HF_ENDPOINT/HTTPS_PROXY), pre-fill the HF cache and set HF_HUB_OFFLINE=1, "
-            "or use weights=random"
+            "check the network (or HF_ENDPOINT/HTTPS_PROXY) or pre-fill the HF cache and set HF_HUB_OFFLINE=1"
+            f"{tail}"
         )
     try:
-        return load(local_files_only=False)
+        return load(local_files_only=False), "hub"
     except _UNAVAILABLE as exc:
         raise BackendError(
-            f"could not download {what} for {model!r} from the hub: {exc}. Check the model id, access "
-            "rights (HF_TOKEN for gated models) and network, or use weights=random"
+            f"could not download {what} for {model!r} from the hub: {_one_line(exc)}. Check the model id, "
+            f"access rights (HF_TOKEN for gated models) and network{tail}"
         ) from None
 
 
-def _random_config(model: str, folder: Path | None) -> Any:
-    """The architecture for random weights: folder config, else shipped config, else hub config."""
+def find_config(model: str) -> tuple[Any, str]:
+    """(transformers config, source): folder config.json, else shipped config, else HF cache / hub."""
     from transformers import AutoConfig
 
+    folder = local_model_folder(model)
     if folder is not None:
-        with _forced_hub_offline():
-            return AutoConfig.from_pretrained(str(folder))
+        try:
+            with _forced_hub_offline():
+                return AutoConfig.from_pretrained(str(folder)), "local folder"
+        except _UNAVAILABLE as exc:
+            raise BackendError(f"could not read {folder / 'config.json'}: {_one_line(exc)}") from None
     shipped = shipped_config(model)
     if shipped is not None:
-        return _config_from_dict(shipped)
+        return _config_from_dict(shipped), "shipped config"
     try:
-        return _hub_call(lambda **kw: AutoConfig.from_pretrained(model, **kw), model, "the config")
+        config, where = _hub_call(lambda **kw: AutoConfig.from_pretrained(model, **kw), model, "the config")
     except BackendError as exc:
         raise _unknown_model_error(model, str(exc)) from None
+    return config, where
+
+
+def config_facts(config: Any, source: str) -> ModelFacts:
+    """Vocabulary size and context length of a transformers config (its text part for multimodal ones)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    values = text.to_dict()
+    vocab = values.get("vocab_size")
+    if not isinstance(vocab, int) or vocab <= 0:
+        raise BackendError(f"the model config ({source}) has no vocab_size; use a causal LM config")
+    return ModelFacts(vocab_size=vocab, context_length=context_length(values), config_source=source)
 
 
 def _build_random(config: Any, dtype: Any, device: str, seed: int) -> Any:
@@ -288,6 +322,49 @@ def _load_pretrained(source: str, dtype: Any, **kwargs: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(source, **_dtype_kwargs(dtype), **kwargs)
+
+
+def _cached_file(model: str, filename: str) -> str | None:
+    """Path of ``filename`` of hub repo ``model`` in the local HF cache, else None (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        path = try_to_load_from_cache(model, filename)
+    except (ValueError, OSError):  # not a valid repo id
+        return None
+    return path if isinstance(path, str) else None
+
+
+def pretrained_revision(model_name: str, folder: Path | None, model: Any) -> str | None:
+    """Commit hash of loaded pretrained weights, None when unknown.
+
+    The config's ``_commit_hash`` (transformers < 5), else the ``snapshots/<commit>`` part of the HF cache
+    path the model came from (the folder itself, or the cached ``config.json`` of the hub id).
+    """
+    commit = getattr(model.config, "_commit_hash", None)
+    if isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit):
+        return commit
+    path = str(folder.resolve()) if folder is not None else _cached_file(model_name, "config.json")
+    match = _SNAPSHOT_COMMIT.search(path or "")
+    return match.group(1) if match else None
+
+
+def load_model_tokenizer(model: str) -> ModelTokenizer:
+    """The model's own tokenizer: the local folder's files, else the HF cache, else the hub if reachable."""
+    from transformers import AutoTokenizer
+
+    folder = local_model_folder(model)
+    if folder is None:
+        load = lambda **kw: AutoTokenizer.from_pretrained(model, **kw)  # noqa: E731
+        tokenizer, where = _hub_call(load, model, "the tokenizer")
+        return ModelTokenizer(tokenizer, f"{model} ({where})")
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise BackendError(f"model folder {folder} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
+    try:
+        with _forced_hub_offline():
+            return ModelTokenizer(AutoTokenizer.from_pretrained(str(folder)), f"{model} (local folder)")
+    except _UNAVAILABLE as exc:
+        raise BackendError(f"could not load the tokenizer in {folder}: {_one_line(exc)}") from None
 
 
 # ---------------------------------------------------------------- model facts
@@ -410,8 +487,10 @@ class TransformersBackend:
         self._model: Any = None
         self._device = "cpu"
         self._cuda_indices: list[int] = []
-        self._tokenizer: Any = None
+        self._config: tuple[Any, str] | None = None  # (transformers config, source), fetched once
+        self._tokenizer: TextTokenizer | None = None
         self._tokenizer_error: str | None = None
+        self._tokenizer_warnings: list[str] = []
         self._start_s = 0.0
 
     @property
@@ -419,12 +498,24 @@ class TransformersBackend:
         """The loaded torch model (None before ``load()``)."""
         return self._model
 
+    # -- config
+
+    def _model_config(self) -> tuple[Any, str]:
+        if self._config is None:
+            self._config = find_config(self.model_name)
+        return self._config
+
+    def inspect(self) -> ModelFacts:
+        """Vocabulary size, context length and config source from the config alone (no weights, no GPU)."""
+        config, source = self._model_config()
+        return config_facts(config, source)
+
     # -- loading
 
     def load(self) -> LoadedModel:
         """Load or build the model on its device (see the module docstring for the weight policy)."""
-        self._device = _resolve_device(self._device_request)
-        precision = _resolve_precision(self._precision, self._device)
+        self._device = resolve_device(self._device_request)
+        precision = resolve_precision(self._precision, self._device)
         dtype = _torch_dtype(precision)
         self._start_s = time.perf_counter()
         try:
@@ -441,6 +532,7 @@ class TransformersBackend:
         self._cuda_indices = [d.cuda_index for d in cuda_ids]
         self.synchronize()
         load_time_s = time.perf_counter() - self._start_s
+        folder = local_model_folder(self.model_name)
         return LoadedModel(
             weights=weights,
             precision=precision,
@@ -448,14 +540,15 @@ class TransformersBackend:
             load_time_s=load_time_s,
             shape=model_shape(model),
             cuda_devices=cuda_ids,
-            warnings=warnings,
+            warnings=[*warnings, *self._tokenizer_warnings],
+            revision=pretrained_revision(self.model_name, folder, model) if weights == "pretrained" else None,
         )
 
     def _obtain(self, dtype: Any) -> tuple[Any, str, list[str]]:
         """(model, weights actually used, warnings)."""
         folder = local_model_folder(self.model_name)
         if self._weights == "random":
-            return self._random(folder, dtype), "random", []
+            return self._random(dtype), "random", []
         try:
             return self._pretrained(folder, dtype), "pretrained", []
         except BackendError as exc:
@@ -470,65 +563,88 @@ class TransformersBackend:
                 "or weights=pretrained to fail instead."
             )
             log.warning(warning)
-            return self._random(folder, dtype), "random", [warning]
+            return self._random(dtype), "random", [warning]
 
-    def _random(self, folder: Path | None, dtype: Any) -> Any:
+    def _random(self, dtype: Any) -> Any:
         self._start_s = time.perf_counter()  # load time excludes a failed pretrained lookup
-        config = _random_config(self.model_name, folder)
-        return _build_random(config, dtype, self._device, self._seed)
+        config, _ = self._model_config()
+        return _build_random(copy.deepcopy(config), dtype, self._device, self._seed)
+
+    def _fetched_config(self) -> dict[str, Any]:
+        """``config=`` for from_pretrained when inspect() already read it from the folder, cache or hub."""
+        if self._config is None or self._config[1] == "shipped config":
+            return {}
+        return {"config": self._config[0]}
 
     def _pretrained(self, folder: Path | None, dtype: Any) -> Any:
+        kwargs = self._fetched_config()
+        remedy = "use weights=random" if self._weights == "pretrained" else None  # auto falls back itself
         if folder is not None:
             if not _has_weight_files(folder):
                 raise BackendError(
-                    f"model folder {folder} has no weight files (*.safetensors or *.bin); "
-                    "add them (save_pretrained) or use weights=random"
+                    f"model folder {folder} has no weight files (*.safetensors or *.bin); add them "
+                    f"(save_pretrained){f' or {remedy}' if remedy else ''}"
                 )
             try:
                 with _forced_hub_offline():
-                    return _load_pretrained(str(folder), dtype)
+                    return _load_pretrained(str(folder), dtype, **kwargs)
             except _UNAVAILABLE as exc:
-                raise BackendError(f"could not load the weights in {folder}: {exc}") from None
+                raise BackendError(f"could not load the weights in {folder}: {_one_line(exc)}") from None
         name = self.model_name
-        return _hub_call(lambda **kw: _load_pretrained(name, dtype, **kw), name, "pretrained weights")
+        load = lambda **kw: _load_pretrained(name, dtype, **kwargs, **kw)  # noqa: E731
+        model, _ = _hub_call(load, name, "pretrained weights", remedy)
+        return model
 
-    # -- tokenizing
+    # -- tokenizing (needs no model: works before load())
 
-    def _load_tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
-
-        folder = local_model_folder(self.model_name)
-        if folder is not None:
-            if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
-                raise BackendError(f"model folder {folder} has no tokenizer files")
-            try:
-                with _forced_hub_offline():
-                    return AutoTokenizer.from_pretrained(str(folder))
-            except _UNAVAILABLE as exc:
-                raise BackendError(f"could not load the tokenizer in {folder}: {exc}") from None
-        name = self.model_name
-        return _hub_call(lambda **kw: AutoTokenizer.from_pretrained(name, **kw), name, "the tokenizer")
-
-    def _get_tokenizer(self) -> Any:
+    def _get_tokenizer(self) -> TextTokenizer:
         if self._tokenizer is None and self._tokenizer_error is None:
             try:
-                self._tokenizer = self._load_tokenizer()
+                self._tokenizer = self._resolve_tokenizer()
             except BackendError as exc:
                 self._tokenizer_error = str(exc)
         if self._tokenizer is None:
-            raise BackendError(
-                f"no tokenizer for model {self.model_name!r}: {self._tokenizer_error}. Use dataset=synthetic "
-                "(token ids, no tokenizer needed) or a local model folder with tokenizer files"
-            )
+            raise BackendError(str(self._tokenizer_error))
         return self._tokenizer
 
-    def tokenize(self, prompts: list[str], max_input_tokens: int) -> list[list[int]]:
-        """Token ids of prompts (tokenizer special tokens included), truncated to ``max_input_tokens``."""
-        tokenizer = self._get_tokenizer()
-        encoded = tokenizer(
-            list(prompts), add_special_tokens=True, truncation=True, max_length=max_input_tokens
+    def _resolve_tokenizer(self) -> TextTokenizer:
+        """The model's own tokenizer, else (weights random or auto) the byte-level fallback."""
+        name = self.model_name
+        try:
+            return load_model_tokenizer(name)
+        except BackendError as exc:
+            reason = str(exc)
+        if self._weights == "pretrained":
+            raise BackendError(
+                f"no tokenizer for model {name!r}: {reason}. Use dataset=synthetic (token ids, no tokenizer "
+                "needed), provide the tokenizer files, or use weights=random (byte-level fallback tokenizer)"
+            )
+        try:
+            fallback = ByteTokenizer(self.inspect().vocab_size)
+        except BackendError as exc:
+            raise BackendError(
+                f"no tokenizer for model {name!r} ({reason}), and {exc}; use dataset=synthetic "
+                "(token ids, no tokenizer needed) or provide the model's tokenizer files"
+            ) from None
+        warning = (
+            f"no tokenizer for model {name!r} ({reason}); weights={self._weights}: using the "
+            f"{BYTE_FALLBACK_NAME}, no special tokens. Prompt token counts are UTF-8 byte counts, "
+            "not what the model's own tokenizer would give."
         )
-        rows = [list(map(int, ids)) for ids in encoded["input_ids"]]
+        log.warning(warning)
+        self._tokenizer_warnings.append(warning)
+        return fallback
+
+    def tokenizer_name(self) -> str:
+        """Which tokenizer ``tokenize`` uses, e.g. ``"gpt2 (HF cache)"`` or the byte-level fallback's name."""
+        return self._get_tokenizer().name
+
+    def tokenize(self, prompts: list[str], max_input_tokens: int) -> list[list[int]]:
+        """Token ids of prompts, truncated to ``max_input_tokens``; works before ``load()``.
+
+        The model's tokenizer adds its special tokens; the byte-level fallback adds none.
+        """
+        rows = self._get_tokenizer().encode(prompts, max_input_tokens)
         for index, row in enumerate(rows):
             if not row:
                 raise BackendError(f"prompt {index} is empty after tokenization; remove empty prompts")
@@ -548,7 +664,7 @@ class TransformersBackend:
             getattr(self._model.config, "eos_token_id", None)
         )
         for candidate in (
-            getattr(self._tokenizer, "pad_token_id", None),
+            self._tokenizer.pad_token_id if self._tokenizer is not None else None,
             gen.pad_token_id,
             getattr(self._model.config, "pad_token_id", None),
         ):

@@ -2,13 +2,14 @@
 
 They let ``weights=random`` (and the ``auto`` fallback) build a realistic architecture with
 no network and no cache. Files live in ``llem_mlflow/models/`` under filesystem-safe names
-(``/`` in a hub id becomes ``--``); this module maps hub ids and short aliases to them.
-Pure ``json`` + ``importlib.resources``: no vendor import.
+(``/`` in a hub id becomes ``--``); this module maps hub ids and short aliases to them, and reads the
+context length from any ``config.json`` content. Pure ``json`` + ``importlib.resources``: no vendor import.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -27,6 +28,9 @@ _FILES: dict[str, str] = {
     "llem/tiny-llama": "llem--tiny-llama.json",
 }
 
+#: Config keys that hold the maximum number of positions, in the order they are looked up.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+
 
 def shipped_models() -> list[str]:
     """Every model name with a shipped config (hub ids and aliases), sorted."""
@@ -41,3 +45,12 @@ def shipped_config(name: str) -> dict[str, Any] | None:
     text = resources.files("llem_mlflow").joinpath("models").joinpath(file_name).read_text(encoding="utf-8")
     config: dict[str, Any] = json.loads(text)
     return config
+
+
+def context_length(config: Mapping[str, Any]) -> int | None:
+    """The first positive integer under ``CONTEXT_KEYS`` in a ``config.json`` content, else None."""
+    for key in CONTEXT_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None

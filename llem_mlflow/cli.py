@@ -1,24 +1,69 @@
 """The ``llem-mlflow`` command line: the only place that turns errors into exit codes.
 
 Exit codes: 0 ok, 2 invalid configuration (one line naming the field), 1 runtime failure.
+
+Every config option of ``run`` is typed ``str | None`` and defaults to None, so an unset flag never
+overrides a YAML config, and ``''`` (what ``mlflow run`` passes for a parameter the user left out)
+also means unset. Pydantic validates the values, so a bad flag and a bad YAML value take the same
+path: exit 2 with one line ``error: invalid config: <field>: ...``. The default and the metavar
+shown in ``--help`` come from ``ExperimentConfig.model_fields``: the config is their one source.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import sys
-from typing import Annotated, Any
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union, cast, get_args, get_origin
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from llem_mlflow._version import __version__
-from llem_mlflow.config import load_config
+from llem_mlflow.config import ExperimentConfig, load_config
 from llem_mlflow.errors import ConfigError, LlemError
 
+if TYPE_CHECKING:
+    from llem_mlflow.runner import Outcome
+
+F = TypeVar("F", bound=Callable[..., Any])
+_LABEL = 16  # width of the label column in `run`'s summary and in `config`
+
+
+def _plain_flags(params: Any) -> Any:
+    """Boolean flags take no value: show ``--no-mlflow``, not ``--no-mlflow <bool>``."""
+    for param in params:
+        if getattr(param, "is_flag", False) and getattr(param, "metavar", "") is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> Any:
+        return _plain_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> Any:
+        return _plain_flags(super().get_params(ctx))
+
+
+def _dashes(token: str) -> str:
+    return token.replace("_", "-")
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # `mlflow run -P batch_size=2` passes `--batch_size 2`: option names accept _ for -.
+    context_settings={"help_option_names": ["-h", "--help"], "token_normalize_func": _dashes},
     help="Measure the GPU energy of LLM inference in-process and log it to MLflow.",
 )
 
@@ -44,126 +89,362 @@ def _err(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
 
 
-@app.command()
+# ---------------------------------------------------------------- config options from the model
+
+
+def _metavar(field: str) -> str:
+    """INTEGER, FLOAT, TEXT or the choices ``[a|b]`` of ``ExperimentConfig``'s field type."""
+    annotation = ExperimentConfig.model_fields[field].annotation
+    if get_origin(annotation) in (Union, UnionType):  # `str | None`: the non-None member
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    if get_origin(annotation) is Literal:
+        return "[" + "|".join(str(choice) for choice in get_args(annotation)) + "]"
+    return {int: "INTEGER", float: "FLOAT"}.get(annotation, "TEXT")  # type: ignore[arg-type]
+
+
+def _default_text(field: str) -> str | bool:
+    """The field's default as shown by ``--help`` (False: none to show)."""
+    default = ExperimentConfig.model_fields[field].default
+    return False if default is None else str(default)
+
+
+def _cfg(field: str, help: str, *names: str, default_text: str | None = None) -> Any:
+    """A ``run`` option for config field ``field``: metavar and shown default from the config."""
+    return Opt(
+        *names,
+        metavar=_metavar(field),
+        show_default=default_text or _default_text(field),
+        help=help,
+    )
+
+
+def _default_experiment() -> str:
+    from llem_mlflow.tracking import DEFAULT_EXPERIMENT
+
+    return DEFAULT_EXPERIMENT
+
+
+@app.command(cls=_Command)
 def run(
-    config: Annotated[str | None, typer.Argument(help="YAML config file (flags override it).")] = None,
-    model: Annotated[str | None, Opt(help="Hub id, shipped config name or local model folder.")] = None,
-    backend: Annotated[str | None, Opt(help="Inference backend: pytorch.")] = None,
-    n: Annotated[int | None, Opt("--n", "-n", help="Number of prompts.")] = None,
-    batch_size: Annotated[int | None, Opt(help="Prompts per generate() call.")] = None,
-    precision: Annotated[
-        str | None, Opt(help="auto|fp32|fp16|bf16 (auto: bf16 on CUDA, fp32 on CPU).")
+    config: Annotated[
+        str | None, typer.Argument(metavar="CONFIG.yaml", help="YAML config file (flags override it).")
     ] = None,
-    max_input_tokens: Annotated[int | None, Opt(help="Prompt length / truncation.")] = None,
-    max_output_tokens: Annotated[int | None, Opt(help="New tokens per prompt (exact).")] = None,
-    dataset: Annotated[str | None, Opt(help="'synthetic' or a .jsonl path.")] = None,
-    weights: Annotated[str | None, Opt(help="auto|pretrained|random.")] = None,
-    device: Annotated[str | None, Opt(help="auto|cuda|cpu.")] = None,
-    seed: Annotated[int | None, Opt(help="Random seed.")] = None,
-    warmup_batches: Annotated[int | None, Opt(help="Warm-up generate() calls.")] = None,
-    baseline_s: Annotated[float | None, Opt(help="Idle baseline seconds (0: none).")] = None,
-    sampling_interval_s: Annotated[float | None, Opt(help="Power trace period (s).")] = None,
-    output_dir: Annotated[str | None, Opt(help="Parent folder of result folders.")] = None,
-    tracking_uri: Annotated[str | None, Opt(help="MLflow tracking URI.")] = None,
-    experiment_name: Annotated[str | None, Opt(help="MLflow experiment name.")] = None,
-    run_name: Annotated[str | None, Opt(help="MLflow run name.")] = None,
+    config_file: Annotated[
+        str | None,
+        Opt("--config", metavar="CONFIG.yaml", help="The YAML config file, as an option (`mlflow run`)."),
+    ] = None,
+    model: Annotated[str | None, _cfg("model", "Hub id, shipped config name or local model folder.")] = None,
+    backend: Annotated[str | None, _cfg("backend", "Inference backend.")] = None,
+    n: Annotated[str | None, _cfg("n", "Number of prompts.", "--n", "-n")] = None,
+    batch_size: Annotated[str | None, _cfg("batch_size", "Prompts per generate() call.")] = None,
+    precision: Annotated[
+        str | None, _cfg("precision", "auto: bf16 on CUDA (fp16 without bf16 support), fp32 on CPU.")
+    ] = None,
+    max_input_tokens: Annotated[
+        str | None, _cfg("max_input_tokens", "Synthetic prompt length, or truncation of text prompts.")
+    ] = None,
+    max_output_tokens: Annotated[
+        str | None, _cfg("max_output_tokens", "New tokens per prompt, exactly (EOS is ignored).")
+    ] = None,
+    dataset: Annotated[str | None, _cfg("dataset", "'synthetic' or a .jsonl file of prompts.")] = None,
+    prompt_field: Annotated[
+        str | None, _cfg("prompt_field", "JSON key of the prompt text in a .jsonl dataset.")
+    ] = None,
+    weights: Annotated[
+        str | None, _cfg("weights", "auto: pretrained if they can be had, else random (with a warning).")
+    ] = None,
+    device: Annotated[str | None, _cfg("device", "auto: cuda when torch sees a GPU, else cpu.")] = None,
+    seed: Annotated[str | None, _cfg("seed", "Random seed (prompts, random weights).")] = None,
+    warmup_batches: Annotated[
+        str | None, _cfg("warmup_batches", "generate() calls before measuring.")
+    ] = None,
+    baseline_s: Annotated[
+        str | None, _cfg("baseline_s", "Idle-power baseline in seconds, model loaded (0: none).")
+    ] = None,
+    sampling_interval_s: Annotated[
+        str | None, _cfg("sampling_interval_s", "Power trace period in seconds.")
+    ] = None,
+    output_dir: Annotated[str | None, _cfg("output_dir", "Parent folder of result folders.")] = None,
+    tracking_uri: Annotated[
+        str | None,
+        _cfg(
+            "tracking_uri",
+            "MLflow tracking URI.",
+            default_text="MLFLOW_TRACKING_URI, else sqlite:///mlflow.db",
+        ),
+    ] = None,
+    experiment_name: Annotated[
+        str | None, _cfg("experiment_name", "MLflow experiment name.", default_text=_default_experiment())
+    ] = None,
+    run_name: Annotated[str | None, _cfg("run_name", "MLflow run name.")] = None,
     no_mlflow: Annotated[bool, Opt("--no-mlflow", help="Write files only; do not log to MLflow.")] = False,
 ) -> None:
     """Run one experiment: load the model, measure, write result.json + trace, log to MLflow."""
-    # Empty strings mean "unset": MLproject passes '' for parameters left at their default.
-    overrides = {k: (None if v == "" else v) for k, v in locals().items() if k not in ("config", "no_mlflow")}
-    if no_mlflow:
-        overrides["mlflow"] = False
-    try:
-        cfg = load_config(config, **overrides)
-    except ConfigError as exc:
-        _err(str(exc))
-        raise typer.Exit(2) from None
+    cfg = _load(locals())
     _execute(cfg)
 
 
-def _execute(cfg: Any) -> None:
+def _same_options_as(command: Callable[..., Any]) -> Callable[[F], F]:
+    """Give the decorated command ``command``'s parameters (typer reads them via ``__wrapped__``)."""
+
+    def decorate(func: F) -> F:
+        return cast(F, functools.update_wrapper(func, command, assigned=(), updated=()))
+
+    return decorate
+
+
+def _load(flags: dict[str, Any]) -> ExperimentConfig:
+    """The config from the YAML path and flags of ``run``/``config``; invalid: exit 2 with one line."""
+    not_fields = ("config", "config_file", "no_mlflow")
+    overrides = {k: (None if v == "" else v) for k, v in flags.items() if k not in not_fields}
+    if flags.get("no_mlflow"):
+        overrides["mlflow"] = False
+    try:
+        return load_config(_config_path(flags.get("config"), flags.get("config_file")), **overrides)
+    except ConfigError as exc:
+        _err(str(exc))
+        raise typer.Exit(2) from None
+
+
+def _config_path(argument: str | None, option: str | None) -> str | None:
+    if argument and option and argument != option:
+        raise ConfigError(f"two config files given ({argument} and --config {option}); give one")
+    return argument or option or None
+
+
+def _execute(cfg: ExperimentConfig) -> None:
+    from llem_mlflow.console import ConsoleProgress
     from llem_mlflow.runner import execute
 
     _setup_logging()
     try:
-        outcome = execute(cfg, progress=lambda msg: typer.echo(f"[llem] {msg}", err=True))
+        with ConsoleProgress() as progress:
+            outcome = execute(cfg, progress=progress)
     except ConfigError as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
     except LlemError as exc:
         _err(str(exc))
         raise typer.Exit(1) from None
-    typer.echo(_summary(outcome))
+    typer.echo(summary(outcome))
+    if outcome.tracking_error:
+        _err(outcome.tracking_error)
+        raise typer.Exit(1)
 
 
-def _summary(outcome: Any) -> str:
+# ---------------------------------------------------------------- the summary after a run
+
+
+def _line(label: str, value: str) -> str:
+    return f"{label:<{_LABEL}}{value}"
+
+
+def _joules(value: float) -> str:
+    """Energy for reading: ``1,301 J``, ``10.16 J``, ``12.3 mJ``."""
+    size = abs(value)
+    if size >= 1000:
+        return f"{value:,.0f} J"
+    if size >= 1 or size == 0:
+        return f"{value:.4g} J"
+    if size >= 1e-3:
+        return f"{value * 1e3:.4g} mJ"
+    return f"{value * 1e6:.4g} uJ"
+
+
+def _not_measured_reason(warnings: list[str]) -> str:
+    prefix = "energy not measured: "
+    for w in warnings:
+        if w.startswith(prefix):
+            return w[len(prefix) :]
+    return "no NVIDIA GPU energy counter"
+
+
+def summary(outcome: Outcome) -> str:
+    """What a run measured, one ``label  value`` per line; the last lines name its folder and run."""
     r = outcome.result
-    energy = f"{r.total_energy_j:.1f} J" if r.total_energy_j is not None else "not measured (no NVIDIA GPU)"
-    per_tok = f"{r.avg_energy_per_token_j:.4g} J" if r.avg_energy_per_token_j is not None else "n/a"
-    net = f"{r.energy.net_j:.1f} J" if r.energy and r.energy.net_j is not None else "n/a"
     lines = [
-        f"model           {r.model} ({r.weights} weights, {r.precision}, {r.device})",
-        f"tokens          {r.input_tokens} in, {r.output_tokens} out",
-        f"energy          {energy} (net of idle: {net}, source: {r.energy_source})",
-        f"energy/token    {per_tok}",
-        f"throughput      {r.avg_tokens_per_second:.1f} tok/s over {r.total_inference_time_sec:.2f} s",
-        f"result folder   {outcome.result_dir}",
-        f"mlflow run      {outcome.run_id or 'not logged (--no-mlflow)'}",
+        _line("model", f"{r.model} ({r.weights} weights, {r.precision}, {r.device})"),
+        _line("workload", f"{r.config.n} prompts: {r.input_tokens:,} tokens in, {r.output_tokens:,} out"),
+        _line(
+            "time",
+            f"{r.total_inference_time_sec:.2f} s measured, {r.avg_tokens_per_second:,.1f} output tokens/s",
+        ),
     ]
+    e = r.energy
+    if r.total_energy_j is None or e is None:
+        lines.append(_line("energy", f"not measured: {_not_measured_reason(r.warnings)}"))
+    else:
+        gpus = f"{len(e.per_gpu)} GPU" + ("s" if len(e.per_gpu) != 1 else "")
+        edges = f" +- {_joules(e.edge_uncertainty_j)}" if e.edge_uncertainty_j is not None else ""
+        lines.append(_line("energy", f"{_joules(r.total_energy_j)}{edges} on {gpus} ({r.energy_source})"))
+        if e.net_j is not None and e.idle_power_w is not None:
+            lines.append(_line("net of idle", f"{_joules(e.net_j)} (idle {e.idle_power_w:,.1f} W)"))
+        if r.avg_energy_per_token_j is not None:
+            lines.append(_line("energy/token", f"{_joules(r.avg_energy_per_token_j)} per output token"))
     if r.warnings:
-        lines.append(f"warnings        {len(r.warnings)} (see result.json)")
+        lines.append(_line("warnings", f"{len(r.warnings)} (see result.json)"))
+    lines.append(_line("result folder", str(outcome.result_dir)))
+    if outcome.run_id:
+        run = outcome.run_id
+    elif outcome.tracking_error:
+        run = "not logged (see the error below)"
+    else:
+        run = "not logged (--no-mlflow)"
+    lines.append(_line("mlflow run", run))
     return "\n".join(lines)
 
 
+class _CurrentStderr(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is now, so log lines go above the progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.WARNING, format="[llem] %(levelname)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING, format="[llem] %(levelname)s: %(message)s", handlers=[_CurrentStderr()]
+    )
 
 
-@app.command("log")
+# ---------------------------------------------------------------- log
+
+
+@app.command("log", cls=_Command)
 def log_saved(
     result_dir: Annotated[str, typer.Argument(help="A result folder (holds result.json and the trace).")],
-    tracking_uri: Annotated[str | None, Opt(help="MLflow tracking URI.")] = None,
-    experiment_name: Annotated[str | None, Opt(help="MLflow experiment name.")] = None,
-    run_name: Annotated[str | None, Opt(help="MLflow run name.")] = None,
+    tracking_uri: Annotated[str | None, Opt(metavar="TEXT", help="MLflow tracking URI.")] = None,
+    experiment_name: Annotated[str | None, Opt(metavar="TEXT", help="MLflow experiment name.")] = None,
+    run_name: Annotated[str | None, Opt(metavar="TEXT", help="MLflow run name.")] = None,
 ) -> None:
     """Log a saved result folder to MLflow (e.g. after the tracking server was unreachable)."""
-    from pathlib import Path
-
     from llem_mlflow.recording import log_folder
 
     _setup_logging()
     try:
-        run_id = log_folder(Path(result_dir), tracking_uri, experiment_name, run_name)
+        logged = log_folder(Path(result_dir), tracking_uri or None, experiment_name or None, run_name or None)
     except LlemError as exc:
         _err(str(exc))
         raise typer.Exit(1) from None
-    typer.echo(f"mlflow run      {run_id}")
+    if logged.already_logged:
+        typer.echo(f"[llem] already logged in MLflow run {logged.run_id}: nothing logged again", err=True)
+    typer.echo(_line("mlflow run", logged.run_id))
 
 
-@app.command("config")
-def show_config() -> None:
-    """Show the GPUs NVML sees, whether energy can be measured, and backend versions."""
-    from llem_mlflow.backend import backend_versions, cuda_available
+# ---------------------------------------------------------------- config
+
+
+@app.command("config", cls=_Command)
+@_same_options_as(run)
+def show_config(**flags: Any) -> None:
+    """Show what a run here would use: versions, device, precision, energy source, MLflow store.
+
+    Takes the same config file and flags as `run` and shows how they resolve.
+    """
+    cfg = _load(flags)
+    for label, value in _describe(cfg):
+        typer.echo(_line(label, value))
+
+
+def _describe(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    from llem_mlflow.backend import backend_versions
+    from llem_mlflow.catalogue import shipped_models
+    from llem_mlflow.tracking import mlflow_version
+
+    versions = _guarded(backend_versions, {})
+    torch = versions.get("torch")
+    cuda = versions.get("cuda_runtime")
+    rows = [
+        ("llem-mlflow", __version__),
+        ("torch", f"{torch} ({f'CUDA {cuda}' if cuda else 'no CUDA'} build)" if torch else "not installed"),
+        ("transformers", versions.get("transformers") or "not installed"),
+        ("mlflow", mlflow_version() or "not installed"),
+        ("model", cfg.model),
+    ]
+    device, device_text = _device(cfg.device)
+    rows.append(("device", device_text))
+    rows.append(("precision", _precision(cfg.precision, device)))
+    rows.extend(_energy_source(device))
+    rows.extend(_tracking(cfg))
+    rows.append(("output folder", str(Path(cfg.output_dir).resolve())))
+    models = textwrap.fill(
+        ", ".join(shipped_models()), width=100, subsequent_indent=" " * _LABEL, break_on_hyphens=False
+    )
+    rows.append(("shipped models", models))
+    return rows
+
+
+def _guarded(read: Callable[[], Any], fallback: Any) -> Any:
+    try:
+        return read()
+    except Exception:  # a broken install must not turn `config` into a traceback
+        return fallback
+
+
+def _device(requested: str) -> tuple[str | None, str]:
+    """(device a run would use or None, text) for ``requested``."""
+    from llem_mlflow.backend import resolve_device
+
+    try:
+        device = resolve_device(requested)
+    except LlemError as exc:
+        return None, f"unavailable: {exc}"
+    except Exception as exc:
+        return None, f"unavailable: torch failed ({type(exc).__name__}: {exc})"
+    if requested != "auto":
+        return device, device
+    why = "torch sees a CUDA device" if device == "cuda" else "torch sees no CUDA device"
+    return device, f"{device} (auto: {why})"
+
+
+def _precision(requested: str, device: str | None) -> str:
+    from llem_mlflow.backend import resolve_precision
+
+    if device is None:
+        return "unknown (no device)" if requested == "auto" else requested
+    try:
+        precision = resolve_precision(requested, device)
+    except Exception as exc:
+        return f"unknown: torch failed ({type(exc).__name__}: {exc})"
+    return f"{precision} (auto on {device})" if requested == "auto" else precision
+
+
+def _energy_source(device: str | None) -> list[tuple[str, str]]:
     from llem_mlflow.device import try_open_session
 
-    versions = backend_versions()
-    typer.echo(f"llem-mlflow     {__version__}")
-    typer.echo(f"backend pytorch torch {versions.get('torch')}, transformers {versions.get('transformers')}")
-    typer.echo(
-        f"CUDA            {'available' if cuda_available() else 'not available'}"
-        f" (runtime {versions.get('cuda_runtime')})"
-    )
     session, reason = try_open_session()
     if session is None:
-        typer.echo(f"energy source   none ({reason})")
-        return
+        return [("energy source", f"none ({reason})")]
     with session:
         gpus = session.all_gpus()
-        typer.echo(f"energy source   nvml (driver {session.driver_version()}, {len(gpus)} GPU(s))")
+        nvml = f"NVML driver {session.driver_version()}, {len(gpus)} GPU(s)"
+        rows = [
+            (
+                "energy source",
+                f"nvml ({nvml})" if device == "cuda" else f"none (the model would run on {device}; {nvml})",
+            )
+        ]
         for g in gpus:
             limit = f"{g.power_limit_w:.0f} W" if g.power_limit_w else "?"
-            typer.echo(f"GPU {g.nvml_index}           {g.name}  {g.uuid}  limit {limit}")
+            rows.append((f"GPU {g.nvml_index}", f"{g.name}  {g.uuid}  limit {limit}"))
+    return rows
+
+
+def _tracking(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    from llem_mlflow import tracking
+
+    if not cfg.mlflow:
+        return [("tracking store", "none (mlflow off: files only)")]
+    uri = tracking.target_tracking_uri(cfg.tracking_uri)
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:  # inside `mlflow run`: the result goes into its run (see tracking)
+        experiment = f"the one of run {run_id} (MLFLOW_RUN_ID, set by `mlflow run`)"
+    else:
+        experiment = tracking.resolve_experiment_name(cfg.experiment_name)
+    return [("tracking store", tracking.scrub_uri(uri)), ("experiment", experiment)]
 
 
 def main() -> None:

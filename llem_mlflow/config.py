@@ -1,4 +1,7 @@
-"""ExperimentConfig: what one experiment measures, where its results go, and its hash.
+"""ExperimentConfig: what one experiment asks to measure, and where its results go.
+
+The config holds requested values (``device: auto`` and so on); what a run resolved them to,
+and the ``measurement_config_hash`` over that, live in ``identity``.
 
 The config is inert: validating it touches no GPU, network or environment variable.
 ``load_config`` reads YAML and applies overrides; every failure is a ``ConfigError``
@@ -7,8 +10,6 @@ whose message names the field and what is allowed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,11 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serial
 
 from llem_mlflow.errors import ConfigError
 from llem_mlflow.secrets import scrub_secrets
-
-#: Fields that do not change what is measured: excluded from ``measurement_config_hash``.
-NON_MEASUREMENT_FIELDS: frozenset[str] = frozenset(
-    {"output_dir", "tracking_uri", "experiment_name", "run_name", "mlflow"}
-)
 
 
 class ExperimentConfig(BaseModel):
@@ -78,15 +74,6 @@ class ExperimentConfig(BaseModel):
     def _no_credentials(self, value: str | None) -> str | None:
         # Serialized copies (result.json, MLflow params) never hold credentials; the live value keeps them.
         return None if value is None else scrub_secrets(value)
-
-    def measurement_dict(self) -> dict[str, Any]:
-        """The fields that change what is measured (everything but NON_MEASUREMENT_FIELDS)."""
-        return self.model_dump(mode="json", exclude=set(NON_MEASUREMENT_FIELDS))
-
-    def config_hash(self) -> str:
-        """First 16 hex digits of SHA-256 over the canonical JSON of ``measurement_dict()``."""
-        canonical = json.dumps(self.measurement_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def format_validation_error(err: ValidationError) -> str:

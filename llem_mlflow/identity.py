@@ -67,6 +67,14 @@ def dataset_digest(path: Path) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
+def stable_tokenizer_name(name: str | None) -> str | None:
+    """The tokenizer's name without where it was read from: ``"gpt2 (HF cache)"`` -> ``"gpt2"``.
+
+    The same tokenizer read from the hub once and from the cache later measures the same thing.
+    """
+    return None if name is None else name.split(" (", 1)[0]
+
+
 def resolve(
     cfg: ExperimentConfig,
     *,
@@ -95,7 +103,7 @@ def resolve(
             "max_output_tokens": cfg.max_output_tokens,
             "dataset": dataset,
             "prompt_field": cfg.prompt_field if text else None,
-            "tokenizer": tokenizer if text else None,
+            "tokenizer": stable_tokenizer_name(tokenizer) if text else None,
             "seed": cfg.seed,
             "warmup_batches": cfg.warmup_batches,
             "baseline_s": cfg.baseline_s,

@@ -1,17 +1,27 @@
-"""Logging a result folder (result.json + timeseries.parquet) to MLflow.
+"""Logging a result folder (result.json + timeseries.parquet) to MLflow, once.
 
 Used right after a run and by ``llem-mlflow log DIR`` to recover a folder whose logging failed.
 The files are always written before this is called, so a failure here never loses a measurement.
+Logging is idempotent: the folder's ``mlflow_run.json`` and the run tag ``llem.experiment_id`` find
+a FINISHED run that already holds the result, and then nothing is logged again. result.json is
+never rewritten.
 """
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime, timezone
 from pathlib import Path
 
-from llem_mlflow import artifacts
+from llem_mlflow import artifacts, tracking
 from llem_mlflow.errors import TrackingError
 from llem_mlflow.result import ExperimentResult
 from llem_mlflow.trace import PowerTrace
+from llem_mlflow.tracking import LoggedRun
+
+__all__ = ["LoggedRun", "log_folder"]
+
+log = logging.getLogger(__name__)
 
 
 def log_folder(
@@ -20,21 +30,26 @@ def log_folder(
     experiment_name: str | None,
     run_name: str | None,
     loaded: tuple[ExperimentResult, PowerTrace] | None = None,
-) -> str:
-    """Log a result folder (result.json + trace) to MLflow; returns the run id.
+) -> LoggedRun:
+    """Log a result folder (result.json + trace) to MLflow unless a FINISHED run already holds it.
+
+    Returns:
+        The run; ``already_logged`` is True when it was found in the store and nothing was logged.
+        ``mlflow_run.json`` in ``folder`` then names it (a folder that cannot be written only warns).
 
     Raises:
         TrackingError: logging failed; the message says the files are safe in ``folder``.
     """
-    from llem_mlflow import tracking
-
     json_path, trace_path = folder / artifacts.RESULT_FILE, folder / artifacts.TRACE_FILE
     result, trace = loaded or (
         artifacts.read_result_json(json_path),
         artifacts.read_trace_parquet(trace_path),
     )
+    record = artifacts.read_run_record(folder)
     try:
-        return tracking.log_result(
+        logged = tracking.find_logged_run(
+            result.experiment_id, tracking_uri=tracking_uri, run_id_hint=record["run_id"] if record else None
+        ) or tracking.record_result(
             result,
             [json_path, trace_path],
             trace,
@@ -46,3 +61,20 @@ def log_folder(
         raise TrackingError(
             f"{exc}\nThe result is saved in {folder}; log it later with: llem-mlflow log {folder}"
         ) from None
+    if record is None or (record["run_id"], record["tracking_uri"]) != (logged.run_id, logged.tracking_uri):
+        _remember(folder, logged)
+    return logged
+
+
+def _remember(folder: Path, logged: LoggedRun) -> None:
+    """Write ``mlflow_run.json``; a failure only warns (the run is logged either way)."""
+    try:
+        artifacts.write_run_record(
+            folder,
+            run_id=logged.run_id,
+            experiment_id=logged.experiment_id,
+            tracking_uri=logged.tracking_uri,
+            logged_at=datetime.now(timezone.utc),
+        )
+    except TrackingError as exc:
+        log.warning("MLflow run %s holds the result, but %s", logged.run_id, exc)

@@ -6,6 +6,8 @@ so no other module keeps its own list of keys.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -137,14 +139,21 @@ class ExperimentResult(_Model):
         return self
 
     def mlflow_params(self) -> dict[str, str]:
-        """Every config field, as strings (None as empty string is avoided: omitted)."""
-        return {k: _param_str(v) for k, v in self.config.model_dump(mode="json").items() if v is not None}
+        """Every config field, then ``resolved.<field>`` for each resolved setting (None omitted).
+
+        Values are strings: booleans lower-case, dicts and lists compact JSON (see ``_param_str``).
+        """
+        params = _params_of(self.config.model_dump(mode="json"), prefix="")
+        if self.resolved is not None:
+            params.update(_params_of(self.resolved.model_dump(mode="json"), prefix="resolved."))
+        return params
 
     def mlflow_tags(self) -> dict[str, str]:
         """llem.* tags: identity, provenance and environment."""
         env = self.environment_snapshot
         tags: dict[str, str | None] = {
             "llem.config_hash": self.measurement_config_hash,
+            "llem.hash_recipe": str(self.resolved.recipe) if self.resolved is not None else None,
             "llem.schema_version": self.schema_version,
             "llem.version": self.llem_version,
             "llem.experiment_id": self.experiment_id,
@@ -165,35 +174,84 @@ class ExperimentResult(_Model):
         return {k: v for k, v in tags.items() if v is not None}
 
     def mlflow_metrics(self) -> dict[str, float]:
-        """Summary metrics; energy metrics only when energy was measured."""
-        metrics: dict[str, float | None] = {
-            "throughput/output_tokens_per_s": self.avg_tokens_per_second,
-            "time/inference_s": self.total_inference_time_sec,
-            "time/model_load_s": self.model_load_time_sec,
-            "compute/flops": self.total_flops,
-            "tokens/input": float(self.input_tokens),
-            "tokens/output": float(self.output_tokens),
-            "tokens/total": float(self.total_tokens),
+        """Summary metrics, each rounded by its rule (below); energy ones only when energy was measured."""
+        metrics: dict[str, _Rounded] = {
+            "throughput/output_tokens_per_s": (self.avg_tokens_per_second, _ratio),
+            "time/inference_s": (self.total_inference_time_sec, _seconds),
+            "time/model_load_s": (self.model_load_time_sec, _seconds),
+            "compute/flops": (self.total_flops, _count),
+            "tokens/input": (self.input_tokens, _count),
+            "tokens/output": (self.output_tokens, _count),
+            "tokens/total": (self.total_tokens, _count),
         }
         if self.energy is not None:
             metrics.update(_energy_metrics(self))
-        return {k: float(v) for k, v in metrics.items() if v is not None}
+        return {k: rule(float(v)) for k, (v, rule) in metrics.items() if v is not None}
 
 
-def _energy_metrics(result: ExperimentResult) -> dict[str, float | None]:
+# Rounding of logged metric values: each keeps the precision its source has, no float noise
+# (266.0649999999987 is logged as 266.065). A metric is (value, rounding rule).
+_Rounded = tuple[float | None, Callable[[float], float]]
+
+
+def _energy_j(value: float) -> float:
+    """Energy in J to 1 mJ (3 decimals): the NVML total-energy counter counts millijoules."""
+    return round(value, 3)
+
+
+def _power_w(value: float) -> float:
+    """Power in W to 1 mW (3 decimals): NVML reports power in milliwatts."""
+    return round(value, 3)
+
+
+def _seconds(value: float) -> float:
+    """Durations in s to 1 us (6 decimals)."""
+    return round(value, 6)
+
+
+def _count(value: float) -> float:
+    """Tokens and FLOPs: integral."""
+    return float(round(value))
+
+
+def _ratio(value: float) -> float:
+    """Derived ratios (J/token, tokens/s): 6 significant digits."""
+    return float(f"{value:.6g}")
+
+
+def _percent(value: float) -> float:
+    """Percentages to 4 decimals."""
+    return round(value, 4)
+
+
+def mlflow_power_point(gpu: int, power_w: float) -> tuple[str, float]:
+    """Metric key and rounded value of one power-trace sample: ``power/gpu{i}_w``, W to 1 mW."""
+    return f"power/gpu{gpu}_w", _power_w(power_w)
+
+
+def _energy_metrics(result: ExperimentResult) -> dict[str, _Rounded]:
     energy = result.energy
     assert energy is not None  # noqa: S101 - guarded by caller
     per_gpu_gaps = [g.counter_vs_trace_pct for g in energy.per_gpu if g.counter_vs_trace_pct is not None]
     return {
-        "energy/total_j": result.total_energy_j,
-        "energy/gross_j": energy.gross_j,
-        "energy/net_j": energy.net_j,
-        "energy/idle_w": energy.idle_power_w,
-        "energy/per_output_token_j": result.avg_energy_per_token_j,
-        "energy/edge_uncertainty_j": energy.edge_uncertainty_j,
-        "quality/counter_vs_trace_pct": max(per_gpu_gaps, key=abs) if per_gpu_gaps else None,
+        "energy/total_j": (result.total_energy_j, _energy_j),
+        "energy/gross_j": (energy.gross_j, _energy_j),
+        "energy/net_j": (energy.net_j, _energy_j),
+        "energy/idle_w": (energy.idle_power_w, _power_w),
+        "energy/per_output_token_j": (result.avg_energy_per_token_j, _ratio),
+        "energy/edge_uncertainty_j": (energy.edge_uncertainty_j, _energy_j),
+        "quality/counter_vs_trace_pct": (max(per_gpu_gaps, key=abs) if per_gpu_gaps else None, _percent),
     }
 
 
+def _params_of(values: dict[str, Any], prefix: str) -> dict[str, str]:
+    return {prefix + k: _param_str(v) for k, v in values.items() if v is not None}
+
+
 def _param_str(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    """A param value: booleans lower-case, dicts and lists compact JSON (sorted keys), else ``str``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)

@@ -1,14 +1,17 @@
 """run_experiment: the order of operations of one experiment, in the calling process.
 
-load model -> prompts -> warm-up -> idle baseline -> measured window (counter at CUDA-synced
-edges, power sampler alongside) -> FLOPs -> environment -> ExperimentResult -> result.json +
-timeseries.parquet -> MLflow. The backend and the GPU provider are injected, so tests run the
-whole sequence on fakes.
+checks (output folder, MLflow store, dataset, tokenizer, context; see ``preflight``) -> load
+model -> resolved settings and hash -> result folder -> warm-up -> idle baseline -> measured
+window (counter at CUDA-synced edges, power sampler alongside) -> FLOPs -> environment ->
+ExperimentResult -> result.json + timeseries.parquet -> MLflow. The backend, the GPU provider,
+the store probe and the progress display are injected, so tests run the whole sequence on fakes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,18 +19,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llem_mlflow import artifacts, energy, environment, flops, recording, workload
+from llem_mlflow import artifacts, energy, environment, flops, identity, preflight, recording, workload
 from llem_mlflow._version import __version__
 from llem_mlflow.config import ExperimentConfig, load_config
 from llem_mlflow.errors import DeviceError, TrackingError
+from llem_mlflow.progress import LogProgress, Progress
 from llem_mlflow.protocols import Backend, BatchStats, CudaDeviceId, GpuDevice, GpuInfo, LoadedModel
 from llem_mlflow.result import EnergyBreakdown, ExperimentResult, Window
 from llem_mlflow.sampler import PowerSampler
 from llem_mlflow.trace import PowerTrace
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,20 @@ class Outcome:
     result: ExperimentResult
     result_dir: Path
     run_id: str | None
+    tracking_error: str | None = None  # MLflow failed after the files were written (message has the hint)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What was decided before measuring: config, identity, model, GPUs and prepared prompts."""
+
+    cfg: ExperimentConfig
+    start: datetime
+    experiment_id: str
+    resolved: identity.ResolvedSettings
+    loaded: LoadedModel
+    gpu_set: GpuSet
+    plan: preflight.Plan
 
 
 @dataclass(frozen=True)
@@ -72,9 +88,14 @@ def run_experiment(config: str | Path | ExperimentConfig | None = None, **overri
         The validated ``ExperimentResult`` (also written to ``<output_dir>/<experiment_id>/result.json``).
 
     Raises:
-        ConfigError: invalid configuration. Other ``LlemError``s: runtime failures.
+        ConfigError: invalid configuration (raised before any weight is loaded).
+        TrackingError: MLflow logging failed after measuring; the files are saved and the message
+            says how to log them later. Other ``LlemError``s: runtime failures.
     """
-    return execute(load_config(config, **overrides)).result
+    outcome = execute(load_config(config, **overrides))
+    if outcome.tracking_error:
+        raise TrackingError(outcome.tracking_error)
+    return outcome.result
 
 
 def execute(
@@ -83,21 +104,35 @@ def execute(
     backend: Backend | None = None,
     gpus: GpuProvider | None = None,
     progress: Progress | None = None,
+    store_probe: preflight.StoreProbe | None = None,
 ) -> Outcome:
-    """Run ``cfg`` with injectable parts; files are written before MLflow is called."""
-    say = progress or log.info
+    """Run ``cfg`` with injectable parts: checks, load, measure, write files, then log to MLflow.
+
+    Every check runs before the model loads (``preflight``); the result folder exists before the
+    GPU works; files are written before MLflow is called, and a logging failure is returned in
+    ``Outcome.tracking_error`` instead of raised, so the measurement is never lost.
+    """
+    show = progress or LogProgress()
     backend = backend or _default_backend(cfg)
+    probe = store_probe or _probe_store
     start = datetime.now(timezone.utc)
-    say(f"loading {cfg.model} ({cfg.weights} weights)")
+    show.stage("checking output folder, dataset, context length and MLflow store")
+    plan = preflight.check(cfg, backend, probe)
+    for warning in plan.warnings:
+        log.warning(warning)
+    show.stage(f"loading {cfg.model} ({cfg.weights} weights)")
     loaded = backend.load()
-    prompts = _prompts(cfg, backend, loaded)
+    resolved = _resolve(cfg, loaded, plan)
+    experiment_id = _experiment_id(start, resolved.measurement_hash())
+    folder = artifacts.result_dir(Path(cfg.output_dir), experiment_id)
     gpu_set = (gpus or _nvml_gpus)(loaded.cuda_devices) if loaded.device == "cuda" else _no_gpu(loaded)
     try:
-        measurement = _measure(cfg, backend, gpu_set, prompts, say)
+        measurement = _measure(cfg, backend, gpu_set, plan.prompts, show)
     finally:
         gpu_set.close()
-    result = _build_result(cfg, start, loaded, gpu_set, measurement, backend)
-    return _record(cfg, result, measurement, say)
+    context = _Context(cfg, start, experiment_id, resolved, loaded, gpu_set, plan)
+    result = _build_result(context, measurement, backend)
+    return _record(cfg, result, measurement, folder, probe if plan.store_warning else None, show)
 
 
 def _default_backend(cfg: ExperimentConfig) -> Backend:
@@ -112,11 +147,28 @@ def _default_backend(cfg: ExperimentConfig) -> Backend:
     )
 
 
-def _prompts(cfg: ExperimentConfig, backend: Backend, loaded: LoadedModel) -> list[list[int]]:
-    if cfg.dataset == "synthetic":
-        return workload.synthetic_prompts(loaded.shape.vocab_size, cfg.n, cfg.max_input_tokens, cfg.seed)
-    texts = workload.read_jsonl_prompts(Path(cfg.dataset), cfg.n)
-    return backend.tokenize(texts, cfg.max_input_tokens)
+def _probe_store(cfg: ExperimentConfig) -> str | None:
+    """None when the store a run would log to answers quickly, else why not (one line)."""
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None and mlflow.active_run() is not None:
+        return None  # the caller's own run: its store is the caller's business
+    from llem_mlflow import tracking
+
+    # Inside `mlflow run` the exported URI names the store that holds the run; it wins (see tracking).
+    inherited = os.environ.get("MLFLOW_TRACKING_URI") if os.environ.get("MLFLOW_RUN_ID") else None
+    return tracking.probe_store(inherited or tracking.resolve_tracking_uri(cfg.tracking_uri))
+
+
+def _resolve(cfg: ExperimentConfig, loaded: LoadedModel, plan: preflight.Plan) -> identity.ResolvedSettings:
+    return identity.resolve(
+        cfg,
+        weights=loaded.weights,
+        precision=loaded.precision,
+        device=loaded.device,
+        revision=loaded.revision,
+        dataset=plan.dataset,
+        tokenizer=plan.tokenizer,
+    )
 
 
 def _no_gpu(loaded: LoadedModel) -> GpuSet:
@@ -126,43 +178,59 @@ def _no_gpu(loaded: LoadedModel) -> GpuSet:
     return GpuSet(devices=[], driver_version=None, warning=msg)
 
 
-def _nvml_gpus(cuda_ids: Sequence[CudaDeviceId]) -> GpuSet:
+def _nvml_gpus(cuda_ids: Sequence[CudaDeviceId], nvml: Any = None) -> GpuSet:
+    """The NVML devices of ``cuda_ids``; NVML is shut down on every path (``nvml``: a fake in tests)."""
     from llem_mlflow.device import try_open_session
 
-    session, reason = try_open_session()
+    session, reason = try_open_session(nvml)
     if session is None:
         return GpuSet(devices=[], driver_version=None, warning=f"energy not measured: {reason}")
     try:
-        return GpuSet(devices=session.devices_for(list(cuda_ids)), driver_version=session.driver_version())
+        devices = session.devices_for(list(cuda_ids))
     except DeviceError as exc:
-        return GpuSet(
-            devices=[], driver_version=session.driver_version(), warning=f"energy not measured: {exc}"
-        )
+        driver = session.driver_version()
+        session.close()
+        return GpuSet(devices=[], driver_version=driver, warning=f"energy not measured: {exc}")
+    return GpuSet(devices=devices, driver_version=session.driver_version(), close=session.close)
 
 
 def _measure(
-    cfg: ExperimentConfig, backend: Backend, gpu_set: GpuSet, prompts: list[list[int]], say: Progress
+    cfg: ExperimentConfig, backend: Backend, gpu_set: GpuSet, prompts: list[list[int]], show: Progress
 ) -> _Measurement:
     groups = workload.batches(prompts, cfg.batch_size)
+    if cfg.warmup_batches:
+        show.stage(f"warm-up: {cfg.warmup_batches} batch(es)")
+        show.batch("warm-up", 0, cfg.warmup_batches)  # the display starts outside the measured window
     for i in range(cfg.warmup_batches):
-        say(f"warm-up {i + 1}/{cfg.warmup_batches}")
         backend.generate(groups[i % len(groups)], cfg.max_output_tokens)
+        show.batch("warm-up", i + 1, cfg.warmup_batches)
     devices = gpu_set.devices
     sampler = PowerSampler(devices, cfg.sampling_interval_s)
     sampler.start()
     try:
         idle = None
         if devices and cfg.baseline_s > 0:
-            say(f"idle baseline {cfg.baseline_s:g} s (model loaded)")
+            show.stage(f"idle baseline {cfg.baseline_s:g} s (model loaded)")
             idle = energy.measure_idle(devices, backend.synchronize, cfg.baseline_s)
-        say(f"measuring {cfg.n} prompts in {len(groups)} batches")
+        show.stage(f"measuring {cfg.n} prompts in {len(groups)} batches")
+        show.batch("measure", 0, len(groups))
         stats, window = energy.measure_window(
-            devices, backend.synchronize, lambda: [backend.generate(b, cfg.max_output_tokens) for b in groups]
+            devices, backend.synchronize, lambda: _generate_all(backend, groups, cfg.max_output_tokens, show)
         )
     finally:
         trace = sampler.stop()
     warnings = [w for w in [gpu_set.warning, *sampler.warnings] if w]
     return _Measurement(stats=stats, window=window, idle=idle, trace=trace, warnings=warnings)
+
+
+def _generate_all(
+    backend: Backend, groups: list[list[list[int]]], max_output_tokens: int, show: Progress
+) -> list[BatchStats]:
+    stats = []
+    for i, group in enumerate(groups):
+        stats.append(backend.generate(group, max_output_tokens))
+        show.batch("measure", i + 1, len(groups))
+    return stats
 
 
 def _energy(measurement: _Measurement, infos: list[GpuInfo]) -> tuple[EnergyBreakdown | None, list[str]]:
@@ -172,15 +240,8 @@ def _energy(measurement: _Measurement, infos: list[GpuInfo]) -> tuple[EnergyBrea
     return breakdown, energy.energy_warnings(breakdown, measurement.window)
 
 
-def _build_result(
-    cfg: ExperimentConfig,
-    start: datetime,
-    loaded: LoadedModel,
-    gpu_set: GpuSet,
-    m: _Measurement,
-    backend: Backend,
-) -> ExperimentResult:
-    infos = [d.info for d in gpu_set.devices]
+def _build_result(c: _Context, m: _Measurement, backend: Backend) -> ExperimentResult:
+    infos = [d.info for d in c.gpu_set.devices]
     breakdown, energy_warnings = _energy(m, infos)
     in_tok = sum(s.input_tokens for s in m.stats)
     out_tok = sum(s.output_tokens for s in m.stats)
@@ -188,20 +249,21 @@ def _build_result(
     gross = breakdown.gross_j if breakdown else None
     for w in [*m.warnings, *energy_warnings]:  # the backend already logged its own warnings
         log.warning(w)
-    warnings = [*loaded.warnings, *m.warnings, *energy_warnings]
+    warnings = [*c.plan.warnings, *c.loaded.warnings, *m.warnings, *energy_warnings]
     windows = {"measure": Window(start_s=m.window.start_s, end_s=m.window.end_s)}
     if m.idle is not None:
         windows["idle"] = Window(start_s=m.idle.start_s, end_s=m.idle.end_s)
     return ExperimentResult(
-        experiment_id=_experiment_id(start, cfg.config_hash()),
-        measurement_config_hash=cfg.config_hash(),
+        experiment_id=c.experiment_id,
+        measurement_config_hash=c.resolved.measurement_hash(),
         llem_version=__version__,
-        config=cfg,
-        model=cfg.model,
-        backend=cfg.backend,
-        weights=loaded.weights,  # type: ignore[arg-type]
-        precision=loaded.precision,
-        device=loaded.device,
+        config=c.cfg,
+        resolved=c.resolved,
+        model=c.cfg.model,
+        backend=c.cfg.backend,
+        weights=c.resolved.weights,
+        precision=c.resolved.precision,
+        device=c.resolved.device,
         input_tokens=in_tok,
         output_tokens=out_tok,
         total_tokens=in_tok + out_tok,
@@ -209,16 +271,16 @@ def _build_result(
         total_inference_time_sec=seconds,
         avg_tokens_per_second=out_tok / seconds if seconds > 0 else 0.0,
         avg_energy_per_token_j=gross / out_tok if gross is not None and out_tok else None,
-        total_flops=flops.estimate_generation_flops(loaded.shape, m.stats),
+        total_flops=flops.estimate_generation_flops(c.loaded.shape, m.stats),
         flops_method=flops.FLOPS_METHOD,
         energy_source="nvml" if breakdown else "none",
         energy=breakdown,
-        model_load_time_sec=loaded.load_time_s,
+        model_load_time_sec=c.loaded.load_time_s,
         warnings=warnings,
-        start_time=start,
+        start_time=c.start,
         end_time=datetime.now(timezone.utc),
         windows=windows,
-        environment_snapshot=environment.snapshot(infos, gpu_set.driver_version, backend.versions()),
+        environment_snapshot=environment.snapshot(infos, c.gpu_set.driver_version, backend.versions()),
         timeseries=artifacts.TRACE_FILE,
     )
 
@@ -227,13 +289,30 @@ def _experiment_id(start: datetime, config_hash: str) -> str:
     return f"{start.strftime('%Y%m%dT%H%M%SZ')}-{config_hash[:8]}-{uuid.uuid4().hex[:6]}"
 
 
-def _record(cfg: ExperimentConfig, result: ExperimentResult, m: _Measurement, say: Progress) -> Outcome:
-    folder = artifacts.result_dir(Path(cfg.output_dir), result.experiment_id)
+def _record(
+    cfg: ExperimentConfig,
+    result: ExperimentResult,
+    m: _Measurement,
+    folder: Path,
+    reprobe: preflight.StoreProbe | None,
+    show: Progress,
+) -> Outcome:
+    """Write the files, then log them; ``reprobe``: the store was down at the start, check it again."""
     windows = {name: (w.start_s, w.end_s) for name, w in result.windows.items()}
     trace_path = artifacts.write_trace_parquet(m.trace, folder, windows)
     json_path = artifacts.write_result_json(result, folder)
-    say(f"wrote {json_path} and {trace_path.name}")
-    run_id = None
-    if cfg.mlflow:
-        run_id = recording.log_folder(folder, cfg.tracking_uri, cfg.experiment_name, cfg.run_name, (result, m.trace))
-    return Outcome(result=result, result_dir=folder, run_id=run_id)
+    show.stage(f"wrote {json_path} and {trace_path.name}")
+    if not cfg.mlflow:
+        return Outcome(result=result, result_dir=folder, run_id=None)
+    show.stage("logging to MLflow")
+    still_down = preflight.probe_now(cfg, reprobe) if reprobe is not None else None
+    if still_down:
+        hint = f"The result is saved in {folder}; log it later with: llem-mlflow log {folder}"
+        return Outcome(result=result, result_dir=folder, run_id=None, tracking_error=f"{still_down}\n{hint}")
+    try:
+        logged = recording.log_folder(
+            folder, cfg.tracking_uri, cfg.experiment_name, cfg.run_name, (result, m.trace)
+        )
+    except TrackingError as exc:
+        return Outcome(result=result, result_dir=folder, run_id=None, tracking_error=str(exc))
+    return Outcome(result=result, result_dir=folder, run_id=logged.run_id)

@@ -1,38 +1,94 @@
-"""MLflow logging of one ExperimentResult: run selection, params, tags, metrics, trace, artifacts.
+"""MLflow logging of one ExperimentResult: store probe, run selection, params, tags, metrics, trace.
 
-This is the only module that imports mlflow (lazily). Keys come from ``ExperimentResult``'s
-``mlflow_params``/``mlflow_tags``/``mlflow_metrics``; this module keeps no key list of its own.
+This is the only module that imports mlflow (lazily, inside functions). Keys and value rounding
+come from ``ExperimentResult``'s ``mlflow_params``/``mlflow_tags``/``mlflow_metrics``; this module
+keeps no key list of its own.
 
 Which run receives the result (never a second one):
 1. a fluent run is active (``mlflow.active_run()``): log into it and leave it open;
 2. ``MLFLOW_RUN_ID`` is set (inside ``mlflow run``): resume that run, end it FINISHED;
-3. otherwise: a new run in ``experiment_name`` (default "llem-mlflow"), ended FINISHED.
-In cases 2 and 3 a failure while logging ends the run FAILED.
+3. otherwise: a new run in ``resolve_experiment_name(experiment_name)``, ended FINISHED.
+In cases 2 and 3 a failure while logging ends the run FAILED. Runs we own carry the measurement's
+own times (``create_run(start_time=result.start_time)``, ``set_terminated(end_time=result.end_time)``).
+A resumed run keeps the start time ``mlflow run`` gave it (MLflow has no API to change it), and
+``mlflow run`` 3.17.2 re-terminates it once the entry point exits (``_maybe_set_run_terminated``
+tests a string status against int statuses), so its end time is when the entry point exited.
+The experiment we log into gets ``mlflow.experimentKind = custom_model_development`` when it has
+no kind yet, so the MLflow 3.17 UI opens its runs table.
+
+A dead store costs seconds, not minutes: ``probe_store`` checks it first without MLflow, and
+MLflow's HTTP retries and SQL engine retries are bounded before a client is made.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import logging
 import os
+import re
+import socket
+import ssl
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from llem_mlflow.errors import TrackingError
-from llem_mlflow.result import ExperimentResult
+from llem_mlflow.result import ExperimentResult, mlflow_power_point
 from llem_mlflow.secrets import scrub_secrets
 from llem_mlflow.trace import PowerTrace
 
 if TYPE_CHECKING:
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param, Run, RunTag
     from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "llem-mlflow"
 PARAM_CONFLICT_PREFIX = "cfg."
-_Action = Callable[[], str]
+LLEM_EXPERIMENT_TAG = "llem.experiment_id"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3.17 UI: "model training", the runs table
+MLFLOW_DEFAULT_EXPERIMENT_ID = "0"
+PROBE_TIMEOUT_S = 3.0
+#: MLflow HTTP client settings applied (``os.environ.setdefault``) unless the user set them:
+#: 2 retries with backoff 1 s give up on a dead server after ~3 s, not MLflow's ~4 min (7, 2 s, 120 s).
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+#: Attempts of ``mlflow.store.db.utils.create_sqlalchemy_engine_with_retry`` (MLflow: 10, ~100 s of
+#: backoff): a sqlite file opens or it does not; a database server gets two quick retries.
+SQL_ENGINE_ATTEMPTS = {"sqlite": 1, "other": 3}
+#: Loggers whose INFO lines ("Creating initial MLflow database tables", alembic's "Context impl
+#: SQLiteImpl") are MLflow housekeeping, raised to WARNING unless MLFLOW_LOGGING_LEVEL is set.
+_QUIET_LOGGERS = ("alembic", "mlflow.store.db.utils", "mlflow.store.db_migrations", "mlflow.store.tracking")
+_DB_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
+_GENERATED_NAME = re.compile(r"([a-z]+)-([a-z]+)-(\d{1,4})")
+_MESSAGE_LIMIT = 400
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    """The MLflow run holding a result; ``already_logged``: found in the store, nothing was logged."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str  # without credentials
+    already_logged: bool = False
+
+    def __str__(self) -> str:
+        return self.run_id
 
 
 @dataclass(frozen=True)
@@ -42,6 +98,7 @@ class _Target:
     client: MlflowClient
     uri: str
     run_id: str
+    experiment_id: str
     owned: bool
 
 
@@ -65,9 +122,191 @@ def resolve_tracking_uri(explicit: str | None) -> str:
     return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
+def target_tracking_uri(explicit: str | None) -> str:
+    """The store a result will be logged to: an active fluent run's, else (inside ``mlflow run``,
+    ``MLFLOW_RUN_ID`` set) ``MLFLOW_TRACKING_URI``, else ``resolve_tracking_uri(explicit)``.
+
+    Imports mlflow only if it is already imported (no active run is possible otherwise).
+    """
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            return str(mlflow.get_tracking_uri())
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return os.environ.get("MLFLOW_TRACKING_URI") or resolve_tracking_uri(explicit)
+    return resolve_tracking_uri(explicit)
+
+
+def resolve_experiment_name(explicit: str | None) -> str:
+    """``explicit``, else ``MLFLOW_EXPERIMENT_NAME``, else ``"llem-mlflow"``."""
+    return explicit or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+def default_run_name(result: ExperimentResult) -> str:
+    """``<model tail>-bs<batch size>-<precision>``, e.g. ``gpt2-bs8-bf16`` for ``openai/gpt2``."""
+    model_tail = result.model.rstrip("/").rsplit("/", 1)[-1] or result.model
+    batch_size = result.resolved.batch_size if result.resolved is not None else result.config.batch_size
+    return f"{model_tail}-bs{batch_size}-{result.precision}"
+
+
 def scrub_uri(uri: str) -> str:
-    """The URI (or any text holding URIs) without credentials; see ``environment.scrub_secrets``."""
+    """The URI (or any text holding URIs) without credentials; see ``secrets.scrub_secrets``."""
     return scrub_secrets(uri)
+
+
+# --- store probe (no mlflow) -------------------------------------------------------------------
+
+
+def probe_store(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+    """Check that the MLflow store at ``uri`` can be reached, without importing mlflow.
+
+    Returns None when it can, else one line saying what is wrong and what to do. http(s): ``GET
+    /health`` (then the experiments API) within ``timeout_s``; sqlite: the file (or its folder) is
+    there, readable and writable, and is an SQLite file, checked without opening it; postgresql,
+    mysql, mssql: a TCP connect to host:port within ``timeout_s``; file stores: the MLflow 3.13+ ban
+    and the folder. Other schemes (databricks, plugins) are not probed: None.
+    """
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower().split("+")[0]
+    if scheme in ("http", "https"):
+        problem = _probe_http(parts, timeout_s)
+    elif scheme == "sqlite":
+        problem = _probe_sqlite(uri)
+    elif scheme in _DB_PORTS:
+        problem = _probe_tcp(parts, _DB_PORTS[scheme], timeout_s)
+    elif scheme in ("", "file"):
+        problem = _probe_file_store(parts)
+    else:
+        return None
+    return None if problem is None else f"MLflow tracking store {scrub_uri(uri)} {problem}"
+
+
+def _probe_http(parts: SplitResult, timeout_s: float) -> str | None:
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    deadline = time.monotonic() + timeout_s
+    try:
+        health = _http_status(f"{base}/health", parts, timeout_s)
+        if health == 200:
+            return None
+        left_s = max(deadline - time.monotonic(), 0.5)
+        api = _http_status(f"{base}/api/2.0/mlflow/experiments/search?max_results=1", parts, left_s)
+    except (urllib.error.URLError, OSError) as exc:
+        return _network_problem(exc, netloc, timeout_s)
+    if api == 200:
+        return None
+    if api in (401, 403):
+        return (
+            f"refuses our credentials (HTTP {api}): set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"
+        )
+    return (
+        f"answers HTTP {health} at /health and HTTP {api} at the experiments API: "
+        "is this an MLflow tracking server? Check the URI"
+    )
+
+
+def _http_status(url: str, parts: SplitResult, timeout_s: float) -> int:
+    request = urllib.request.Request(url, headers=_auth_headers(parts))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s, context=_ssl_context()) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _auth_headers(parts: SplitResult) -> dict[str, str]:
+    user = parts.username or os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = parts.password or os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _ssl_context() -> ssl.SSLContext | None:
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1"):
+        return ssl._create_unverified_context()  # noqa: S323 - the user asked for it, as MLflow does
+    cert_path = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    return ssl.create_default_context(cafile=cert_path) if cert_path else None
+
+
+def _network_problem(exc: BaseException, address: str, timeout_s: float) -> str:
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    fix = "start the tracking server or fix --tracking-uri / MLFLOW_TRACKING_URI"
+    if isinstance(reason, ConnectionRefusedError):
+        return f"is unreachable: nothing listens on {address} (connection refused); {fix}"
+    if isinstance(reason, TimeoutError):
+        return f"did not answer within {timeout_s:g} s ({address}); {fix}"
+    if isinstance(reason, socket.gaierror):
+        return f"is unreachable: host {address} does not resolve; fix --tracking-uri / MLFLOW_TRACKING_URI"
+    return f"is unreachable ({address}): {_one_line(str(reason))}; {fix}"
+
+
+def _probe_sqlite(uri: str) -> str | None:
+    rest = uri.split("?", 1)[0].split(":", 1)[1]  # after "sqlite:" or "sqlite+driver:"
+    if rest in ("", "//", "///", "///:memory:"):
+        return None  # in-memory database
+    if not rest.startswith("///"):
+        return "is not a sqlite URI MLflow understands: use sqlite:///relative.db or sqlite:////abs/path.db"
+    path = Path(rest[3:])
+    folder = path.parent
+    if path.is_dir():
+        return f"points at a folder, not a database file: use e.g. sqlite:///{path / 'mlflow.db'}"
+    if not folder.is_dir():
+        return (
+            f"cannot be opened: folder {folder} does not exist; create it (mkdir -p {folder}) or fix the URI"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot be written: folder {folder} is not writable (sqlite writes its journal there)"
+    if path.exists():
+        return _check_sqlite_file(path)
+    return None
+
+
+def _check_sqlite_file(path: Path) -> str | None:
+    if not os.access(path, os.R_OK | os.W_OK):
+        return f"cannot be opened: {path} is not readable and writable by this user; fix its permissions"
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(16)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    if header and header != b"SQLite format 3\x00":
+        return f"is not an SQLite database: {path} holds something else; point the URI at another file"
+    return None
+
+
+def _probe_tcp(parts: SplitResult, default_port: int, timeout_s: float) -> str | None:
+    try:
+        host, port = parts.hostname, parts.port or default_port
+    except ValueError:
+        return "has an invalid port; fix the URI"
+    if not host:
+        return None  # a unix socket or driver-specific form: not probed
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return _network_problem(exc, f"{host}:{port}", timeout_s)
+    return None
+
+
+def _probe_file_store(parts: SplitResult) -> str | None:
+    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+        return (
+            "is a file store, which MLflow 3.13+ refuses: use sqlite:///mlflow.db "
+            "(or set MLFLOW_ALLOW_FILE_STORE=true)"
+        )
+    folder = Path(parts.path or ".")
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot be written: {folder} is not writable"
+    return None
+
+
+# --- logging -----------------------------------------------------------------------------------
 
 
 def log_result(
@@ -79,66 +318,241 @@ def log_result(
     experiment_name: str | None,
     run_name: str | None,
 ) -> str:
+    """Log ``result``, its power ``trace`` and ``files`` to MLflow; returns the run id.
+
+    See ``record_result`` (same arguments) for what is logged and what raises.
+    """
+    return record_result(
+        result, files, trace, tracking_uri=tracking_uri, experiment_name=experiment_name, run_name=run_name
+    ).run_id
+
+
+def record_result(
+    result: ExperimentResult,
+    files: Sequence[Path],
+    trace: PowerTrace,
+    *,
+    tracking_uri: str | None,
+    experiment_name: str | None,
+    run_name: str | None,
+) -> LoggedRun:
     """Log ``result``, its power ``trace`` and ``files`` (at the artifact root) to MLflow.
 
-    Returns:
-        The run id.
+    ``run_name`` defaults to ``default_run_name(result)`` for a new run; a run ``mlflow run`` made
+    gets it only if MLflow gave that run a random name (no ``--run-name``).
 
     Raises:
-        TrackingError: the store is unreachable, the run cannot be created or resumed, or logging
-            failed (a run this call created or resumed is then marked FAILED).
+        TrackingError: one line; the store is unreachable, the run cannot be created or resumed,
+            or logging failed (a run this call created or resumed is then marked FAILED).
     """
-    target = _select_run(tracking_uri, experiment_name, run_name)
+    target = _select_run(result, tracking_uri, experiment_name, run_name)
+    end_ms = _epoch_ms(result.end_time)
     try:
         _log_everything(target, result, files, trace)
     except Exception as exc:
         if target.owned:
-            _end_quietly(target, "FAILED")
+            _end_quietly(target, "FAILED", end_ms)
         raise TrackingError(
             f"logging to MLflow run {target.run_id} at {scrub_uri(target.uri)} failed: "
-            f"{scrub_uri(str(exc))}. "
+            f"{_one_line(str(exc))}. "
             + ("The run was marked FAILED. " if target.owned else "Your active run was left open. ")
             + "Check the tracking server and the result files, then log again."
         ) from None  # the cause's text (scrubbed above) may hold credentials
     if target.owned:
-        _end_run(target)
-    return target.run_id
+        _guarded(target.uri, f"mark run {target.run_id} FINISHED", lambda: _end(target, "FINISHED", end_ms))
+    return LoggedRun(target.run_id, target.experiment_id, scrub_uri(target.uri))
 
 
-def _select_run(tracking_uri: str | None, experiment_name: str | None, run_name: str | None) -> _Target:
+def find_logged_run(
+    llem_experiment_id: str, *, tracking_uri: str | None, run_id_hint: str | None = None
+) -> LoggedRun | None:
+    """A FINISHED, active run in the target store tagged ``llem.experiment_id = llem_experiment_id``.
+
+    ``run_id_hint`` (e.g. from the folder's ``mlflow_run.json``) is checked first; otherwise every
+    active experiment is searched. A run that is not FINISHED (failed half-way) does not count.
+
+    Raises:
+        TrackingError: one line; the store is unreachable or the search failed.
+    """
+    uri = target_tracking_uri(tracking_uri)
+    client = _client(uri)
+    return _guarded(
+        uri,
+        f"look for a run already holding {llem_experiment_id}",
+        lambda: _find_logged(client, uri, llem_experiment_id, run_id_hint),
+    )
+
+
+def _find_logged(client: MlflowClient, uri: str, llem_id: str, hint: str | None) -> LoggedRun | None:
+    hinted = _run_or_none(client, hint) if hint else None
+    if hinted is not None and _holds(hinted, llem_id):
+        return _logged(hinted, uri)
+    found = [run for run in _search_tagged(client, llem_id) if _holds(run, llem_id)]
+    return _logged(found[0], uri) if found else None
+
+
+def _holds(run: Run, llem_id: str) -> bool:
+    """Whether ``run`` is a FINISHED, active run tagged with the llem experiment id."""
+    info = run.info
+    return (
+        info.status == "FINISHED"
+        and info.lifecycle_stage == "active"
+        and run.data.tags.get(LLEM_EXPERIMENT_TAG) == llem_id
+    )
+
+
+def _logged(run: Run, uri: str) -> LoggedRun:
+    return LoggedRun(run.info.run_id, run.info.experiment_id, scrub_uri(uri), already_logged=True)
+
+
+def _run_or_none(client: MlflowClient, run_id: str) -> Run | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None  # recorded against another store, or deleted for good
+        raise
+
+
+def _search_tagged(client: MlflowClient, llem_id: str) -> list[Run]:
+    from mlflow.entities import ViewType
+
+    experiment_ids = _active_experiment_ids(client)
+    if not experiment_ids:
+        return []
+    return list(
+        client.search_runs(
+            experiment_ids,
+            filter_string=f"tags.`{LLEM_EXPERIMENT_TAG}` = '{llem_id}' and attributes.status = 'FINISHED'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
+    )
+
+
+def _active_experiment_ids(client: MlflowClient) -> list[str]:
+    from mlflow.entities import ViewType
+
+    ids: list[str] = []
+    token = None
+    while True:
+        page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+        ids += [e.experiment_id for e in page]
+        token = page.token
+        if not token:
+            return ids
+
+
+def _select_run(
+    result: ExperimentResult, tracking_uri: str | None, experiment_name: str | None, run_name: str | None
+) -> _Target:
+    uri = target_tracking_uri(tracking_uri)
+    client = _client(uri)  # probes before mlflow is imported: a dead store fails at once
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     active = mlflow.active_run()
     if active is not None:
-        uri = mlflow.get_tracking_uri()
-        return _Target(MlflowClient(tracking_uri=uri), uri, active.info.run_id, owned=False)
+        exp_id = active.info.experiment_id
+        _guarded(uri, "tag the active run's experiment", lambda: _ensure_kind(client, exp_id))
+        return _Target(client, uri, active.info.run_id, exp_id, owned=False)
     env_run_id = os.environ.pop("MLFLOW_RUN_ID", None)  # like mlflow.start_run(): consume it once
     if env_run_id:
-        # `mlflow run` exports the URI of the store that holds the run; it wins over the config.
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or resolve_tracking_uri(tracking_uri)
-        client = MlflowClient(tracking_uri=uri)
-        _guarded(uri, f"resume run {env_run_id} from MLFLOW_RUN_ID", lambda: _resume(client, env_run_id))
-        return _Target(client, uri, env_run_id, owned=True)
-    uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri=uri)
-    name = experiment_name or DEFAULT_EXPERIMENT
-    run_id = _guarded(uri, f"create a run in experiment {name!r}", lambda: _new_run(client, name, run_name))
-    return _Target(client, uri, run_id, owned=True)
+        what = f"resume run {env_run_id} from MLFLOW_RUN_ID"
+        exp_id = _guarded(uri, what, lambda: _resume(client, env_run_id, result, run_name))
+        return _Target(client, uri, env_run_id, exp_id, owned=True)
+    name = resolve_experiment_name(experiment_name)
+    new_run = _guarded(
+        uri, f"create a run in experiment {name!r}", lambda: _new_run(client, name, result, run_name)
+    )
+    return _Target(client, uri, new_run.info.run_id, new_run.info.experiment_id, owned=True)
 
 
-def _resume(client: MlflowClient, run_id: str) -> str:
-    client.get_run(run_id)  # fails clearly if the run does not exist in this store
-    client.update_run(run_id, status="RUNNING")
-    return run_id
+def _client(uri: str) -> MlflowClient:
+    """An MlflowClient for ``uri``, after the probe passed and MLflow's retries were bounded."""
+    problem = probe_store(uri)
+    if problem is not None:
+        raise TrackingError(problem)
+    _prepare_mlflow(uri)
+    from mlflow.tracking import MlflowClient
+
+    return _guarded(uri, "open the store", lambda: MlflowClient(tracking_uri=uri))
 
 
-def _new_run(client: MlflowClient, experiment_name: str, run_name: str | None) -> str:
+def _prepare_mlflow(uri: str) -> None:
+    """Bounded HTTP retries (unless set by the user), bounded SQL engine retries, quiet housekeeping."""
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    import mlflow  # noqa: F401 - configures MLflow's loggers, which _quiet_mlflow_loggers then adjusts
+
+    _quiet_mlflow_loggers()
+    scheme = urlsplit(uri).scheme.lower().split("+")[0]
+    if scheme == "sqlite" or scheme in _DB_PORTS:
+        _bound_engine_retries(SQL_ENGINE_ATTEMPTS["sqlite" if scheme == "sqlite" else "other"])
+
+
+def _quiet_mlflow_loggers() -> None:
+    if os.environ.get("MLFLOW_LOGGING_LEVEL"):
+        return  # the user chose MLflow's verbosity
+    for name in _QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
+def _bound_engine_retries(attempts: int) -> None:
+    try:
+        from mlflow.store.db import utils as db_utils
+    except ImportError:
+        return  # mlflow-skinny: no SQL stores at all
+    if hasattr(db_utils, "MAX_RETRY_COUNT"):
+        db_utils.MAX_RETRY_COUNT = attempts
+
+
+def _resume(client: MlflowClient, run_id: str, result: ExperimentResult, run_name: str | None) -> str:
+    run = client.get_run(run_id)  # fails clearly if the run does not exist in this store
+    generated = _is_generated_name(run.info.run_name or "")
+    name = (run_name or default_run_name(result)) if generated else None  # None: keep the name
+    client.update_run(run_id, status="RUNNING", name=name)
+    experiment_id = str(run.info.experiment_id)
+    if experiment_id == MLFLOW_DEFAULT_EXPERIMENT_ID:
+        log.warning(
+            "this `mlflow run` run is in MLflow's Default experiment; keep llem runs together with: "
+            "mlflow run . --experiment-name %s",
+            DEFAULT_EXPERIMENT,
+        )
+    _ensure_kind(client, experiment_id)
+    return experiment_id
+
+
+def _is_generated_name(name: str) -> bool:
+    """Whether ``name`` looks like MLflow's random run name (``<predicate>-<noun>-<0..1000>``).
+
+    ``mlflow run`` sets the ``--run-name`` tag right after starting the entry point, long before
+    llem logs; without it the run keeps the name the store generated.
+    """
+    match = _GENERATED_NAME.fullmatch(name)
+    if match is None:
+        return False
+    from mlflow.utils import name_utils
+
+    predicates = getattr(name_utils, "_GENERATOR_PREDICATES", None)
+    nouns = getattr(name_utils, "_GENERATOR_NOUNS", None)
+    if predicates is None or nouns is None:
+        return True  # word lists moved: the shape alone decides
+    return match[1] in {p.lower() for p in predicates} and match[2] in {n.lower() for n in nouns}
+
+
+def _new_run(
+    client: MlflowClient, experiment_name: str, result: ExperimentResult, run_name: str | None
+) -> Run:
     from mlflow.tracking.context.registry import resolve_tags
 
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
-        experiment_id = client.create_experiment(experiment_name)
+        experiment_id = client.create_experiment(experiment_name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     elif experiment.lifecycle_stage != "active":
         raise TrackingError(
             f"MLflow experiment {experiment_name!r} is deleted; restore it "
@@ -146,21 +560,40 @@ def _new_run(client: MlflowClient, experiment_name: str, run_name: str | None) -
         )
     else:
         experiment_id = experiment.experiment_id
-    run = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags())
-    return str(run.info.run_id)
+        _ensure_kind(client, experiment_id, experiment.tags)
+    return client.create_run(
+        experiment_id,
+        start_time=_epoch_ms(result.start_time),
+        run_name=run_name or default_run_name(result),
+        tags=resolve_tags(),
+    )
 
 
-def _guarded(uri: str, what: str, action: _Action) -> str:
-    """Run ``action``; turn any failure into a TrackingError naming the (scrubbed) URI."""
+def _ensure_kind(client: MlflowClient, experiment_id: str, tags: dict[str, str] | None = None) -> None:
+    """Tag the experiment ``custom_model_development`` if it has no kind; never overwrite one."""
+    if tags is None:
+        tags = client.get_experiment(experiment_id).tags
+    if EXPERIMENT_KIND_TAG not in tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def _guarded(uri: str, what: str, action: Callable[[], _T]) -> _T:
+    """Run ``action``; turn any failure into a one-line TrackingError naming the (scrubbed) URI."""
     try:
         return action()
     except TrackingError:
         raise
     except Exception as exc:
         raise TrackingError(
-            f"could not {what} at MLflow tracking URI {scrub_uri(uri)}: {scrub_uri(str(exc))}. "
+            f"could not {what} at MLflow tracking URI {scrub_uri(uri)}: {_one_line(str(exc))}. "
             "Check that the URI is right and the tracking server is reachable."
         ) from None  # the cause's text (scrubbed above) may hold credentials
+
+
+def _one_line(text: str) -> str:
+    """``text`` scrubbed of credentials, whitespace collapsed to one line, cut to a readable length."""
+    flat = " ".join(scrub_uri(text).split())
+    return flat if len(flat) <= _MESSAGE_LIMIT else flat[: _MESSAGE_LIMIT - 3] + "..."
 
 
 def _log_everything(
@@ -170,7 +603,7 @@ def _log_everything(
     existing = client.get_run(run_id).data.params
     client.log_batch(
         run_id,
-        metrics=_summary_metrics(result) + _trace_metrics(trace),
+        metrics=_summary_metrics(result) + _trace_metrics(trace, _trace_origin_ms(result, trace)),
         params=_params(result.mlflow_params(), existing),
         tags=_tags(result.mlflow_tags()),
     )
@@ -203,36 +636,47 @@ def _tags(tags: dict[str, str]) -> list[RunTag]:
 
 
 def _summary_metrics(result: ExperimentResult) -> list[Metric]:
+    """Summary metrics at step 0, stamped with the measurement's end time."""
     from mlflow.entities import Metric
 
-    now_ms = int(time.time() * 1000)
-    return [Metric(k, v, now_ms, 0) for k, v in result.mlflow_metrics().items()]
+    end_ms = _epoch_ms(result.end_time)
+    return [Metric(k, v, end_ms, 0) for k, v in result.mlflow_metrics().items()]
 
 
-def _trace_metrics(trace: PowerTrace) -> list[Metric]:
-    """``power/gpu{i}_w`` history: one point per sample, its own wall-clock ms, step = index."""
+def _trace_metrics(trace: PowerTrace, origin_ms: int) -> list[Metric]:
+    """``power/gpu{i}_w`` history, one point per sample, W rounded to 1 mW.
+
+    timestamp = the sample's own epoch ms (floored); step = timestamp - ``origin_ms``: integer ms
+    since the measured window started, so Step and wall-time axes agree. Samples before the window
+    (idle baseline, warm-up) get negative steps, which MLflow 3.17 stores and charts (int64 steps;
+    checked on sqlite and over HTTP).
+    """
     from mlflow.entities import Metric
 
-    return [
-        Metric(f"power/gpu{gpu}_w", s.power_w, int(s.timestamp_s * 1000), step)
-        for gpu in trace.gpus()
-        for step, s in enumerate(trace.for_gpu(gpu))
-    ]
+    points = []
+    for sample in trace.samples:
+        key, value = mlflow_power_point(sample.gpu, sample.power_w)
+        timestamp_ms = int(sample.timestamp_s * 1000)
+        points.append(Metric(key, value, timestamp_ms, timestamp_ms - origin_ms))
+    return points
 
 
-def _end_run(target: _Target) -> None:
-    _guarded(
-        target.uri,
-        f"mark run {target.run_id} FINISHED",
-        lambda: _set_terminated(target, "FINISHED"),
-    )
+def _trace_origin_ms(result: ExperimentResult, trace: PowerTrace) -> int:
+    """Epoch ms of the measured window's start; the first sample's without a ``measure`` window."""
+    window = result.windows.get("measure")
+    if window is not None:
+        return int(window.start_s * 1000)
+    return int(min((s.timestamp_s for s in trace.samples), default=0.0) * 1000)
 
 
-def _end_quietly(target: _Target, status: str) -> None:
+def _epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _end_quietly(target: _Target, status: str, end_ms: int) -> None:
     with contextlib.suppress(Exception):  # the original error is the one worth reporting
-        _set_terminated(target, status)
+        _end(target, status, end_ms)
 
 
-def _set_terminated(target: _Target, status: str) -> str:
-    target.client.set_terminated(target.run_id, status=status)
-    return target.run_id
+def _end(target: _Target, status: str, end_ms: int) -> None:
+    target.client.set_terminated(target.run_id, status=status, end_time=end_ms)

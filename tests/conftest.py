@@ -10,6 +10,7 @@ import pytest
 from mlflow_server import start_server, stop_server
 
 from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.identity import resolve
 from llem_mlflow.result import (
     EnergyBreakdown,
     EnvironmentSnapshot,
@@ -135,16 +136,26 @@ def build_result(energy: bool = True) -> ExperimentResult:
     cfg = ExperimentConfig.model_validate(
         {"model": "gpt2", "n": 4, "batch_size": 2, "precision": "bf16", "device": "cuda"}
     )
+    resolved = resolve(
+        cfg,
+        weights="pretrained",
+        precision="bf16",
+        device="cuda",
+        revision="607a30d783dfa663caf39e06633721c8d4cfcd7e",
+        dataset="synthetic",
+        tokenizer=None,
+    )
     return ExperimentResult(
         experiment_id="gpt2-bf16-20260101T000000Z-abc123",
-        measurement_config_hash=cfg.config_hash(),
+        measurement_config_hash=resolved.measurement_hash(),
         llem_version="0.1.0",
         config=cfg,
+        resolved=resolved,
         model="gpt2",
         backend="pytorch",
         weights="pretrained",
         precision="bf16",
-        device="cuda:0",
+        device="cuda",
         input_tokens=128,
         output_tokens=128,
         total_tokens=256,

@@ -9,7 +9,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from llem_mlflow.protocols import BatchStats, CudaDeviceId, GpuInfo, LoadedModel, ModelShape, SlowReading
+from llem_mlflow.protocols import (
+    BatchStats,
+    CudaDeviceId,
+    GpuInfo,
+    LoadedModel,
+    ModelFacts,
+    ModelShape,
+    SlowReading,
+)
 
 Script = Iterable[float] | Callable[[], float]
 
@@ -96,8 +104,15 @@ SMALL_SHAPE = ModelShape(
 )
 
 
+FAKE_TOKENIZER = "fake whitespace tokenizer"
+
+
 class FakeBackend:
-    """A Backend with exact token counts: output = rows x (output_tokens_per_row or max_output_tokens)."""
+    """A Backend with exact token counts: output = rows x (output_tokens_per_row or max_output_tokens).
+
+    ``inspect()`` gives the shape's vocabulary and ``context_length``; ``events`` records the order of
+    inspect / tokenize / load / generate calls (e.g. to assert that prompts are tokenized before loading).
+    """
 
     def __init__(
         self,
@@ -106,20 +121,37 @@ class FakeBackend:
         cuda_devices: Sequence[CudaDeviceId] = (),
         on_generate: Callable[[], None] | None = None,
         shape: ModelShape = SMALL_SHAPE,
+        context_length: int | None = 1024,
     ) -> None:
         self.output_tokens_per_row = output_tokens_per_row
         self.device = device
         self.cuda_devices = list(cuda_devices)
         self.on_generate = on_generate
         self.shape = shape
+        self.context_length = context_length
+        self.events: list[str] = []
         self.load_calls = 0
         self.sync_calls = 0
         self.generate_calls: list[tuple[int, int]] = []  # (batch size, max_output_tokens)
         self._vocab: dict[str, int] = {}
         self._ids = itertools.count(1)
 
+    def inspect(self) -> ModelFacts:
+        """The shape's vocabulary and ``context_length``."""
+        self.events.append("inspect")
+        return ModelFacts(
+            vocab_size=self.shape.vocab_size,
+            context_length=self.context_length,
+            config_source="shipped config",
+        )
+
+    def tokenizer_name(self) -> str:
+        """The fake's one tokenizer."""
+        return FAKE_TOKENIZER
+
     def load(self) -> LoadedModel:
-        """A random-weight model on ``device``."""
+        """A random-weight model on ``device`` (revision None, as for any random weights)."""
+        self.events.append("load")
         self.load_calls += 1
         return LoadedModel(
             weights="random",
@@ -132,6 +164,7 @@ class FakeBackend:
 
     def tokenize(self, prompts: list[str], max_input_tokens: int) -> list[list[int]]:
         """One id per whitespace-separated word (stable per word), truncated to ``max_input_tokens``."""
+        self.events.append("tokenize")
         return [[self._id(word) for word in prompt.split()][:max_input_tokens] for prompt in prompts]
 
     def _id(self, word: str) -> int:
@@ -141,6 +174,7 @@ class FakeBackend:
 
     def generate(self, batch: list[list[int]], max_output_tokens: int) -> BatchStats:
         """Exact counts; calls ``on_generate`` (e.g. to advance a fake counter or clock)."""
+        self.events.append("generate")
         self.generate_calls.append((len(batch), max_output_tokens))
         if self.on_generate is not None:
             self.on_generate()

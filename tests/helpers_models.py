@@ -1,4 +1,5 @@
-"""Test helper: build a tiny local model folder (config.json, tokenizer files, optional weights).
+"""Test helper: build a tiny local model folder (config.json, tokenizer files, optional weights), or the
+same inside an HF hub cache layout (``models--org--name/snapshots/<commit>/``, ``refs/main``).
 
 Everything is made offline: the config comes from the shipped catalogue, the tokenizer is a
 character-level ``tokenizers`` WordLevel model (one token per character, so token counts
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import string
 from pathlib import Path
+from typing import Any
 
 from llem_mlflow.catalogue import shipped_config
 
@@ -48,12 +50,17 @@ def save_random_weights(folder: Path, seed: int = 0) -> None:
 
 
 def make_local_model(
-    dir: Path, arch: str = "llem/tiny-gpt2", with_tokenizer: bool = True, with_weights: bool = False
+    dir: Path,
+    arch: str = "llem/tiny-gpt2",
+    with_tokenizer: bool = True,
+    with_weights: bool = False,
+    config_overrides: dict[str, Any] | None = None,
 ) -> Path:
     """Create ``dir`` holding ``config.json`` of shipped ``arch`` (+ tokenizer, + weights); return it."""
     config = shipped_config(arch)
     if config is None:
         raise ValueError(f"{arch!r} is not a shipped model config")
+    config.update(config_overrides or {})
     dir.mkdir(parents=True, exist_ok=True)
     (dir / "config.json").write_text(json.dumps(config, indent=2))
     if with_tokenizer:
@@ -61,3 +68,27 @@ def make_local_model(
     if with_weights:
         save_random_weights(dir)
     return dir
+
+
+#: The commit a cached test model is stored under (any 40 hex digits).
+CACHED_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def make_cached_model(
+    cache: Path,
+    repo_id: str,
+    arch: str = "llem/tiny-gpt2",
+    with_tokenizer: bool = True,
+    with_weights: bool = False,
+    commit: str = CACHED_COMMIT,
+) -> Path:
+    """Put a tiny model into an HF hub cache folder as a download would (``refs/main`` -> ``commit``).
+
+    Point huggingface_hub at it with ``monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", ...)``.
+    Returns the snapshot folder.
+    """
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = make_local_model(repo / "snapshots" / commit, arch, with_tokenizer, with_weights)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

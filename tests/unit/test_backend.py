@@ -20,8 +20,10 @@ from llem_mlflow.backend import (  # noqa: E402
     left_pad,
 )
 from llem_mlflow.errors import BackendError, ConfigError  # noqa: E402
-from llem_mlflow.protocols import BatchStats, ModelShape  # noqa: E402
-from tests.helpers_models import EOS_ID, make_local_model  # noqa: E402
+from llem_mlflow.protocols import Backend, BatchStats, ModelFacts, ModelShape  # noqa: E402
+from llem_mlflow.tokenizers import BYTE_FALLBACK_NAME  # noqa: E402
+from tests.fakes import FakeBackend  # noqa: E402
+from tests.helpers_models import CACHED_COMMIT, EOS_ID, make_cached_model, make_local_model  # noqa: E402
 
 PROMPTS = ["hello world", "a", "the quick brown fox jumps"]  # 11, 1, 25 characters
 
@@ -29,6 +31,16 @@ PROMPTS = ["hello world", "a", "the quick brown fox jumps"]  # 11, 1, 25 charact
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def hf_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty HF hub cache per test: the developer's real cache never changes an outcome."""
+    import huggingface_hub.constants as hub_constants
+
+    cache = tmp_path_factory.mktemp("hf-cache")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    return cache
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +162,6 @@ def test_folder_without_weights_fails_for_pretrained_and_falls_back_for_auto(gpt
 
 
 def test_auto_falls_back_to_random_gpt2_offline(caplog: pytest.LogCaptureFixture) -> None:
-    hub = pytest.importorskip("huggingface_hub")
-    if isinstance(hub.try_to_load_from_cache("gpt2", "config.json"), str):
-        pytest.skip("gpt2 is in the local HF cache: auto would load it")
     with caplog.at_level(logging.WARNING, logger="llem_mlflow.backend"):
         info = TransformersBackend("gpt2", device="cpu").load()
     assert info.weights == "random"
@@ -161,11 +170,14 @@ def test_auto_falls_back_to_random_gpt2_offline(caplog: pytest.LogCaptureFixture
     assert info.shape == ModelShape(84_934_656, 38_597_376, 12, 768, 50257)
 
 
-def test_tokenize_without_a_tokenizer_says_what_to_do(tmp_path: Path) -> None:
-    folder = make_local_model(tmp_path / "m", "llem/tiny-gpt2", with_tokenizer=False)
-    backend = loaded(str(folder), weights="random")
-    with pytest.raises(BackendError, match="dataset=synthetic"):
+def test_pretrained_without_a_tokenizer_says_what_to_do(tmp_path: Path) -> None:
+    folder = make_local_model(tmp_path / "m", "llem/tiny-gpt2", with_tokenizer=False, with_weights=True)
+    backend = TransformersBackend(str(folder), weights="pretrained", device="cpu")
+    with pytest.raises(BackendError, match="dataset=synthetic") as caught:
         backend.tokenize(["hi"], 4)
+    assert "no tokenizer files" in str(caught.value) and "weights=pretrained" not in str(caught.value)
+    with pytest.raises(BackendError, match="HF_HUB_OFFLINE"):
+        TransformersBackend("gpt2", weights="pretrained", device="cpu").tokenizer_name()
 
 
 @pytest.mark.parametrize("weights", ["random", "auto"])
@@ -173,6 +185,145 @@ def test_unknown_model_lists_the_shipped_models(weights: str) -> None:
     with pytest.raises(BackendError) as caught:
         TransformersBackend("no-such-org/no-such-model", weights=weights, device="cpu").load()
     assert "llem/tiny-gpt2" in str(caught.value) and "gpt2-xl" in str(caught.value)
+
+
+def test_hints_never_suggest_the_weights_already_in_effect(tmp_path: Path) -> None:
+    random_unknown = TransformersBackend("no-such-org/no-such-model", weights="random", device="cpu")
+    for attempt in (random_unknown.load, random_unknown.inspect):
+        with pytest.raises(BackendError) as caught:
+            attempt()
+        assert "weights=random" not in str(caught.value), str(caught.value)
+    small = make_local_model(
+        tmp_path / "small", "llem/tiny-gpt2", False, config_overrides={"vocab_size": 100}
+    )
+    with pytest.raises(BackendError, match="vocab_size >= 256") as caught:
+        TransformersBackend(str(small), weights="random", device="cpu").tokenize(["hi"], 4)
+    assert "weights=random" not in str(caught.value) and "dataset=synthetic" in str(caught.value)
+
+
+# ---------------------------------------------------------------- inspect, tokenizer before load, revision
+
+
+def test_real_and_fake_backends_have_every_protocol_method() -> None:
+    members = {name for name in vars(Backend) if not name.startswith("_")}
+    assert {"inspect", "tokenizer_name", "tokenize", "load", "generate"} <= members
+    for cls in (TransformersBackend, FakeBackend):
+        assert [m for m in sorted(members) if not callable(getattr(cls, m, None))] == [], cls
+    fake = FakeBackend(context_length=77)
+    assert fake.inspect() == ModelFacts(vocab_size=1000, context_length=77, config_source="shipped config")
+    assert fake.tokenizer_name() and fake.events == ["inspect"]
+
+
+@pytest.mark.parametrize(
+    ("model", "facts"),
+    [
+        ("gpt2", ModelFacts(50257, 1024, "shipped config")),
+        ("llem/tiny-llama", ModelFacts(1000, 256, "shipped config")),
+        ("folder", ModelFacts(1000, 512, "local folder")),
+        ("llem-test/cached-llama", ModelFacts(1000, 256, "HF cache")),
+    ],
+)
+def test_inspect_reads_the_config_alone(
+    model: str, facts: ModelFacts, tmp_path: Path, hf_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llem_mlflow.backend as backend_module
+
+    def no_device(*args: Any) -> None:
+        raise AssertionError("inspect() must not look for a device")
+
+    monkeypatch.setattr(backend_module, "resolve_device", no_device)
+    monkeypatch.setattr(backend_module, "cuda_available", no_device)
+    make_cached_model(hf_cache, "llem-test/cached-llama", "llem/tiny-llama", with_tokenizer=False)
+    if model == "folder":
+        overrides = {"max_position_embeddings": 512}
+        model = str(make_local_model(tmp_path / "m", "llem/tiny-llama", False, config_overrides=overrides))
+    backend = TransformersBackend(model, weights="pretrained", device="cuda")
+    assert backend.inspect() == facts
+    assert backend.model is None
+
+
+def test_load_does_not_fetch_the_config_inspect_fetched(
+    hf_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llem_mlflow.backend as backend_module
+
+    fetched: list[str] = []
+    real_hub_call = backend_module._hub_call
+
+    def counting(load: Any, model: str, what: str, *args: Any) -> Any:
+        fetched.append(what)
+        return real_hub_call(load, model, what, *args)
+
+    monkeypatch.setattr(backend_module, "_hub_call", counting)
+    make_cached_model(hf_cache, "llem-test/cached-gpt2", with_tokenizer=False)
+    backend = TransformersBackend("llem-test/cached-gpt2", weights="random", device="cpu")
+    assert backend.inspect().config_source == "HF cache"
+    info = backend.load()
+    assert fetched == ["the config"]
+    assert (info.weights, info.shape.vocab_size, info.revision) == ("random", 1000, None)
+
+
+def test_pretrained_from_the_hf_cache_records_its_commit_and_tokenizer(
+    hf_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    make_cached_model(hf_cache, "llem-test/cached-llama", "llem/tiny-llama", with_weights=True)
+    config_reads: list[str] = []
+    real_from_pretrained = transformers.AutoConfig.from_pretrained
+
+    def counting(name: Any, *args: Any, **kwargs: Any) -> Any:
+        config_reads.append(str(name))
+        return real_from_pretrained(name, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", counting)
+    backend = TransformersBackend("llem-test/cached-llama", weights="pretrained", device="cpu")
+    assert backend.inspect().config_source == "HF cache"
+    assert backend.tokenizer_name() == "llem-test/cached-llama (HF cache)"
+    config_reads.clear()
+    info = backend.load()
+    assert (info.weights, info.revision, info.warnings) == ("pretrained", CACHED_COMMIT, [])
+    assert config_reads == []  # load() reused the config inspect() read
+    stats = backend.generate(backend.tokenize(PROMPTS, 16), max_output_tokens=2)
+    assert stats.input_tokens == 28
+
+
+def test_revision_is_none_for_random_weights_and_a_plain_folder(llama_weights_folder: Path) -> None:
+    assert TransformersBackend(str(llama_weights_folder), device="cpu").load().revision is None
+    assert (
+        TransformersBackend(str(llama_weights_folder), weights="random", device="cpu").load().revision is None
+    )
+
+
+def test_tokenize_works_before_load_with_the_folder_tokenizer(gpt2_folder: Path) -> None:
+    backend = TransformersBackend(str(gpt2_folder), weights="random", device="cpu")
+    rows = backend.tokenize(PROMPTS, max_input_tokens=16)
+    assert [len(row) for row in rows] == [11, 1, 16] and backend.model is None
+    assert backend.tokenizer_name() == f"{gpt2_folder} (local folder)"
+    backend.load()
+    assert backend.generate(rows, max_output_tokens=3).output_tokens == 9
+
+
+@pytest.mark.parametrize("weights", ["random", "auto"])
+def test_random_gpt2_offline_tokenizes_bytes_before_load(
+    weights: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = TransformersBackend("gpt2", weights=weights, device="cpu")
+    with caplog.at_level(logging.WARNING, logger="llem_mlflow.backend"):
+        rows = backend.tokenize(["héllo", "abc"], max_input_tokens=4)
+    assert rows == [[104, 195, 169, 108], [97, 98, 99]]  # UTF-8 bytes, truncated, no special tokens
+    assert backend.tokenizer_name() == BYTE_FALLBACK_NAME == "byte-level fallback (UTF-8 bytes as ids)"
+    assert backend.model is None
+    assert [r.getMessage() for r in caplog.records if BYTE_FALLBACK_NAME in r.getMessage()]
+
+
+def test_byte_fallback_warning_reaches_the_loaded_model() -> None:
+    backend = TransformersBackend("llem/tiny-gpt2", weights="random", device="cpu")
+    rows = backend.tokenize(["hi there", "x"], max_input_tokens=8)
+    info = backend.load()
+    assert len(info.warnings) == 1 and BYTE_FALLBACK_NAME in info.warnings[0]
+    stats = backend.generate(rows, max_output_tokens=3)
+    assert (stats.input_tokens, stats.output_tokens) == (9, 6)
 
 
 def test_pretrained_hub_model_offline_says_how_to_fix() -> None:

@@ -6,7 +6,7 @@ from importlib import resources
 
 import pytest
 
-from llem_mlflow.catalogue import _FILES, shipped_config, shipped_models
+from llem_mlflow.catalogue import _FILES, context_length, shipped_config, shipped_models
 
 
 def gpt2_params(cfg: dict[str, int]) -> int:
@@ -75,3 +75,21 @@ def test_unknown_name_gives_none_and_results_are_fresh_copies() -> None:
     first["n_layer"] = 99
     again = shipped_config("gpt2")
     assert again is not None and again["n_layer"] == 12
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"max_position_embeddings": 2048, "n_positions": 1}, 2048),
+        ({"n_positions": 1024, "n_ctx": 1024}, 1024),
+        ({"n_ctx": 512}, 512),
+        ({"seq_length": 8192}, 8192),
+        ({"max_position_embeddings": None, "seq_length": 4096}, 4096),
+        ({"vocab_size": 1000}, None),
+        ({"n_positions": True, "n_ctx": 0}, None),
+    ],
+)
+def test_context_length_from_any_config_key(config: dict[str, object], expected: int | None) -> None:
+    assert context_length(config) == expected
+    assert context_length(shipped_config("gpt2") or {}) == 1024
+    assert context_length(shipped_config("TinyLlama/TinyLlama-1.1B-Chat-v1.0") or {}) == 2048

@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pytest
 
+SCRIPT = Path(sys.executable).with_name("llem-mlflow")
+
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The installed `llem-mlflow` script (``python -m llem_mlflow`` where it is not installed)."""
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "llem_mlflow"]
     return subprocess.run(
-        [sys.executable, "-m", "llem_mlflow", *args],
+        [*command, *args],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -26,6 +30,8 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--batch-size", "0"], "batch_size"),
         (["--precision", "fp8"], "precision"),
         (["--weights", "maybe"], "weights"),
+        (["--n", "many"], "n"),
+        (["--baseline-s", "1s"], "baseline_s"),
     ],
 )
 def test_invalid_flag_exits_2_with_one_line(tmp_path: Path, args: list[str], field: str) -> None:
@@ -34,6 +40,28 @@ def test_invalid_flag_exits_2_with_one_line(tmp_path: Path, args: list[str], fie
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: invalid config: {field}:"), proc.stderr
     assert not (tmp_path / "mlflow.db").exists(), "no MLflow run may be started for an invalid config"
+
+
+def test_mlflow_run_style_empty_values_are_unset(tmp_path: Path) -> None:
+    # `mlflow run` passes '' for every parameter the user left out: each means "use the YAML or default".
+    empty = ["--model", "", "--backend", "", "--n", "", "--precision", "", "--max-input-tokens", ""]
+    empty += ["--max-output-tokens", "", "--weights", "", "--device", "", "--baseline-s", ""]
+    proc = cli("run", "", *empty, "--batch-size", "0", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: invalid config: batch_size:"), proc.stderr
+
+
+def test_mlflow_run_style_underscore_keys(tmp_path: Path) -> None:
+    # Undeclared `-P key=value` parameters reach the command as `--key value`, spelled as given.
+    (tmp_path / "c.yaml").write_text("model: gpt2\nn: 4\n")
+    proc = cli("run", "--config", "c.yaml", "--max_output_tokens", "7", "--batch_size", "0", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: invalid config: batch_size: Input should be greater than or equal to 1"
+    ]
+    unknown = cli("run", "--colour", "red", cwd=tmp_path)
+    assert unknown.returncode == 2 and "colour" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_unknown_yaml_key_exits_2(tmp_path: Path) -> None:

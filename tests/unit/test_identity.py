@@ -1,0 +1,105 @@
+"""The measurement hash is over resolved values, pinned by a literal, and recomputable from result.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.identity import HASH_RECIPE, ResolvedSettings, dataset_digest, resolve
+from llem_mlflow.result import ExperimentResult
+
+CPU_RANDOM: dict[str, Any] = dict(
+    weights="random", precision="fp32", device="cpu", revision=None, dataset="synthetic", tokenizer=None
+)
+
+
+def _hash(cfg: ExperimentConfig, **resolved: Any) -> str:
+    return resolve(cfg, **{**CPU_RANDOM, **resolved}).measurement_hash()
+
+
+def test_recipe_is_pinned_by_a_literal_hash() -> None:
+    # If this fails, the hash recipe changed: bump HASH_RECIPE and update README and this literal.
+    assert HASH_RECIPE == 2
+    assert _hash(ExperimentConfig()) == "1282dc0b043a5956"
+
+
+def test_auto_and_its_resolution_give_the_same_hash() -> None:
+    requested_auto = ExperimentConfig(device="auto", precision="auto", weights="auto")
+    requested_exact = ExperimentConfig(device="cpu", precision="fp32", weights="random")
+    assert _hash(requested_auto) == _hash(requested_exact)
+
+
+def test_different_measurements_never_share_a_hash() -> None:
+    cfg = ExperimentConfig()
+    gpu_pretrained = _hash(cfg, weights="pretrained", precision="bf16", device="cuda", revision="abc")
+    assert _hash(cfg) != gpu_pretrained
+    assert _hash(cfg, precision="bf16") != _hash(cfg)
+    assert _hash(cfg, device="cuda") != _hash(cfg)
+    assert _hash(cfg, weights="pretrained", revision="a") != _hash(cfg, weights="pretrained", revision="b")
+
+
+def test_output_and_tracking_fields_do_not_change_the_hash() -> None:
+    moved = ExperimentConfig(
+        output_dir="elsewhere", tracking_uri="http://x", experiment_name="e", run_name="r"
+    )
+    assert _hash(moved) == _hash(ExperimentConfig())
+
+
+def test_dataset_hashes_by_content_not_path(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
+    a.write_text('{"prompt": "hi"}\n')
+    b.write_text('{"prompt": "hi"}\n')
+    c.write_text('{"prompt": "ho"}\n')
+    cfg = ExperimentConfig(dataset=str(a))
+    text = dict(tokenizer="byte-level fallback (UTF-8 bytes as ids)")
+    assert dataset_digest(a) == dataset_digest(b) != dataset_digest(c)
+    same = _hash(cfg, dataset=dataset_digest(a), **text)
+    assert same == _hash(ExperimentConfig(dataset=str(b)), dataset=dataset_digest(b), **text)
+    assert same != _hash(cfg, dataset=dataset_digest(c), **text)
+    assert same != _hash(cfg, dataset=dataset_digest(a), tokenizer="gpt2 (HF cache)")
+    from_hub = _hash(cfg, dataset=dataset_digest(a), tokenizer="gpt2 (hub)")
+    assert from_hub == _hash(cfg, dataset=dataset_digest(a), tokenizer="gpt2 (HF cache)")  # same tokenizer
+    assert same != _hash(
+        ExperimentConfig(dataset=str(a), prompt_field="text"), dataset=dataset_digest(a), **text
+    )
+
+
+def test_synthetic_runs_ignore_tokenizer_and_prompt_field() -> None:
+    assert _hash(ExperimentConfig(prompt_field="text")) == _hash(ExperimentConfig())
+    assert resolve(ExperimentConfig(), **{**CPU_RANDOM, "tokenizer": "x"}).tokenizer is None
+
+
+def test_hash_is_recomputable_from_result_json(sample_result: tuple[ExperimentResult, Any]) -> None:
+    result, _ = sample_result
+    data = json.loads(result.model_dump_json())
+    canonical = json.dumps(data["resolved"], sort_keys=True, separators=(",", ":"))
+    assert hashlib.sha256(canonical.encode()).hexdigest()[:16] == data["measurement_config_hash"]
+    assert data["config"]["precision"] == "bf16" and data["resolved"]["weights"] == "pretrained"
+
+
+def test_result_refuses_a_hash_that_is_not_of_its_resolved_settings(
+    sample_result: tuple[ExperimentResult, Any],
+) -> None:
+    result, _ = sample_result
+    data = json.loads(result.model_dump_json())
+    data["measurement_config_hash"] = "0" * 16
+    try:
+        ExperimentResult.model_validate(data)
+    except ValueError as exc:
+        assert "hash of `resolved`" in str(exc)
+    else:
+        raise AssertionError("a mismatched hash was accepted")
+
+
+def test_resolved_settings_accept_no_auto() -> None:
+    fields = {**CPU_RANDOM, "device": "auto"}
+    try:
+        resolve(ExperimentConfig(), **fields)
+    except ValueError as exc:
+        assert "device" in str(exc)
+    else:
+        raise AssertionError("device=auto was accepted as a resolved value")
+    assert set(ResolvedSettings.model_fields) >= {"model_revision", "backend_options", "tokenizer", "dataset"}
