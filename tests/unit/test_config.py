@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llem_mlflow.config import NON_MEASUREMENT_FIELDS, ExperimentConfig, load_config
+from llem_mlflow.config import ExperimentConfig, load_config
 from llem_mlflow.errors import ConfigError
 
 
@@ -58,17 +58,6 @@ def test_bad_yaml_is_a_config_error(tmp_path: Path, text: str) -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
-
-
-def test_hash_ignores_output_and_tracking_fields_only() -> None:
-    base = ExperimentConfig()
-    moved = ExperimentConfig(
-        output_dir="elsewhere", tracking_uri="http://x", experiment_name="e", run_name="r", mlflow=False
-    )
-    assert base.config_hash() == moved.config_hash()
-    assert base.config_hash() != ExperimentConfig(batch_size=3).config_hash()
-    assert len(base.config_hash()) == 16 and int(base.config_hash(), 16) >= 0
-    assert set(base.measurement_dict()) == set(ExperimentConfig.model_fields) - NON_MEASUREMENT_FIELDS
 
 
 def test_credentials_in_tracking_uri_never_serialized() -> None:
