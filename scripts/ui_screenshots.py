@@ -4,7 +4,7 @@
 
 Copies each result folder to a temp dir, logs it with the real `llem-mlflow log` into a fresh sqlite
 store, starts `mlflow server` on 127.0.0.1, and saves `runs.png` (the experiment's runs table) and
-`power.png` (the power trace chart of the first run) into OUT_DIR. Needs Debian's `chromium`.
+`power.png` (the power trace chart of all runs) and `run.png` (the first run's page) into OUT_DIR. Needs Debian's `chromium`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -65,8 +66,19 @@ def _shoot(url: str, png: Path, size: str = "1600,1000") -> None:
     )
 
 
+def _metric_url(base: str, exp_id: str, run_ids: list[str], key: str) -> str:
+    """MLflow's metric page (the same query string its UI builds), x axis = step (ms from window start)."""
+    q = urllib.parse.quote
+    query = (
+        f"runs={json.dumps(run_ids)}&metric={q(json.dumps(key))}&experiments={json.dumps([exp_id])}"
+        f"&plot_metric_keys={q(json.dumps([key]))}&plot_layout={{}}&x_axis=step&y_axis_scale=linear"
+        "&line_smoothness=1&show_point=false&deselected_curves=[]&last_linear_y_axis_range=[]"
+    )
+    return f"{base}/#/metric/{q(key, safe='')}?{query}"
+
+
 def main() -> None:
-    out, folders = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
+    out, folders = Path(sys.argv[1]).resolve(), [Path(p).resolve() for p in sys.argv[2:]]
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -82,11 +94,10 @@ def main() -> None:
             exp = json.load(urllib.request.urlopen(
                 f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT}"))
             exp_id = exp["experiment"]["experiment_id"]
-            _shoot(f"{base}/#/experiments/{exp_id}/runs", out / "runs.png")
-            runs = json.dumps(run_ids[:1])
-            _shoot(f"{base}/#/metric/power%2Fgpu0_w?runs={runs}&experiments=[\"{exp_id}\"]"
-                   "&plot_metric_keys=[\"power/gpu0_w\"]&x_axis=step", out / "power.png")
-            _shoot(f"{base}/#/experiments/{exp_id}/runs/{run_ids[0]}", out / "run.png", "1600,1400")
+            ml = "workflowType=machine_learning"  # the "Model training" side of MLflow 3.17's nav
+            _shoot(f"{base}/#/experiments/{exp_id}/runs?{ml}", out / "runs.png")
+            _shoot(f"{base}/#/experiments/{exp_id}/runs/{run_ids[0]}?{ml}", out / "run.png", "1600,1400")
+            _shoot(_metric_url(base, exp_id, run_ids, "power/gpu0_w") + f"&{ml}", out / "power.png")
         finally:
             server.terminate()
             server.wait(timeout=30)

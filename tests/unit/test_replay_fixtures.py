@@ -59,3 +59,13 @@ def test_mlflow_logging_of_a_real_gpu_result(real: ExperimentResult, tmp_path: P
     history = MlflowClient(tracking_uri=uri).get_metric_history(run_id, "power/gpu0_w")
     assert [h.value for h in history] == [s.power_w for s in trace.for_gpu(0)]
     assert [h.timestamp for h in history] == [int(s.timestamp_s * 1000) for s in trace.for_gpu(0)]
+
+
+@pytest.mark.parametrize("name", ["h200_gpt2_bs8", "h200_gpt2_bs16"])
+def test_recipe_2_fixture_names_what_was_measured(name: str) -> None:
+    real = artifacts.read_result_json(FIXTURE.parent / name / "result.json")
+    assert real.resolved is not None and real.resolved.recipe == 2
+    assert (real.config.device, real.config.precision) == ("auto", "auto")  # as requested
+    assert (real.resolved.device, real.resolved.precision, real.resolved.weights) == ("cuda", "bf16", "random")
+    assert real.measurement_config_hash == real.resolved.measurement_hash()
+    assert real.output_tokens == 64 * 128 and real.energy is not None and real.energy.net_j is not None
