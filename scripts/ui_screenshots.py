@@ -35,18 +35,37 @@ def _log(folders: list[Path], uri: str, env: dict[str, str]) -> list[str]:
     run_ids = []
     for folder in folders:
         out = subprocess.run(
-            ["llem-mlflow", "log", str(folder), "--tracking-uri", uri], env=env, check=True,
-            capture_output=True, text=True,
+            ["llem-mlflow", "log", str(folder), "--tracking-uri", uri],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
-        run_ids.append(out.split()[-1] if "mlflow run" in out else json.loads(
-            (folder / "mlflow_run.json").read_text())["run_id"])
+        run_ids.append(
+            out.split()[-1]
+            if "mlflow run" in out
+            else json.loads((folder / "mlflow_run.json").read_text())["run_id"]
+        )
     return run_ids
 
 
 def _serve(db: Path, artifacts: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
-           "--default-artifact-root", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{db}",
+        "--default-artifact-root",
+        str(artifacts),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(120):
         try:
@@ -60,9 +79,20 @@ def _serve(db: Path, artifacts: Path, port: int, env: dict[str, str]) -> subproc
 
 def _shoot(url: str, png: Path, size: str = "1600,1000") -> None:
     subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         f"--window-size={size}", "--virtual-time-budget=20000", f"--screenshot={png}", url],
-        check=True, capture_output=True, timeout=180,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--window-size={size}",
+            "--virtual-time-budget=20000",
+            f"--screenshot={png}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
     )
 
 
@@ -91,8 +121,11 @@ def main() -> None:
         server = _serve(db, artifacts, port, env)
         try:
             base = f"http://127.0.0.1:{port}"
-            exp = json.load(urllib.request.urlopen(
-                f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT}"))
+            exp = json.load(
+                urllib.request.urlopen(
+                    f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT}"
+                )
+            )
             exp_id = exp["experiment"]["experiment_id"]
             ml = "workflowType=machine_learning"  # the "Model training" side of MLflow 3.17's nav
             _shoot(f"{base}/#/experiments/{exp_id}/runs?{ml}", out / "runs.png")

@@ -66,6 +66,10 @@ def test_recipe_2_fixture_names_what_was_measured(name: str) -> None:
     real = artifacts.read_result_json(FIXTURE.parent / name / "result.json")
     assert real.resolved is not None and real.resolved.recipe == 2
     assert (real.config.device, real.config.precision) == ("auto", "auto")  # as requested
-    assert (real.resolved.device, real.resolved.precision, real.resolved.weights) == ("cuda", "bf16", "random")
+    assert (real.resolved.device, real.resolved.precision, real.resolved.weights) == (
+        "cuda",
+        "bf16",
+        "random",
+    )
     assert real.measurement_config_hash == real.resolved.measurement_hash()
     assert real.output_tokens == 64 * 128 and real.energy is not None and real.energy.net_j is not None
