@@ -459,6 +459,89 @@ def left_pad(batch: list[list[int]], pad_id: int) -> tuple[list[list[int]], list
     return ids, mask
 
 
+# ---------------------------------------------------------------- step timing
+
+
+class StepTimer:
+    """A logits processor timing generate()'s prefill and every decode step, never waiting on the device.
+
+    Pass it in ``logits_processor=LogitsProcessorList([timer])``: generate() calls it once per new
+    token, right after the forward pass that produced that token's logits, so its first call marks
+    the end of the prefill and each later call the end of one decode step. ``start()`` marks the
+    beginning, right before generate(). It returns the scores unchanged (the tokens are the same as
+    without it).
+
+    On CUDA each mark is a ``torch.cuda.Event(enable_timing=True)`` recorded on the current stream of
+    the logits' device (events are created up front for ``expected_steps``); nothing synchronizes or
+    copies to the host. Read ``intervals_s()`` only after the device has finished the work (e.g. after
+    the output's ``.tolist()``): it waits for the last event, then reads ``elapsed_time`` between
+    consecutive events. On CPU the marks are ``time.perf_counter()`` (ops run synchronously there).
+    Duck-typed (transformers' ``LogitsProcessorList`` only calls ``processor(input_ids, scores)``),
+    so this module imports transformers lazily.
+    """
+
+    def __init__(self, device: Any, expected_steps: int = 0) -> None:
+        self._cuda = getattr(device, "type", str(device)) == "cuda"
+        self._events: list[Any] = []
+        self._times: list[float] = []
+        self._calls = 0
+        self._device = device
+        self._event_cls: Any = None
+        self._stream_of: Any = None
+        if self._cuda:
+            import torch
+
+            self._event_cls = torch.cuda.Event  # untyped vendor API
+            self._stream_of = torch.cuda.current_stream
+            self._events = [self._event_cls(enable_timing=True) for _ in range(expected_steps + 1)]
+
+    @property
+    def marks(self) -> int:
+        """Marks taken so far: the start plus one per generated token."""
+        return self._calls
+
+    def _mark(self, device: Any) -> None:
+        if not self._cuda:
+            self._times.append(time.perf_counter())
+        else:
+            if self._calls >= len(self._events):
+                self._events.append(self._event_cls(enable_timing=True))
+            self._events[self._calls].record(self._stream_of(device))
+        self._calls += 1
+
+    def start(self) -> None:
+        """Mark the beginning (right before generate()); forgets earlier marks."""
+        self._calls = 0
+        self._times.clear()
+        self._mark(self._device)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        """Mark the end of the forward pass that produced ``scores``; return them unchanged."""
+        self._mark(scores.device if self._cuda else None)
+        return scores
+
+    def intervals_s(self) -> list[float]:
+        """Seconds between consecutive marks (prefill first, then each decode step)."""
+        if self._calls < 2:
+            return []
+        if not self._cuda:
+            return [b - a for a, b in zip(self._times, self._times[1:], strict=False)]
+        events = self._events[: self._calls]
+        events[-1].synchronize()  # a no-op once the output was copied to the host
+        return [float(a.elapsed_time(b)) / 1000.0 for a, b in zip(events, events[1:], strict=False)]
+
+
+def step_timings(intervals: list[float], new_tokens: int) -> tuple[float | None, tuple[float, ...]]:
+    """(prefill_s, decode_step_s) from a StepTimer's intervals for ``new_tokens`` generated tokens.
+
+    Extra marks past ``new_tokens`` (a step generate() ran and then undid) are dropped; fewer marks
+    than tokens means the timer missed steps, and nothing is reported rather than a wrong number.
+    """
+    if new_tokens < 1 or len(intervals) < new_tokens:
+        return None, ()
+    return intervals[0], tuple(intervals[1:new_tokens])
+
+
 # ---------------------------------------------------------------- the backend
 
 
@@ -689,8 +772,13 @@ class TransformersBackend:
         )
 
     def generate(self, batch: list[list[int]], max_output_tokens: int) -> BatchStats:
-        """Greedy, left-padded generation of exactly ``max_output_tokens`` new tokens per row."""
+        """Greedy, left-padded generation of exactly ``max_output_tokens`` new tokens per row.
+
+        The prefill and every decode step are timed by a ``StepTimer`` (CUDA events, no host sync per
+        token) into ``BatchStats.prefill_s`` and ``decode_step_s``.
+        """
         import torch
+        from transformers import LogitsProcessorList
 
         model = self._require_model()
         if not batch or any(not row for row in batch):
@@ -701,16 +789,30 @@ class TransformersBackend:
         input_ids = torch.tensor(ids, dtype=torch.long, device=device)
         attention_mask = torch.tensor(mask, dtype=torch.long, device=device)
         config = self._generation_config(max_output_tokens, pad_id, eos_ids)
+        processors: Any = LogitsProcessorList  # untyped vendor API
+        timer = StepTimer(device, expected_steps=max_output_tokens)
         with torch.inference_mode():
-            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+            timer.start()
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=config,
+                logits_processor=processors([timer]),
+            )
         padded_len = input_ids.shape[1]
-        new_rows = out[:, padded_len:].tolist()
+        new_rows = out[:, padded_len:].tolist()  # waits for the device: every timing event is done
+        new_tokens = int(out.shape[1] - padded_len)
+        prefill_s, decode_step_s = step_timings(timer.intervals_s(), new_tokens)
+        if prefill_s is None and new_tokens > 0:
+            log.warning("%d step marks for %d new tokens: step timings dropped", timer.marks - 1, new_tokens)
         return BatchStats(
             input_tokens=sum(len(row) for row in batch),
             output_tokens=count_output_tokens(new_rows, eos_ids),
             padded_input_len=int(padded_len),
-            new_tokens=int(out.shape[1] - padded_len),
+            new_tokens=new_tokens,
             batch_size=len(batch),
+            prefill_s=prefill_s,
+            decode_step_s=decode_step_s,
         )
 
     # -- housekeeping

@@ -46,6 +46,8 @@ class ExperimentConfig(BaseModel):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     seed: int = Field(42, ge=0)
     warmup_batches: int = Field(1, ge=0, description="generate() calls before measuring.")
+    cycles: int = Field(1, ge=1, le=1000, description="Measured windows repeated with the model loaded once.")
+    cooldown_s: float = Field(0.0, ge=0.0, description="Pause between cycles in seconds (GPU idles).")
     baseline_s: float = Field(3.0, ge=0.0, description="Idle-power baseline length in seconds; 0 disables.")
     sampling_interval_s: float = Field(0.015, gt=0.0, le=1.0, description="Power trace period in seconds.")
     output_dir: str = Field("results", min_length=1, description="Parent folder of <experiment_id>/.")

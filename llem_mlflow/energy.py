@@ -166,6 +166,42 @@ def build_breakdown(
     )
 
 
+def sum_breakdowns(parts: Sequence[EnergyBreakdown]) -> EnergyBreakdown:
+    """The breakdown of several measured windows together (cycles): energies and edge bounds add up.
+
+    Gross, net, trace integrals and edge uncertainties are sums (each window has its own two edges);
+    idle power is the one baseline all windows share; counter vs trace is recomputed from the sums.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    per_gpu = [_sum_gpu([p.per_gpu[i] for p in parts]) for i in range(len(parts[0].per_gpu))]
+    first = parts[0]
+    return EnergyBreakdown(
+        gross_j=sum(p.gross_j for p in parts),
+        idle_power_w=first.idle_power_w,
+        idle_duration_s=first.idle_duration_s,
+        net_j=_sum_or_none([p.net_j for p in parts]),
+        edge_uncertainty_j=_sum_or_none([p.edge_uncertainty_j for p in parts]),
+        counter_update_s=first.counter_update_s,
+        per_gpu=per_gpu,
+    )
+
+
+def _sum_gpu(parts: Sequence[GpuEnergy]) -> GpuEnergy:
+    gross_j = sum(g.gross_j for g in parts)
+    trace_j = _sum_or_none([g.trace_integral_j for g in parts])
+    return GpuEnergy(
+        cuda_index=parts[0].cuda_index,
+        uuid=parts[0].uuid,
+        gross_j=gross_j,
+        idle_power_w=parts[0].idle_power_w,
+        net_j=_sum_or_none([g.net_j for g in parts]),
+        trace_integral_j=trace_j,
+        counter_vs_trace_pct=None if trace_j is None or gross_j <= 0 else (gross_j - trace_j) / gross_j * 100,
+        samples_in_window=sum(g.samples_in_window for g in parts),
+    )
+
+
 def energy_warnings(breakdown: EnergyBreakdown, window: CounterWindow) -> list[str]:
     """Plain-language warnings about how far the energy numbers can be trusted."""
     warnings = []

@@ -7,8 +7,9 @@ stored in result.json as ``resolved``, and the hash is recomputable from it alon
 
     sha256(canonical JSON of resolved)[:16], canonical = sorted keys, no spaces, UTF-8.
 
-Bump ``HASH_RECIPE`` whenever a field is added, removed or its meaning changes; a test pins a
-literal hash so a refactor cannot change the recipe silently.
+Bump ``HASH_RECIPE`` whenever a field is added, removed or its meaning changes, and list the new
+recipe's fields in ``RECIPE_FIELDS`` (results of older recipes keep theirs); a test pins a literal
+hash per recipe so a refactor cannot change one silently.
 """
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llem_mlflow.config import ExperimentConfig
 
 #: Version of the hash recipe (the fields below and how they are spelled).
-HASH_RECIPE = 2
+HASH_RECIPE = 3
+#: Fields each recipe hashes; an older result keeps its recipe, so its hash stays recomputable.
+_RECIPE_2 = (
+    "recipe", "model", "model_revision", "backend", "backend_options", "weights", "precision", "device", "n",
+    "batch_size", "max_input_tokens", "max_output_tokens", "dataset", "prompt_field", "tokenizer", "seed",
+    "warmup_batches", "baseline_s", "sampling_interval_s",
+)  # fmt: skip
+RECIPE_FIELDS: dict[int, tuple[str, ...]] = {2: _RECIPE_2, 3: (*_RECIPE_2, "cycles", "cooldown_s")}
 SYNTHETIC = "synthetic"
 
 
@@ -51,10 +59,22 @@ class ResolvedSettings(BaseModel):
     warmup_batches: int
     baseline_s: float
     sampling_interval_s: float
+    cycles: int = Field(1, description="Measured windows (recipe 3 on).")
+    cooldown_s: float = Field(0.0, description="Pause between cycles (recipe 3 on).")
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, value: int) -> int:
+        if value not in RECIPE_FIELDS:
+            known = ", ".join(map(str, RECIPE_FIELDS))
+            raise ValueError(f"hash recipe {value} is unknown here (known: {known}); upgrade llem-mlflow")
+        return value
 
     def measurement_hash(self) -> str:
-        """First 16 hex digits of SHA-256 over the canonical JSON of these settings."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """First 16 hex digits of SHA-256 over the canonical JSON of this recipe's fields."""
+        fields = set(RECIPE_FIELDS[self.recipe])
+        data = self.model_dump(mode="json", include=fields)
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
@@ -108,5 +128,7 @@ def resolve(
             "warmup_batches": cfg.warmup_batches,
             "baseline_s": cfg.baseline_s,
             "sampling_interval_s": cfg.sampling_interval_s,
+            "cycles": cfg.cycles,
+            "cooldown_s": cfg.cooldown_s,
         }
     )

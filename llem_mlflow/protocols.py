@@ -103,13 +103,21 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class BatchStats:
-    """One generate() call, counted exactly."""
+    """One generate() call, counted exactly, with its step timings when the backend took them.
+
+    Timings are seconds between marks taken right after the forward pass that produced each new
+    token's logits (device time on CUDA, wall time on CPU). ``prefill_s``: generate() start to the
+    first token's logits (time to first token of every row); ``decode_step_s``: one per decode step,
+    between consecutive tokens' logits, so ``new_tokens - 1`` of them. None / ``()``: not timed.
+    """
 
     input_tokens: int  # real prompt tokens (no padding)
     output_tokens: int  # generated tokens (no pads after EOS)
     padded_input_len: int  # prompt length after left padding (what the GPU processed)
     new_tokens: int  # generation steps taken (max over the batch)
     batch_size: int
+    prefill_s: float | None = None  # generate() start -> first token's logits
+    decode_step_s: tuple[float, ...] = ()  # one per decode step (new_tokens - 1)
 
 
 class Backend(Protocol):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.identity import ResolvedSettings
+from llem_mlflow.stats import Interval
 
 SCHEMA_VERSION: Literal["2.0"] = "2.0"
 
@@ -92,6 +93,40 @@ class Window(_Model):
         return self.end_s - self.start_s
 
 
+class CycleRecord(_Model):
+    """One measured cycle (all ``n`` prompts once); energies are null without an NVIDIA GPU."""
+
+    index: int = Field(ge=0)
+    start_s: float
+    end_s: float
+    duration_s: float = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    output_tokens_per_s: float = Field(ge=0)
+    gross_j: float | None = None
+    net_j: float | None = None
+    edge_uncertainty_j: float | None = None
+    energy_per_output_token_j: float | None = None  # gross / output tokens
+    net_energy_per_output_token_j: float | None = None  # net / output tokens
+
+
+class CycleStats(_Model):
+    """The measured window repeated ``n`` times in one process, with 95% intervals (Student t) per figure.
+
+    An interval is null when it cannot exist (one cycle: no spread; no GPU: no energy), never zero.
+    """
+
+    n: int = Field(ge=1)
+    cooldown_s: float = Field(ge=0)
+    order: str  # how batches were ordered per cycle
+    records: list[CycleRecord]
+    duration_s_ci95: Interval
+    output_tokens_per_s_ci95: Interval
+    gross_j_ci95: Interval | None = None
+    net_j_ci95: Interval | None = None
+    energy_per_output_token_j_ci95: Interval | None = None
+    net_energy_per_output_token_j_ci95: Interval | None = None
+
+
 class ExperimentResult(_Model):
     """Everything one experiment measured, and how."""
 
@@ -124,7 +159,10 @@ class ExperimentResult(_Model):
     warnings: list[str] = Field(default_factory=list)
     start_time: datetime
     end_time: datetime
-    windows: dict[str, Window] = Field(default_factory=dict)  # "idle", "measure"
+    windows: dict[str, Window] = Field(default_factory=dict)  # "idle", "measure" (first to last cycle)
+    # Per-cycle figures and their intervals; top-level figures cover all cycles together (sums, and
+    # ratios of sums). Null only in results written before cycles existed.
+    cycles: CycleStats | None = None
     environment_snapshot: EnvironmentSnapshot
     timeseries: str | None = None  # file name of the Parquet trace, relative to result.json
 
@@ -186,7 +224,20 @@ class ExperimentResult(_Model):
         }
         if self.energy is not None:
             metrics.update(_energy_metrics(self))
+        if self.cycles is not None:
+            metrics.update(_interval_metrics(self.cycles))
         return {k: rule(float(v)) for k, (v, rule) in metrics.items() if v is not None}
+
+    def mlflow_cycle_history(self) -> dict[str, list[tuple[int, float, float]]]:
+        """``cycles/<figure>`` metric histories: (step = cycle index, cycle end epoch s, rounded value)."""
+        if self.cycles is None or self.cycles.n < 2:
+            return {}
+        history: dict[str, list[tuple[int, float, float]]] = {}
+        for figure, rule in _CYCLE_FIGURES.items():
+            points = [(r.index, r.end_s, getattr(r, figure)) for r in self.cycles.records]
+            if all(value is not None for _, _, value in points):
+                history[f"cycles/{figure}"] = [(i, t, rule(float(v))) for i, t, v in points]
+        return history
 
 
 # Rounding of logged metric values: each keeps the precision its source has, no float noise
@@ -224,6 +275,17 @@ def _percent(value: float) -> float:
     return round(value, 4)
 
 
+#: Per-cycle figures logged as ``cycles/<figure>`` histories, with their rounding.
+_CYCLE_FIGURES: dict[str, Callable[[float], float]] = {
+    "energy_per_output_token_j": _ratio,
+    "net_energy_per_output_token_j": _ratio,
+    "output_tokens_per_s": _ratio,
+    "duration_s": _seconds,
+    "gross_j": _energy_j,
+    "net_j": _energy_j,
+}
+
+
 def mlflow_power_point(gpu: int, power_w: float) -> tuple[str, float]:
     """Metric key and rounded value of one power-trace sample: ``power/gpu{i}_w``, W to 1 mW."""
     return f"power/gpu{gpu}_w", _power_w(power_w)
@@ -239,9 +301,31 @@ def _energy_metrics(result: ExperimentResult) -> dict[str, _Rounded]:
         "energy/net_j": (energy.net_j, _energy_j),
         "energy/idle_w": (energy.idle_power_w, _power_w),
         "energy/per_output_token_j": (result.avg_energy_per_token_j, _ratio),
+        "energy/net_per_output_token_j": (
+            energy.net_j / result.output_tokens
+            if energy.net_j is not None and result.output_tokens
+            else None,
+            _ratio,
+        ),
         "energy/edge_uncertainty_j": (energy.edge_uncertainty_j, _energy_j),
         "quality/counter_vs_trace_pct": (max(per_gpu_gaps, key=abs) if per_gpu_gaps else None, _percent),
     }
+
+
+def _interval_metrics(cycles: CycleStats) -> dict[str, _Rounded]:
+    """``<headline>_ci95_low/_high`` for each headline figure that has an interval (2+ cycles)."""
+    pairs: dict[str, tuple[Interval | None, Callable[[float], float]]] = {
+        "energy/per_output_token_j": (cycles.energy_per_output_token_j_ci95, _ratio),
+        "energy/net_per_output_token_j": (cycles.net_energy_per_output_token_j_ci95, _ratio),
+        "throughput/output_tokens_per_s": (cycles.output_tokens_per_s_ci95, _ratio),
+        "time/cycle_s": (cycles.duration_s_ci95, _seconds),
+    }
+    out: dict[str, _Rounded] = {}
+    for key, (interval, rule) in pairs.items():
+        if interval is not None and interval.ci95_low is not None:
+            out[f"{key}_ci95_low"] = (interval.ci95_low, rule)
+            out[f"{key}_ci95_high"] = (interval.ci95_high, rule)
+    return out
 
 
 def _params_of(values: dict[str, Any], prefix: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,14 +20,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llem_mlflow import artifacts, energy, environment, flops, identity, preflight, recording, workload
+from llem_mlflow import artifacts, energy, environment, flops, identity, preflight, recording, stats, workload
 from llem_mlflow._version import __version__
 from llem_mlflow.config import ExperimentConfig, load_config
 from llem_mlflow.errors import DeviceError, TrackingError
 from llem_mlflow.progress import LogProgress, Progress
 from llem_mlflow.protocols import Backend, BatchStats, CudaDeviceId, GpuDevice, GpuInfo, LoadedModel
-from llem_mlflow.result import EnergyBreakdown, ExperimentResult, Window
+from llem_mlflow.result import CycleRecord, CycleStats, EnergyBreakdown, ExperimentResult, Window
 from llem_mlflow.sampler import PowerSampler
+from llem_mlflow.stats import Interval
 from llem_mlflow.trace import PowerTrace
 
 log = logging.getLogger(__name__)
@@ -69,12 +71,35 @@ class _Context:
 
 
 @dataclass(frozen=True)
-class _Measurement:
+class _Cycle:
+    """One measured cycle: its batches and its counter window."""
+
+    index: int
     stats: list[BatchStats]
     window: energy.CounterWindow
+
+
+@dataclass(frozen=True)
+class _Measurement:
+    cycles: list[_Cycle]
     idle: energy.CounterWindow | None
     trace: PowerTrace
     warnings: list[str]
+
+    @property
+    def stats(self) -> list[BatchStats]:
+        """Every measured batch of every cycle."""
+        return [s for c in self.cycles for s in c.stats]
+
+    @property
+    def span(self) -> tuple[float, float]:
+        """From the first cycle's start to the last cycle's end (epoch seconds)."""
+        return self.cycles[0].window.start_s, self.cycles[-1].window.end_s
+
+    @property
+    def seconds(self) -> float:
+        """Time spent inside measured windows (cool-downs excluded)."""
+        return sum(c.window.duration_s for c in self.cycles)
 
 
 def run_experiment(config: str | Path | ExperimentConfig | None = None, **overrides: Any) -> ExperimentResult:
@@ -198,12 +223,7 @@ def _measure(
     cfg: ExperimentConfig, backend: Backend, gpu_set: GpuSet, prompts: list[list[int]], show: Progress
 ) -> _Measurement:
     groups = workload.batches(prompts, cfg.batch_size)
-    if cfg.warmup_batches:
-        show.stage(f"warm-up: {cfg.warmup_batches} batch(es)")
-        show.batch("warm-up", 0, cfg.warmup_batches)  # the display starts outside the measured window
-    for i in range(cfg.warmup_batches):
-        backend.generate(groups[i % len(groups)], cfg.max_output_tokens)
-        show.batch("warm-up", i + 1, cfg.warmup_batches)
+    _warm_up(cfg, backend, groups, show)
     devices = gpu_set.devices
     sampler = PowerSampler(devices, cfg.sampling_interval_s)
     sampler.start()
@@ -212,15 +232,43 @@ def _measure(
         if devices and cfg.baseline_s > 0:
             show.stage(f"idle baseline {cfg.baseline_s:g} s (model loaded)")
             idle = energy.measure_idle(devices, backend.synchronize, cfg.baseline_s)
-        show.stage(f"measuring {cfg.n} prompts in {len(groups)} batches")
-        show.batch("measure", 0, len(groups))
-        stats, window = energy.measure_window(
-            devices, backend.synchronize, lambda: _generate_all(backend, groups, cfg.max_output_tokens, show)
-        )
+        cycles = [_measure_cycle(cfg, backend, devices, groups, index, show) for index in range(cfg.cycles)]
     finally:
         trace = sampler.stop()
     warnings = [w for w in [gpu_set.warning, *sampler.warnings] if w]
-    return _Measurement(stats=stats, window=window, idle=idle, trace=trace, warnings=warnings)
+    return _Measurement(cycles=cycles, idle=idle, trace=trace, warnings=warnings)
+
+
+def _warm_up(cfg: ExperimentConfig, backend: Backend, groups: list[list[list[int]]], show: Progress) -> None:
+    """``warmup_batches`` generate() calls on the measured batches themselves (same shapes)."""
+    if not cfg.warmup_batches:
+        return
+    show.stage(f"warm-up: {cfg.warmup_batches} batch(es)")
+    show.batch("warm-up", 0, cfg.warmup_batches)  # the display starts outside the measured window
+    for i in range(cfg.warmup_batches):
+        backend.generate(groups[i % len(groups)], cfg.max_output_tokens)
+        show.batch("warm-up", i + 1, cfg.warmup_batches)
+
+
+def _measure_cycle(
+    cfg: ExperimentConfig,
+    backend: Backend,
+    devices: Sequence[GpuDevice],
+    groups: list[list[list[int]]],
+    index: int,
+    show: Progress,
+) -> _Cycle:
+    if index and cfg.cooldown_s > 0:
+        show.stage(f"cool-down {cfg.cooldown_s:g} s")
+        time.sleep(cfg.cooldown_s)
+    order = workload.cycle_order(groups, index, cfg.seed)
+    of = f" (cycle {index + 1}/{cfg.cycles})" if cfg.cycles > 1 else ""
+    show.stage(f"measuring {cfg.n} prompts in {len(order)} batches{of}")
+    show.batch("measure", 0, len(order))
+    stats, window = energy.measure_window(
+        devices, backend.synchronize, lambda: _generate_all(backend, order, cfg.max_output_tokens, show)
+    )
+    return _Cycle(index=index, stats=stats, window=window)
 
 
 def _generate_all(
@@ -233,24 +281,69 @@ def _generate_all(
     return stats
 
 
-def _energy(measurement: _Measurement, infos: list[GpuInfo]) -> tuple[EnergyBreakdown | None, list[str]]:
+def _energy(
+    m: _Measurement, infos: list[GpuInfo]
+) -> tuple[EnergyBreakdown | None, list[EnergyBreakdown], list[str]]:
+    """(all cycles together, each cycle, warnings); nothing without GPUs."""
     if not infos:
-        return None, []
-    breakdown = energy.build_breakdown(measurement.window, measurement.idle, measurement.trace, infos)
-    return breakdown, energy.energy_warnings(breakdown, measurement.window)
+        return None, [], []
+    parts = [energy.build_breakdown(c.window, m.idle, m.trace, infos) for c in m.cycles]
+    total = energy.sum_breakdowns(parts)
+    shortest = min((c.window for c in m.cycles), key=lambda w: w.duration_s)
+    return total, parts, energy.energy_warnings(total, shortest)
+
+
+def _cycle_stats(cfg: ExperimentConfig, m: _Measurement, parts: list[EnergyBreakdown]) -> CycleStats:
+    records = [_cycle_record(c, parts[c.index] if parts else None) for c in m.cycles]
+
+    def interval(name: str) -> Interval | None:
+        return stats.summarize_optional([getattr(r, name) for r in records])
+
+    return CycleStats(
+        n=len(records),
+        cooldown_s=cfg.cooldown_s,
+        order="cycle 0 in dataset order; cycle k > 0 shuffled with random.Random(seed * 1000003 + k)",
+        records=records,
+        duration_s_ci95=stats.summarize([r.duration_s for r in records]),
+        output_tokens_per_s_ci95=stats.summarize([r.output_tokens_per_s for r in records]),
+        gross_j_ci95=interval("gross_j"),
+        net_j_ci95=interval("net_j"),
+        energy_per_output_token_j_ci95=interval("energy_per_output_token_j"),
+        net_energy_per_output_token_j_ci95=interval("net_energy_per_output_token_j"),
+    )
+
+
+def _cycle_record(cycle: _Cycle, part: EnergyBreakdown | None) -> CycleRecord:
+    out_tok = sum(s.output_tokens for s in cycle.stats)
+    seconds = cycle.window.duration_s
+    gross = part.gross_j if part else None
+    net = part.net_j if part else None
+    return CycleRecord(
+        index=cycle.index,
+        start_s=cycle.window.start_s,
+        end_s=cycle.window.end_s,
+        duration_s=seconds,
+        output_tokens=out_tok,
+        output_tokens_per_s=out_tok / seconds if seconds > 0 else 0.0,
+        gross_j=gross,
+        net_j=net,
+        edge_uncertainty_j=part.edge_uncertainty_j if part else None,
+        energy_per_output_token_j=gross / out_tok if gross is not None and out_tok else None,
+        net_energy_per_output_token_j=net / out_tok if net is not None and out_tok else None,
+    )
 
 
 def _build_result(c: _Context, m: _Measurement, backend: Backend) -> ExperimentResult:
     infos = [d.info for d in c.gpu_set.devices]
-    breakdown, energy_warnings = _energy(m, infos)
+    breakdown, parts, energy_warnings = _energy(m, infos)
     in_tok = sum(s.input_tokens for s in m.stats)
     out_tok = sum(s.output_tokens for s in m.stats)
-    seconds = m.window.duration_s
+    seconds = m.seconds
     gross = breakdown.gross_j if breakdown else None
     for w in [*m.warnings, *energy_warnings]:  # the backend already logged its own warnings
         log.warning(w)
     warnings = [*c.plan.warnings, *c.loaded.warnings, *m.warnings, *energy_warnings]
-    windows = {"measure": Window(start_s=m.window.start_s, end_s=m.window.end_s)}
+    windows = {"measure": Window(start_s=m.span[0], end_s=m.span[1])}
     if m.idle is not None:
         windows["idle"] = Window(start_s=m.idle.start_s, end_s=m.idle.end_s)
     return ExperimentResult(
@@ -280,6 +373,7 @@ def _build_result(c: _Context, m: _Measurement, backend: Backend) -> ExperimentR
         start_time=c.start,
         end_time=datetime.now(timezone.utc),
         windows=windows,
+        cycles=_cycle_stats(c.cfg, m, parts),
         environment_snapshot=environment.snapshot(infos, c.gpu_set.driver_version, backend.versions()),
         timeseries=artifacts.TRACE_FILE,
     )

@@ -603,7 +603,9 @@ def _log_everything(
     existing = client.get_run(run_id).data.params
     client.log_batch(
         run_id,
-        metrics=_summary_metrics(result) + _trace_metrics(trace, _trace_origin_ms(result, trace)),
+        metrics=_summary_metrics(result)
+        + _cycle_metrics(result)
+        + _trace_metrics(trace, _trace_origin_ms(result, trace)),
         params=_params(result.mlflow_params(), existing),
         tags=_tags(result.mlflow_tags()),
     )
@@ -641,6 +643,17 @@ def _summary_metrics(result: ExperimentResult) -> list[Metric]:
 
     end_ms = _epoch_ms(result.end_time)
     return [Metric(k, v, end_ms, 0) for k, v in result.mlflow_metrics().items()]
+
+
+def _cycle_metrics(result: ExperimentResult) -> list[Metric]:
+    """``cycles/<figure>`` histories: step = cycle index, timestamp = the cycle's end (2+ cycles only)."""
+    from mlflow.entities import Metric
+
+    return [
+        Metric(key, value, int(end_s * 1000), step)
+        for key, points in result.mlflow_cycle_history().items()
+        for step, end_s, value in points
+    ]
 
 
 def _trace_metrics(trace: PowerTrace, origin_ms: int) -> list[Metric]:

@@ -108,3 +108,15 @@ def _keys(obj: dict[str, Any], limit: int = 12) -> str:
 def batches(items: Sequence[T], batch_size: int) -> list[list[T]]:
     """Consecutive batches of at most ``batch_size`` items (the last may be smaller)."""
     return [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+
+
+def cycle_order(groups: Sequence[T], cycle: int, seed: int) -> list[T]:
+    """The batches of measured cycle ``cycle``: cycle 0 in dataset order, cycle k > 0 shuffled.
+
+    Cycle k > 0 uses ``random.Random(seed * 1_000_003 + k)``, so a rerun with the same seed repeats
+    every cycle's order, and no cycle's order depends on how many cycles run.
+    """
+    order = list(groups)
+    if cycle > 0:
+        random.Random(seed * 1_000_003 + cycle).shuffle(order)
+    return order

@@ -22,8 +22,16 @@ def _hash(cfg: ExperimentConfig, **resolved: Any) -> str:
 
 def test_recipe_is_pinned_by_a_literal_hash() -> None:
     # If this fails, the hash recipe changed: bump HASH_RECIPE and update README and this literal.
-    assert HASH_RECIPE == 2
-    assert _hash(ExperimentConfig()) == "1282dc0b043a5956"
+    assert HASH_RECIPE == 3
+    assert _hash(ExperimentConfig()) == "8df54d3b1c93bbe2"
+
+
+def test_older_recipes_keep_their_hash() -> None:
+    # Recipe 2 (before cycles existed) must hash exactly as when its results were written.
+    recipe_2 = resolve(ExperimentConfig(), **CPU_RANDOM).model_copy(update={"recipe": 2})
+    assert recipe_2.measurement_hash() == "1282dc0b043a5956"
+    assert _hash(ExperimentConfig(cycles=5)) != _hash(ExperimentConfig())
+    assert _hash(ExperimentConfig(cooldown_s=2)) != _hash(ExperimentConfig())
 
 
 def test_auto_and_its_resolution_give_the_same_hash() -> None:

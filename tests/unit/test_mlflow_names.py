@@ -22,6 +22,7 @@ METRICS = {
     "energy/net_j",
     "energy/idle_w",
     "energy/per_output_token_j",
+    "energy/net_per_output_token_j",
     "energy/edge_uncertainty_j",
     "quality/counter_vs_trace_pct",
     "throughput/output_tokens_per_s",
@@ -71,6 +72,8 @@ CONFIG_PARAMS = {
     "warmup_batches",
     "baseline_s",
     "sampling_interval_s",
+    "cycles",
+    "cooldown_s",
 }
 RESOLVED_PARAMS = {  # prompt_field and tokenizer are null for synthetic prompts: not logged
     "resolved.recipe",
@@ -90,6 +93,8 @@ RESOLVED_PARAMS = {  # prompt_field and tokenizer are null for synthetic prompts
     "resolved.warmup_batches",
     "resolved.baseline_s",
     "resolved.sampling_interval_s",
+    "resolved.cycles",
+    "resolved.cooldown_s",
 }
 
 
@@ -128,7 +133,7 @@ def test_documented_values(sample_result: Sample, tmp_path: Path) -> None:
     assert metrics["compute/flops"] == 32_000_000_000.0
     assert tags["llem.gpu.name"] == "NVIDIA H200" and tags["llem.gpu.count"] == "2"
     assert tags["llem.energy_source"] == "nvml" and tags["llem.schema_version"] == "2.0"
-    assert tags["llem.hash_recipe"] == "2"
+    assert tags["llem.hash_recipe"] == "3"
     assert params["resolved.backend_options"] == "{}"
     assert params["batch_size"] == "2" and params["resolved.precision"] == "bf16"
     assert run.info.run_name == "gpt2-bs2-bf16"

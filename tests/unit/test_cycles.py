@@ -1,0 +1,106 @@
+"""Repeated cycles: per-cycle figures, Student-t intervals, reshuffled batch order, MLflow histories."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+from llem_mlflow import workload
+from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.protocols import CudaDeviceId
+from llem_mlflow.runner import GpuSet, Outcome, execute
+from tests.fakes import FakeBackend, FakeDevice
+
+CUDA0 = CudaDeviceId(cuda_index=0, uuid="GPU-fake-0", pci_bus_id=None)
+# Counter reads: idle start/end, then start/end of each cycle: gross 1000, 1020, 990 J.
+COUNTER = [0.0, 30.0, 100.0, 1100.0, 1200.0, 2220.0, 2300.0, 3290.0]
+
+
+def _run(tmp_path: Path, cycles: int, counter: list[float], **kw: object) -> Outcome:
+    cfg = ExperimentConfig.model_validate(
+        {
+            **dict(
+                n=5, batch_size=2, max_input_tokens=6, max_output_tokens=4, output_dir=str(tmp_path / "out"),
+                mlflow=False, baseline_s=0.05, sampling_interval_s=0.005, cycles=cycles,
+            ),
+            **kw,
+        }
+    )  # fmt: skip
+    device = FakeDevice(energy_script=counter, power_w=150.0)
+    backend = FakeBackend(device="cuda", cuda_devices=[CUDA0])
+    return execute(cfg, backend=backend, gpus=lambda ids: GpuSet([device], "580"), store_probe=lambda c: None)
+
+
+def test_three_cycles_give_per_cycle_values_and_a_student_t_interval(tmp_path: Path) -> None:
+    r = _run(tmp_path, 3, COUNTER).result
+    c = r.cycles
+    assert c is not None and c.n == 3 and [x.index for x in c.records] == [0, 1, 2]
+    assert [x.gross_j for x in c.records] == [1000.0, 1020.0, 990.0]
+    assert [x.output_tokens for x in c.records] == [20, 20, 20]
+    per_token = [50.0, 51.0, 49.5]
+    assert [x.energy_per_output_token_j for x in c.records] == per_token
+    interval = c.energy_per_output_token_j_ci95
+    assert interval is not None and interval.n == 3 and interval.values == per_token
+    half = 4.303 * statistics.stdev(per_token) / math.sqrt(3)  # t(0.975, 2) = 4.303
+    assert interval.mean == pytest.approx(statistics.mean(per_token))
+    assert interval.ci95_low == pytest.approx(interval.mean - half, rel=1e-3)
+    assert interval.ci95_high == pytest.approx(interval.mean + half, rel=1e-3)
+    # Top level: all cycles together.
+    assert r.total_energy_j == 3010.0 and r.output_tokens == 60
+    assert r.avg_energy_per_token_j == pytest.approx(3010.0 / 60)
+    assert r.energy is not None and r.energy.edge_uncertainty_j is not None
+    assert r.energy.edge_uncertainty_j == pytest.approx(sum(x.edge_uncertainty_j or 0 for x in c.records))
+    assert r.windows["measure"].start_s == c.records[0].start_s
+    assert r.windows["measure"].end_s == c.records[2].end_s
+
+
+def test_one_cycle_has_values_but_no_interval(tmp_path: Path) -> None:
+    c = _run(tmp_path, 1, COUNTER[:4]).result.cycles
+    assert c is not None and c.n == 1
+    interval = c.energy_per_output_token_j_ci95
+    assert interval is not None and interval.values == [50.0]
+    assert (interval.std, interval.ci95_low, interval.ci95_high) == (None, None, None)
+
+
+def test_cpu_cycles_have_time_intervals_and_no_energy(tmp_path: Path) -> None:
+    cfg = ExperimentConfig(n=4, batch_size=2, max_input_tokens=4, max_output_tokens=3, cycles=3,
+                           output_dir=str(tmp_path / "o"), mlflow=False)  # fmt: skip
+    backend = FakeBackend()
+    c = execute(cfg, backend=backend, store_probe=lambda c: None).result.cycles
+    assert c is not None and c.n == 3 and c.output_tokens_per_s_ci95.n == 3
+    assert c.energy_per_output_token_j_ci95 is None and c.gross_j_ci95 is None
+    assert len(backend.generate_calls) == 1 + 3 * 2  # one warm-up, two batches per cycle
+
+
+def test_cooldown_separates_cycles(tmp_path: Path) -> None:
+    c = _run(tmp_path, 2, COUNTER[:6], cooldown_s=0.05).result.cycles
+    assert c is not None and c.records[1].start_s - c.records[0].end_s >= 0.05
+
+
+def test_batch_order_is_dataset_order_first_then_seeded_shuffles() -> None:
+    groups = list(range(10))
+    assert workload.cycle_order(groups, 0, seed=42) == groups
+    first, again = workload.cycle_order(groups, 1, seed=42), workload.cycle_order(groups, 1, seed=42)
+    assert first == again and sorted(first) == groups and first != groups
+    assert workload.cycle_order(groups, 2, seed=42) != first
+    assert workload.cycle_order(groups, 1, seed=7) != first
+
+
+def test_cycles_reach_mlflow_as_intervals_and_histories(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    outcome = _run(tmp_path, 3, COUNTER, mlflow=True, tracking_uri=uri)
+    client = MlflowClient(uri)
+    assert outcome.run_id is not None
+    metrics = client.get_run(outcome.run_id).data.metrics
+    interval = outcome.result.cycles.energy_per_output_token_j_ci95  # type: ignore[union-attr]
+    assert metrics["energy/per_output_token_j"] == pytest.approx(50.1667, abs=1e-4)
+    assert metrics["energy/per_output_token_j_ci95_low"] == pytest.approx(interval.ci95_low, rel=1e-5)  # type: ignore[union-attr]
+    assert metrics["energy/per_output_token_j_ci95_high"] == pytest.approx(interval.ci95_high, rel=1e-5)  # type: ignore[union-attr]
+    assert "throughput/output_tokens_per_s_ci95_low" in metrics
+    history = client.get_metric_history(outcome.run_id, "cycles/energy_per_output_token_j")
+    assert sorted((h.step, h.value) for h in history) == [(0, 50.0), (1, 51.0), (2, 49.5)]
