@@ -21,6 +21,7 @@ warning; with ``pretrained``, a ``BackendError``.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import os
 import re
@@ -519,6 +520,10 @@ class StepTimer:
         """Mark the end of the forward pass that produced ``scores``; return them unchanged."""
         self._mark(scores.device if self._cuda else None)
         return scores
+
+    # LogitsProcessorList calls inspect.signature(processor.__call__) at every step; a signature
+    # stored on the function makes that lookup about 3x cheaper (no code-object parsing).
+    __call__.__signature__ = inspect.signature(__call__)  # type: ignore[attr-defined]
 
     def intervals_s(self) -> list[float]:
         """Seconds between consecutive marks (prefill first, then each decode step)."""

@@ -158,6 +158,10 @@ def run(
     warmup_batches: Annotated[
         str | None, _cfg("warmup_batches", "generate() calls before measuring.")
     ] = None,
+    cycles: Annotated[
+        str | None, _cfg("cycles", "Measured windows, model loaded once; 2+ give 95% intervals.")
+    ] = None,
+    cooldown_s: Annotated[str | None, _cfg("cooldown_s", "Pause between cycles in seconds.")] = None,
     baseline_s: Annotated[
         str | None, _cfg("baseline_s", "Idle-power baseline in seconds, model loaded (0: none).")
     ] = None,
@@ -281,6 +285,7 @@ def summary(outcome: Outcome) -> str:
             lines.append(_line("net of idle", f"{_joules(e.net_j)} (idle {e.idle_power_w:,.1f} W)"))
         if r.avg_energy_per_token_j is not None:
             lines.append(_line("energy/token", f"{_joules(r.avg_energy_per_token_j)} per output token"))
+    lines.extend(_cycle_lines(r))
     if r.warnings:
         lines.append(_line("warnings", f"{len(r.warnings)} (see result.json)"))
     lines.append(_line("result folder", str(outcome.result_dir)))
@@ -292,6 +297,26 @@ def summary(outcome: Outcome) -> str:
         run = "not logged (--no-mlflow)"
     lines.append(_line("mlflow run", run))
     return "\n".join(lines)
+
+
+def _cycle_lines(r: Any) -> list[str]:
+    """With 2+ cycles: each headline figure as mean [95% interval] and its CV over the cycles."""
+    c = r.cycles
+    if c is None or c.n < 2:
+        return []
+    figures = [
+        ("J/token", c.energy_per_output_token_j_ci95, "{:.4g}"),
+        ("net J/token", c.net_energy_per_output_token_j_ci95, "{:.4g}"),
+        ("tok/s", c.output_tokens_per_s_ci95, "{:,.1f}"),
+    ]
+    lines = [_line("cycles", f"{c.n} (mean [95% interval], CV across cycles)")]
+    for name, interval, fmt in figures:
+        if interval is None or interval.ci95_low is None:
+            continue
+        low, mean, high = (fmt.format(v) for v in (interval.ci95_low, interval.mean, interval.ci95_high))
+        cv = f"{interval.cv_pct:.2f}%" if interval.cv_pct is not None else "n/a"
+        lines.append(_line(f"  {name}", f"{mean} [{low}, {high}], CV {cv}"))
+    return lines
 
 
 class _CurrentStderr(logging.Handler):

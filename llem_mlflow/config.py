@@ -50,6 +50,10 @@ class ExperimentConfig(BaseModel):
     cooldown_s: float = Field(0.0, ge=0.0, description="Pause between cycles in seconds (GPU idles).")
     baseline_s: float = Field(3.0, ge=0.0, description="Idle-power baseline length in seconds; 0 disables.")
     sampling_interval_s: float = Field(0.015, gt=0.0, le=1.0, description="Power trace period in seconds.")
+    carbon_intensity_g_per_kwh: float | None = Field(
+        None, ge=0.0, description="Grid carbon intensity for an optional carbon figure; never looked up."
+    )
+    pue: float = Field(1.0, ge=1.0, description="Data-centre PUE applied to the carbon figure.")
     output_dir: str = Field("results", min_length=1, description="Parent folder of <experiment_id>/.")
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or sqlite."

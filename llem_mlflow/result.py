@@ -93,6 +93,25 @@ class Window(_Model):
         return self.end_s - self.start_s
 
 
+class ComputeFigures(_Model):
+    """FLOPs per phase and what they say about efficiency (see ``flops`` for the counting rules)."""
+
+    prefill_flops: float = Field(ge=0)
+    decode_flops: float = Field(ge=0)
+    attention_convention: str = "causal half: L(L+1)/2 (query, key) pairs per prefill row; padding counted"
+    peak_flops_per_s: float | None = None  # dense peak of the GPU model at the precision, per GPU
+    mfu: float | None = None  # total FLOPs / (measured seconds x peak x GPUs), a fraction
+    energy_per_tflop_j: float | None = None  # gross energy / (total FLOPs / 1e12)
+
+
+class CpuEnergy(_Model):
+    """CPU energy over the measured windows, from RAPL (package and DRAM), apart from GPU energy."""
+
+    package_j: float | None = None
+    dram_j: float | None = None
+    source: str = "rapl"
+
+
 class CycleRecord(_Model):
     """One measured cycle (all ``n`` prompts once); energies are null without an NVIDIA GPU."""
 
@@ -163,6 +182,9 @@ class ExperimentResult(_Model):
     # Per-cycle figures and their intervals; top-level figures cover all cycles together (sums, and
     # ratios of sums). Null only in results written before cycles existed.
     cycles: CycleStats | None = None
+    compute: ComputeFigures | None = None
+    cpu_energy: CpuEnergy | None = None  # null where RAPL cannot be read (the reason is a warning)
+    carbon_g: float | None = None  # (GPU gross + CPU) energy x PUE x configured grid intensity
     environment_snapshot: EnvironmentSnapshot
     timeseries: str | None = None  # file name of the Parquet trace, relative to result.json
 
@@ -226,6 +248,7 @@ class ExperimentResult(_Model):
             metrics.update(_energy_metrics(self))
         if self.cycles is not None:
             metrics.update(_interval_metrics(self.cycles))
+        metrics.update(_extra_metrics(self))
         return {k: rule(float(v)) for k, (v, rule) in metrics.items() if v is not None}
 
     def mlflow_cycle_history(self) -> dict[str, list[tuple[int, float, float]]]:
@@ -309,6 +332,20 @@ def _energy_metrics(result: ExperimentResult) -> dict[str, _Rounded]:
         ),
         "energy/edge_uncertainty_j": (energy.edge_uncertainty_j, _energy_j),
         "quality/counter_vs_trace_pct": (max(per_gpu_gaps, key=abs) if per_gpu_gaps else None, _percent),
+    }
+
+
+def _extra_metrics(result: ExperimentResult) -> dict[str, _Rounded]:
+    """Phase FLOPs, MFU, J/TFLOP, CPU energy and carbon, where known."""
+    c, cpu = result.compute, result.cpu_energy
+    return {
+        "compute/prefill_flops": (c.prefill_flops if c else None, _count),
+        "compute/decode_flops": (c.decode_flops if c else None, _count),
+        "compute/mfu": (c.mfu if c else None, _ratio),
+        "energy/per_tflop_j": (c.energy_per_tflop_j if c else None, _ratio),
+        "energy/cpu_package_j": (cpu.package_j if cpu else None, _energy_j),
+        "energy/cpu_dram_j": (cpu.dram_j if cpu else None, _energy_j),
+        "energy/carbon_g": (result.carbon_g, _ratio),
     }
 
 

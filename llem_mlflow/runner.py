@@ -20,13 +20,34 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llem_mlflow import artifacts, energy, environment, flops, identity, preflight, recording, stats, workload
+from llem_mlflow import (
+    artifacts,
+    carbon,
+    energy,
+    environment,
+    flops,
+    identity,
+    peaks,
+    preflight,
+    rapl,
+    recording,
+    stats,
+    workload,
+)
 from llem_mlflow._version import __version__
 from llem_mlflow.config import ExperimentConfig, load_config
 from llem_mlflow.errors import DeviceError, TrackingError
 from llem_mlflow.progress import LogProgress, Progress
 from llem_mlflow.protocols import Backend, BatchStats, CudaDeviceId, GpuDevice, GpuInfo, LoadedModel
-from llem_mlflow.result import CycleRecord, CycleStats, EnergyBreakdown, ExperimentResult, Window
+from llem_mlflow.result import (
+    ComputeFigures,
+    CpuEnergy,
+    CycleRecord,
+    CycleStats,
+    EnergyBreakdown,
+    ExperimentResult,
+    Window,
+)
 from llem_mlflow.sampler import PowerSampler
 from llem_mlflow.stats import Interval
 from llem_mlflow.trace import PowerTrace
@@ -77,6 +98,7 @@ class _Cycle:
     index: int
     stats: list[BatchStats]
     window: energy.CounterWindow
+    cpu_j: dict[str, float] | None = None  # RAPL zone deltas over the window
 
 
 @dataclass(frozen=True)
@@ -85,6 +107,7 @@ class _Measurement:
     idle: energy.CounterWindow | None
     trace: PowerTrace
     warnings: list[str]
+    cpu_energy: CpuEnergy | None = None
 
     @property
     def stats(self) -> list[BatchStats]:
@@ -225,6 +248,7 @@ def _measure(
     groups = workload.batches(prompts, cfg.batch_size)
     _warm_up(cfg, backend, groups, show)
     devices = gpu_set.devices
+    cpu, cpu_warning = _open_rapl()
     sampler = PowerSampler(devices, cfg.sampling_interval_s)
     sampler.start()
     try:
@@ -232,11 +256,35 @@ def _measure(
         if devices and cfg.baseline_s > 0:
             show.stage(f"idle baseline {cfg.baseline_s:g} s (model loaded)")
             idle = energy.measure_idle(devices, backend.synchronize, cfg.baseline_s)
-        cycles = [_measure_cycle(cfg, backend, devices, groups, index, show) for index in range(cfg.cycles)]
+        cycles = [
+            _measure_cycle(cfg, backend, devices, groups, index, show, cpu) for index in range(cfg.cycles)
+        ]
     finally:
         trace = sampler.stop()
-    warnings = [w for w in [gpu_set.warning, *sampler.warnings] if w]
-    return _Measurement(cycles=cycles, idle=idle, trace=trace, warnings=warnings)
+    warnings = [w for w in [gpu_set.warning, cpu_warning, *sampler.warnings] if w]
+    return _Measurement(
+        cycles=cycles, idle=idle, trace=trace, warnings=warnings, cpu_energy=_cpu_energy(cycles)
+    )
+
+
+def _open_rapl() -> tuple[rapl.RaplReader | None, str | None]:
+    """The RAPL reader, or None; a warning only when powercap exists but cannot be read."""
+    reader, reason = rapl.RaplReader.open(rapl.POWERCAP_ROOT)
+    if reader is None:
+        log.info("CPU energy not measured: %s", reason)
+        exists = rapl.POWERCAP_ROOT.is_dir()
+        return None, f"CPU energy not measured: {reason}" if exists else None
+    return reader, None
+
+
+def _cpu_energy(cycles: list[_Cycle]) -> CpuEnergy | None:
+    if not cycles or any(c.cpu_j is None for c in cycles):
+        return None
+    package, dram = zip(*(rapl.cpu_energy_j(c.cpu_j or {}) for c in cycles), strict=True)
+    return CpuEnergy(
+        package_j=None if None in package else sum(p for p in package if p is not None),
+        dram_j=None if None in dram else sum(d for d in dram if d is not None),
+    )
 
 
 def _warm_up(cfg: ExperimentConfig, backend: Backend, groups: list[list[list[int]]], show: Progress) -> None:
@@ -257,6 +305,7 @@ def _measure_cycle(
     groups: list[list[list[int]]],
     index: int,
     show: Progress,
+    cpu: rapl.RaplReader | None = None,
 ) -> _Cycle:
     if index and cfg.cooldown_s > 0:
         show.stage(f"cool-down {cfg.cooldown_s:g} s")
@@ -265,10 +314,18 @@ def _measure_cycle(
     of = f" (cycle {index + 1}/{cfg.cycles})" if cfg.cycles > 1 else ""
     show.stage(f"measuring {cfg.n} prompts in {len(order)} batches{of}")
     show.batch("measure", 0, len(order))
-    stats, window = energy.measure_window(
-        devices, backend.synchronize, lambda: _generate_all(backend, order, cfg.max_output_tokens, show)
-    )
-    return _Cycle(index=index, stats=stats, window=window)
+    reads: list[dict[str, int] | None] = []
+
+    def body() -> list[BatchStats]:
+        reads.append(cpu.read() if cpu else None)  # CPU counters at the window's inner edges
+        out = _generate_all(backend, order, cfg.max_output_tokens, show)
+        reads.append(cpu.read() if cpu else None)
+        return out
+
+    stats, window = energy.measure_window(devices, backend.synchronize, body)
+    start, end = reads
+    cpu_j = cpu.delta_j(start, end) if cpu and start is not None and end is not None else None
+    return _Cycle(index=index, stats=stats, window=window, cpu_j=cpu_j)
 
 
 def _generate_all(
@@ -374,9 +431,31 @@ def _build_result(c: _Context, m: _Measurement, backend: Backend) -> ExperimentR
         end_time=datetime.now(timezone.utc),
         windows=windows,
         cycles=_cycle_stats(c.cfg, m, parts),
+        compute=_compute(c, m, infos, gross),
+        cpu_energy=m.cpu_energy,
+        carbon_g=_carbon(c.cfg, gross, m.cpu_energy),
         environment_snapshot=environment.snapshot(infos, c.gpu_set.driver_version, backend.versions()),
         timeseries=artifacts.TRACE_FILE,
     )
+
+
+def _compute(c: _Context, m: _Measurement, infos: list[GpuInfo], gross: float | None) -> ComputeFigures:
+    phases = flops.estimate_phase_flops(c.loaded.shape, m.stats)
+    peak = peaks.peak_flops(infos[0].name, c.resolved.precision) if infos else None
+    return ComputeFigures(
+        prefill_flops=phases.prefill,
+        decode_flops=phases.decode,
+        peak_flops_per_s=peak,
+        mfu=flops.mfu(phases.total, m.seconds, peak, gpus=max(len(infos), 1)),
+        energy_per_tflop_j=flops.joules_per_tflop(gross, phases.total),
+    )
+
+
+def _carbon(cfg: ExperimentConfig, gross: float | None, cpu: CpuEnergy | None) -> float | None:
+    if cfg.carbon_intensity_g_per_kwh is None or gross is None:
+        return None
+    cpu_j = sum(v for v in (cpu.package_j, cpu.dram_j) if v is not None) if cpu else 0.0
+    return carbon.carbon_g(gross + cpu_j, cfg.carbon_intensity_g_per_kwh, cfg.pue)
 
 
 def _experiment_id(start: datetime, config_hash: str) -> str:

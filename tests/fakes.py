@@ -107,11 +107,19 @@ SMALL_SHAPE = ModelShape(
 FAKE_TOKENIZER = "fake whitespace tokenizer"
 
 
+#: FakeBackend's default step timings (seconds): every batch reports this prefill and this decode step time.
+FAKE_PREFILL_S = 0.004
+FAKE_DECODE_STEP_S = 0.001
+
+
 class FakeBackend:
     """A Backend with exact token counts: output = rows x (output_tokens_per_row or max_output_tokens).
 
     ``inspect()`` gives the shape's vocabulary and ``context_length``; ``events`` records the order of
     inspect / tokenize / load / generate calls (e.g. to assert that prompts are tokenized before loading).
+    Step timings are scripted: every batch reports ``prefill_s`` and ``new_tokens - 1`` decode steps,
+    each ``decode_step_s`` (a float), or taken in turn from ``decode_step_s`` (a sequence, cycled from
+    its start in every batch); ``prefill_s=None`` reports an untimed backend (None and ``()``).
     """
 
     def __init__(
@@ -122,8 +130,12 @@ class FakeBackend:
         on_generate: Callable[[], None] | None = None,
         shape: ModelShape = SMALL_SHAPE,
         context_length: int | None = 1024,
+        prefill_s: float | None = FAKE_PREFILL_S,
+        decode_step_s: float | Sequence[float] = FAKE_DECODE_STEP_S,
     ) -> None:
         self.output_tokens_per_row = output_tokens_per_row
+        self.prefill_s = prefill_s
+        self.decode_step_s = decode_step_s
         self.device = device
         self.cuda_devices = list(cuda_devices)
         self.on_generate = on_generate
@@ -173,7 +185,7 @@ class FakeBackend:
         return self._vocab[word]
 
     def generate(self, batch: list[list[int]], max_output_tokens: int) -> BatchStats:
-        """Exact counts; calls ``on_generate`` (e.g. to advance a fake counter or clock)."""
+        """Exact counts and scripted step timings; calls ``on_generate`` (e.g. to advance a fake clock)."""
         self.events.append("generate")
         self.generate_calls.append((len(batch), max_output_tokens))
         if self.on_generate is not None:
@@ -185,7 +197,16 @@ class FakeBackend:
             padded_input_len=max((len(row) for row in batch), default=0),
             new_tokens=per_row,
             batch_size=len(batch),
+            prefill_s=self.prefill_s if per_row > 0 else None,
+            decode_step_s=self._decode_steps(per_row - 1) if self.prefill_s is not None else (),
         )
+
+    def _decode_steps(self, steps: int) -> tuple[float, ...]:
+        if steps <= 0:
+            return ()
+        if isinstance(self.decode_step_s, (int, float)):
+            return (float(self.decode_step_s),) * steps
+        return tuple(float(s) for s in itertools.islice(itertools.cycle(self.decode_step_s), steps))
 
     def synchronize(self) -> None:
         """Counts calls."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -12,12 +13,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from llem_mlflow.backend import (  # noqa: E402
+    StepTimer,
     TransformersBackend,
     backend_versions,
     count_output_tokens,
     cuda_available,
     hub_reachable,
     left_pad,
+    step_timings,
 )
 from llem_mlflow.errors import BackendError, ConfigError  # noqa: E402
 from llem_mlflow.protocols import Backend, BatchStats, ModelFacts, ModelShape  # noqa: E402
@@ -119,9 +122,108 @@ def test_generate_counts_exactly_with_different_prompt_lengths(gpt2_folder: Path
     backend = loaded(str(gpt2_folder), weights="random")
     rows = backend.tokenize(PROMPTS, max_input_tokens=16)
     stats = backend.generate(rows, max_output_tokens=7)
-    assert stats == BatchStats(
+    assert dataclasses.replace(stats, prefill_s=None, decode_step_s=()) == BatchStats(
         input_tokens=28, output_tokens=21, padded_input_len=16, new_tokens=7, batch_size=3
     )
+
+
+# ---------------------------------------------------------------- step timings
+
+
+@pytest.mark.parametrize("model", ["llem/tiny-gpt2", "llem/tiny-llama"])
+@pytest.mark.parametrize("max_output_tokens", [1, 2, 9])
+def test_generate_times_the_prefill_and_every_decode_step(model: str, max_output_tokens: int) -> None:
+    backend = loaded(model, weights="random")
+    stats = backend.generate([[5, 6, 7, 8], [9, 10]], max_output_tokens=max_output_tokens)
+    assert stats.new_tokens == max_output_tokens
+    assert stats.prefill_s is not None and stats.prefill_s > 0
+    assert len(stats.decode_step_s) == max_output_tokens - 1
+    assert all(step > 0 for step in stats.decode_step_s)
+
+
+class _GenerateSpy:
+    """Wraps ``model.generate``: records each call's keyword arguments and output."""
+
+    def __init__(self, model: Any) -> None:
+        self.real = model.generate
+        self.calls: list[tuple[dict[str, Any], Any]] = []
+
+    def __call__(self, **kwargs: Any) -> Any:
+        out = self.real(**kwargs)
+        self.calls.append((kwargs, out))
+        return out
+
+
+@pytest.mark.parametrize("model", ["llem/tiny-gpt2", "llem/tiny-llama"])
+def test_timed_generate_gives_the_tokens_of_a_plain_generate(model: str) -> None:
+    backend = loaded(model, weights="random")
+    spy = _GenerateSpy(backend.model)
+    backend.model.generate = spy
+    stats = backend.generate([[5, 6, 7, 8, 9, 10], [11, 12], [13]], max_output_tokens=12)
+    [(kwargs, timed_out)] = spy.calls
+    [timer] = kwargs.pop("logits_processor")
+    assert isinstance(timer, StepTimer) and timer.marks == 12 + 1  # start + one per new token
+    assert kwargs["generation_config"].min_new_tokens == 12 and kwargs["generation_config"].do_sample is False
+    with torch.inference_mode():
+        plain_out = spy.real(**kwargs)  # the same call without the timing processor
+    assert torch.equal(timed_out, plain_out)
+    assert stats.new_tokens == 12 and len(stats.decode_step_s) == 11
+
+
+def test_eos_masking_still_applies_with_the_timer(gpt2_folder: Path) -> None:
+    backend = loaded(str(gpt2_folder), weights="random")
+
+    def eos_wins(module: Any, inputs: Any, logits: Any) -> Any:
+        logits[..., EOS_ID] += 1e4
+        return logits
+
+    backend.model.get_output_embeddings().register_forward_hook(eos_wins)
+    spy = _GenerateSpy(backend.model)
+    backend.model.generate = spy
+    stats = backend.generate([[5, 6, 7]], max_output_tokens=4)
+    [(_, out)] = spy.calls
+    assert EOS_ID not in out[0, 3:].tolist()  # min_new_tokens kept EOS out, the timer did not undo it
+    assert len(stats.decode_step_s) == 3
+
+
+def test_step_timer_returns_the_scores_untouched_and_marks_each_call() -> None:
+    timer = StepTimer(torch.device("cpu"))
+    scores = torch.randn(2, 5)
+    before = scores.clone()
+    timer.start()
+    assert timer.intervals_s() == []
+    for _ in range(3):
+        assert timer(None, scores) is scores
+    assert torch.equal(scores, before)
+    assert timer.marks == 4
+    intervals = timer.intervals_s()
+    assert len(intervals) == 3 and all(i >= 0 for i in intervals)
+    timer.start()  # a new start forgets earlier marks
+    assert timer.marks == 1
+
+
+def test_step_timings_keep_new_tokens_marks_and_refuse_missing_ones() -> None:
+    assert step_timings([0.5, 0.1, 0.2], new_tokens=3) == (0.5, (0.1, 0.2))
+    assert step_timings([0.5, 0.1, 0.2, 0.3], new_tokens=3) == (0.5, (0.1, 0.2))  # an undone extra step
+    assert step_timings([0.5], new_tokens=1) == (0.5, ())
+    assert step_timings([0.5, 0.1], new_tokens=3) == (None, ())  # missed steps: no wrong numbers
+    assert step_timings([], new_tokens=0) == (None, ())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
+def test_step_timer_on_cuda_records_events_only() -> None:
+    backend = TransformersBackend("llem/tiny-llama", weights="random", device="cuda")
+    backend.load()
+    spy = _GenerateSpy(backend.model)
+    backend.model.generate = spy
+    stats = backend.generate([[5, 6, 7, 8], [9]], max_output_tokens=16)
+    [(kwargs, timed_out)] = spy.calls
+    kwargs.pop("logits_processor")
+    with torch.inference_mode():
+        assert torch.equal(timed_out, spy.real(**kwargs))
+    assert stats.prefill_s is not None and stats.prefill_s > 0
+    assert len(stats.decode_step_s) == 15 and all(step > 0 for step in stats.decode_step_s)
 
 
 def test_eos_never_ends_a_row_early(gpt2_folder: Path) -> None:

@@ -262,4 +262,4 @@ def test_inputs_are_frozen_and_keyword_only() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         CLEAN.window_s = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError):
-        QualityInputs(60.0, 100)  # type: ignore[misc]
+        QualityInputs(60.0, 100)  # type: ignore[call-arg]

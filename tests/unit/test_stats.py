@@ -104,7 +104,7 @@ def test_interval_is_frozen_and_forbids_extra() -> None:
     with pytest.raises(ValidationError):
         s.mean = 3.0  # type: ignore[misc]
     with pytest.raises(ValidationError):
-        Interval(values=[1.0], n=1, mean=1.0, median=1.0)  # type: ignore[call-arg]
+        Interval(values=[1.0], n=1, mean=1.0, median=1.0)
 
 
 def test_interval_rejects_inconsistent_fields() -> None:
