@@ -472,53 +472,61 @@ class StepTimer:
     beginning, right before generate(). It returns the scores unchanged (the tokens are the same as
     without it).
 
-    On CUDA each mark is a ``torch.cuda.Event(enable_timing=True)`` recorded on the current stream of
-    the logits' device (events are created up front for ``expected_steps``); nothing synchronizes or
-    copies to the host. Read ``intervals_s()`` only after the device has finished the work (e.g. after
-    the output's ``.tolist()``): it waits for the last event, then reads ``elapsed_time`` between
-    consecutive events. On CPU the marks are ``time.perf_counter()`` (ops run synchronously there).
-    Duck-typed (transformers' ``LogitsProcessorList`` only calls ``processor(input_ids, scores)``),
-    so this module imports transformers lazily.
+    On CUDA each mark records a ``torch.cuda.Event(enable_timing=True)`` on the device's current
+    stream (as of ``start()``); nothing synchronizes or copies to the host. The events are created by
+    ``reserve()`` before generate() and kept for the next call, so a timer reused across batches
+    creates none inside a measured window. Read ``intervals_s()`` only after the device has finished
+    the work (e.g. after the output's ``.tolist()``): it waits for the last event, then reads
+    ``elapsed_time`` between consecutive events. On CPU the marks are ``time.perf_counter()`` (ops
+    run synchronously there). Duck-typed (transformers' ``LogitsProcessorList`` only calls
+    ``processor(input_ids, scores)``), so this module imports transformers lazily.
     """
 
-    def __init__(self, device: Any, expected_steps: int = 0) -> None:
+    def __init__(self, device: Any) -> None:
+        self.device = device
         self._cuda = getattr(device, "type", str(device)) == "cuda"
         self._events: list[Any] = []
         self._times: list[float] = []
+        self._stream: Any = None
         self._calls = 0
-        self._device = device
-        self._event_cls: Any = None
-        self._stream_of: Any = None
-        if self._cuda:
-            import torch
-
-            self._event_cls = torch.cuda.Event  # untyped vendor API
-            self._stream_of = torch.cuda.current_stream
-            self._events = [self._event_cls(enable_timing=True) for _ in range(expected_steps + 1)]
 
     @property
     def marks(self) -> int:
-        """Marks taken so far: the start plus one per generated token."""
+        """Marks taken since ``start()``: the start plus one per generated token."""
         return self._calls
 
-    def _mark(self, device: Any) -> None:
+    def reserve(self, marks: int) -> None:
+        """Create the CUDA events for ``marks`` marks now (they are kept); a no-op on CPU."""
         if not self._cuda:
-            self._times.append(time.perf_counter())
-        else:
+            return
+        import torch
+
+        event_cls: Any = torch.cuda.Event  # untyped vendor API
+        while len(self._events) < marks:
+            self._events.append(event_cls(enable_timing=True))
+
+    def _mark(self) -> None:
+        if self._cuda:
             if self._calls >= len(self._events):
-                self._events.append(self._event_cls(enable_timing=True))
-            self._events[self._calls].record(self._stream_of(device))
+                self.reserve(self._calls + 1)
+            self._events[self._calls].record(self._stream)
+        else:
+            self._times.append(time.perf_counter())
         self._calls += 1
 
     def start(self) -> None:
         """Mark the beginning (right before generate()); forgets earlier marks."""
         self._calls = 0
         self._times.clear()
-        self._mark(self._device)
+        if self._cuda:
+            import torch
+
+            self._stream = torch.cuda.current_stream(self.device)
+        self._mark()
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         """Mark the end of the forward pass that produced ``scores``; return them unchanged."""
-        self._mark(scores.device if self._cuda else None)
+        self._mark()
         return scores
 
     # LogitsProcessorList calls inspect.signature(processor.__call__) at every step; a signature
@@ -580,6 +588,7 @@ class TransformersBackend:
         self._tokenizer_error: str | None = None
         self._tokenizer_warnings: list[str] = []
         self._start_s = 0.0
+        self._step_timer: StepTimer | None = None  # kept across generate() calls (its CUDA events)
 
     @property
     def model(self) -> Any:
@@ -795,7 +804,10 @@ class TransformersBackend:
         attention_mask = torch.tensor(mask, dtype=torch.long, device=device)
         config = self._generation_config(max_output_tokens, pad_id, eos_ids)
         processors: Any = LogitsProcessorList  # untyped vendor API
-        timer = StepTimer(device, expected_steps=max_output_tokens)
+        if self._step_timer is None or self._step_timer.device != device:
+            self._step_timer = StepTimer(device)
+        timer = self._step_timer
+        timer.reserve(max_output_tokens + 1)  # CUDA events made once (warm-up), reused per batch
         with torch.inference_mode():
             timer.start()
             out = model.generate(

@@ -53,6 +53,9 @@ class ExperimentConfig(BaseModel):
     carbon_intensity_g_per_kwh: float | None = Field(
         None, ge=0.0, description="Grid carbon intensity for an optional carbon figure; never looked up."
     )
+    gain_uncertainty_pct: float = Field(
+        5.0, ge=0.0, le=100.0, description="NVML power sensor gain uncertainty, +- % of reading."
+    )
     pue: float = Field(1.0, ge=1.0, description="Data-centre PUE applied to the carbon figure.")
     output_dir: str = Field("results", min_length=1, description="Parent folder of <experiment_id>/.")
     tracking_uri: str | None = Field(

@@ -104,6 +104,19 @@ class ComputeFigures(_Model):
     energy_per_tflop_j: float | None = None  # gross energy / (total FLOPs / 1e12)
 
 
+class Uncertainty(_Model):
+    """Bounds on the energy figures (all cycles together); see ``assess`` for the rules."""
+
+    window_edges_j: float | None = None  # counter staleness at the measured windows' edges
+    idle_edges_j: float | None = None  # the idle baseline's edge error, carried into net energy
+    gain_pct: float = 5.0  # NVML sensor gain uncertainty, +- % of reading
+    gross_j: float | None = None  # window edges + gain x gross
+    net_j: float | None = None  # window edges + idle edges + gain x |net| (worst-case sum)
+    counter_vs_trace_pct: float | None = None  # the largest per-GPU gap, a cross-check
+    idle_before_w: float | None = None  # median trace power over the counter baseline
+    idle_after_w: float | None = None  # median trace power over model-resident idle after the last cycle
+
+
 class CpuEnergy(_Model):
     """CPU energy over the measured windows, from RAPL (package and DRAM), apart from GPU energy."""
 
@@ -183,6 +196,8 @@ class ExperimentResult(_Model):
     # ratios of sums). Null only in results written before cycles existed.
     cycles: CycleStats | None = None
     compute: ComputeFigures | None = None
+    uncertainty: Uncertainty | None = None  # null without energy
+    quality_flags: dict[str, str] = Field(default_factory=dict)  # flag name -> message (also in warnings)
     cpu_energy: CpuEnergy | None = None  # null where RAPL cannot be read (the reason is a warning)
     carbon_g: float | None = None  # (GPU gross + CPU) energy x PUE x configured grid intensity
     environment_snapshot: EnvironmentSnapshot
@@ -230,6 +245,7 @@ class ExperimentResult(_Model):
             "llem.env.transformers": env.packages.get("transformers"),
             "llem.env.python": env.python_version,
             "llem.git.commit": env.git_commit,
+            **{f"llem.quality.{name}": message[:500] for name, message in self.quality_flags.items()},
         }
         return {k: v for k, v in tags.items() if v is not None}
 
@@ -337,8 +353,12 @@ def _energy_metrics(result: ExperimentResult) -> dict[str, _Rounded]:
 
 def _extra_metrics(result: ExperimentResult) -> dict[str, _Rounded]:
     """Phase FLOPs, MFU, J/TFLOP, CPU energy and carbon, where known."""
-    c, cpu = result.compute, result.cpu_energy
+    c, cpu, u = result.compute, result.cpu_energy, result.uncertainty
     return {
+        "energy/net_uncertainty_j": (u.net_j if u else None, _energy_j),
+        "energy/gross_uncertainty_j": (u.gross_j if u else None, _energy_j),
+        "energy/idle_before_w": (u.idle_before_w if u else None, _power_w),
+        "energy/idle_after_w": (u.idle_after_w if u else None, _power_w),
         "compute/prefill_flops": (c.prefill_flops if c else None, _count),
         "compute/decode_flops": (c.decode_flops if c else None, _count),
         "compute/mfu": (c.mfu if c else None, _ratio),

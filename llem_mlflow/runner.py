@@ -22,6 +22,7 @@ from typing import Any
 
 from llem_mlflow import (
     artifacts,
+    assess,
     carbon,
     energy,
     environment,
@@ -29,6 +30,7 @@ from llem_mlflow import (
     identity,
     peaks,
     preflight,
+    quality,
     rapl,
     recording,
     stats,
@@ -46,6 +48,7 @@ from llem_mlflow.result import (
     CycleStats,
     EnergyBreakdown,
     ExperimentResult,
+    Uncertainty,
     Window,
 )
 from llem_mlflow.sampler import PowerSampler
@@ -108,6 +111,7 @@ class _Measurement:
     trace: PowerTrace
     warnings: list[str]
     cpu_energy: CpuEnergy | None = None
+    idle_after: tuple[float, float] | None = None
 
     @property
     def stats(self) -> list[BatchStats]:
@@ -259,12 +263,31 @@ def _measure(
         cycles = [
             _measure_cycle(cfg, backend, devices, groups, index, show, cpu) for index in range(cfg.cycles)
         ]
+        idle_after = _idle_after(cfg, devices, backend, show)
     finally:
         trace = sampler.stop()
     warnings = [w for w in [gpu_set.warning, cpu_warning, *sampler.warnings] if w]
     return _Measurement(
-        cycles=cycles, idle=idle, trace=trace, warnings=warnings, cpu_energy=_cpu_energy(cycles)
+        cycles=cycles,
+        idle=idle,
+        trace=trace,
+        warnings=warnings,
+        cpu_energy=_cpu_energy(cycles),
+        idle_after=idle_after,
     )
+
+
+def _idle_after(
+    cfg: ExperimentConfig, devices: Sequence[GpuDevice], backend: Backend, show: Progress
+) -> tuple[float, float] | None:
+    """Model-resident idle after the last cycle, as long as the baseline, seen by the trace only."""
+    if not devices or cfg.baseline_s <= 0:
+        return None
+    show.stage(f"idle after the last cycle {cfg.baseline_s:g} s (drift check)")
+    backend.synchronize()
+    start_s = time.time()
+    time.sleep(cfg.baseline_s)
+    return start_s, time.time()
 
 
 def _open_rapl() -> tuple[rapl.RaplReader | None, str | None]:
@@ -399,10 +422,16 @@ def _build_result(c: _Context, m: _Measurement, backend: Backend) -> ExperimentR
     gross = breakdown.gross_j if breakdown else None
     for w in [*m.warnings, *energy_warnings]:  # the backend already logged its own warnings
         log.warning(w)
+    unc, flags = _assess(c, m, infos, breakdown, out_tok)
+    for flag in flags:
+        log.warning(flag.message)
     warnings = [*c.plan.warnings, *c.loaded.warnings, *m.warnings, *energy_warnings]
+    warnings += [f.message for f in flags]
     windows = {"measure": Window(start_s=m.span[0], end_s=m.span[1])}
     if m.idle is not None:
         windows["idle"] = Window(start_s=m.idle.start_s, end_s=m.idle.end_s)
+    if m.idle_after is not None:
+        windows["idle_after"] = Window(start_s=m.idle_after[0], end_s=m.idle_after[1])
     return ExperimentResult(
         experiment_id=c.experiment_id,
         measurement_config_hash=c.resolved.measurement_hash(),
@@ -432,11 +461,41 @@ def _build_result(c: _Context, m: _Measurement, backend: Backend) -> ExperimentR
         windows=windows,
         cycles=_cycle_stats(c.cfg, m, parts),
         compute=_compute(c, m, infos, gross),
+        uncertainty=unc,
+        quality_flags={f.name: f.message for f in flags},
         cpu_energy=m.cpu_energy,
         carbon_g=_carbon(c.cfg, gross, m.cpu_energy),
         environment_snapshot=environment.snapshot(infos, c.gpu_set.driver_version, backend.versions()),
         timeseries=artifacts.TRACE_FILE,
     )
+
+
+def _assess(
+    c: _Context, m: _Measurement, infos: list[GpuInfo], breakdown: EnergyBreakdown | None, out_tok: int
+) -> tuple[Uncertainty | None, list[quality.QualityFlag]]:
+    """The uncertainty block and the quality flags (none without GPUs: nothing to judge)."""
+    if breakdown is None:
+        return None, []
+    gpus = [g.cuda_index for g in infos]
+    idle_span = (m.idle.start_s, m.idle.end_s) if m.idle is not None else None
+    unc = assess.uncertainty(breakdown, m.trace, idle_span, m.seconds, c.cfg.gain_uncertainty_pct)
+    unc = unc.model_copy(
+        update={
+            "idle_before_w": assess.median_power_w(m.trace, gpus, idle_span),
+            "idle_after_w": assess.median_power_w(m.trace, gpus, m.idle_after),
+        }
+    )
+    inputs = assess.quality_inputs(
+        breakdown=breakdown,
+        unc=unc,
+        trace=m.trace,
+        infos=infos,
+        windows=[(x.window.start_s, x.window.end_s) for x in m.cycles],
+        idle_before_w=unc.idle_before_w,
+        idle_after_w=unc.idle_after_w,
+        output_tokens=out_tok,
+    )
+    return unc, quality.evaluate(inputs)
 
 
 def _compute(c: _Context, m: _Measurement, infos: list[GpuInfo], gross: float | None) -> ComputeFigures:

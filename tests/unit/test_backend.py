@@ -168,6 +168,9 @@ def test_timed_generate_gives_the_tokens_of_a_plain_generate(model: str) -> None
         plain_out = spy.real(**kwargs)  # the same call without the timing processor
     assert torch.equal(timed_out, plain_out)
     assert stats.new_tokens == 12 and len(stats.decode_step_s) == 11
+    again = backend.generate([[5, 6]], max_output_tokens=3)  # the timer is kept and restarted
+    assert spy.calls[1][0]["logits_processor"][0] is timer and timer.marks == 3 + 1
+    assert len(again.decode_step_s) == 2
 
 
 def test_eos_masking_still_applies_with_the_timer(gpt2_folder: Path) -> None:

@@ -102,9 +102,9 @@ def test_empty_or_non_finite_raises(values: list[float]) -> None:
 def test_interval_is_frozen_and_forbids_extra() -> None:
     s = summarize([1.0, 2.0])
     with pytest.raises(ValidationError):
-        s.mean = 3.0  # type: ignore[misc]
+        s.mean = 3.0
     with pytest.raises(ValidationError):
-        Interval(values=[1.0], n=1, mean=1.0, median=1.0)
+        Interval(values=[1.0], n=1, mean=1.0, median=1.0)  # type: ignore[call-arg]
 
 
 def test_interval_rejects_inconsistent_fields() -> None:

@@ -1,0 +1,127 @@
+"""How far a measurement can be trusted: the uncertainty block and the quality flags.
+
+Uncertainty of net energy (``net = gross - idle_w x window_s``), a worst-case linear sum of:
+
+* window edges: the counter updates every ~0.1 s, so each measured window's two edges can each be
+  one update stale: sum over windows and GPUs of (power at the edge x 0.1 s) (``edge_uncertainty_j``);
+* idle-baseline edges: the idle window has the same two stale edges; that error in idle joules,
+  divided by the idle duration, is an error in idle watts, multiplied by the measured seconds;
+* sensor gain: NVML power has about +-5 % gain error per board (published studies; configurable).
+  Gross and idle share the board, so the gain error scales net by the same factor: gain x |net|.
+
+Gross energy's uncertainty is window edges + gain x gross. Quality flags (``quality.evaluate``)
+become result warnings and ``llem.quality.<name>`` tags. Idle before the window is the median of
+the trace over the counter baseline; idle after is the median of the trace over the same length of
+model-resident idle after the last cycle. Pure Python.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from llem_mlflow import quality
+from llem_mlflow.protocols import GpuInfo
+from llem_mlflow.result import EnergyBreakdown, Uncertainty
+from llem_mlflow.trace import PowerTrace
+
+Span = tuple[float, float]
+
+
+def median_power_w(trace: PowerTrace, gpus: Sequence[int], span: Span | None) -> float | None:
+    """Sum over ``gpus`` of the median trace power inside ``span``; None when a GPU has no sample."""
+    if span is None:
+        return None
+    total = 0.0
+    for gpu in gpus:
+        samples = [s.power_w for s in trace.between(gpu, span[0], span[1])]
+        if not samples:
+            return None
+        total += statistics.median(samples)
+    return total
+
+
+def idle_edges_j(
+    breakdown: EnergyBreakdown, trace: PowerTrace, idle: Span | None, measured_s: float
+) -> float | None:
+    """The idle baseline's edge error carried into net energy (see the module docstring)."""
+    if idle is None or breakdown.idle_duration_s is None or breakdown.idle_duration_s <= 0:
+        return None
+    edges = 0.0
+    for gpu in breakdown.per_gpu:
+        samples = trace.between(gpu.cuda_index, idle[0] - 0.5, idle[1] + 0.5)
+        if not samples:
+            return None
+        edges += 2 * max(s.power_w for s in samples) * breakdown.counter_update_s
+    return edges / breakdown.idle_duration_s * measured_s
+
+
+def uncertainty(
+    breakdown: EnergyBreakdown,
+    trace: PowerTrace,
+    idle: Span | None,
+    measured_s: float,
+    gain_pct: float,
+) -> Uncertainty:
+    """The uncertainty block of one result (all cycles together)."""
+    window = breakdown.edge_uncertainty_j
+    idle_j = idle_edges_j(breakdown, trace, idle, measured_s)
+    gross_bound = None if window is None else window + gain_pct / 100 * breakdown.gross_j
+    net_bound = None
+    if breakdown.net_j is not None and window is not None and idle_j is not None:
+        net_bound = window + idle_j + gain_pct / 100 * abs(breakdown.net_j)
+    gaps = [g.counter_vs_trace_pct for g in breakdown.per_gpu if g.counter_vs_trace_pct is not None]
+    return Uncertainty(
+        window_edges_j=window,
+        idle_edges_j=idle_j,
+        gain_pct=gain_pct,
+        gross_j=gross_bound,
+        net_j=net_bound,
+        counter_vs_trace_pct=max(gaps, key=abs) if gaps else None,
+    )
+
+
+def quality_inputs(
+    *,
+    breakdown: EnergyBreakdown | None,
+    unc: Uncertainty | None,
+    trace: PowerTrace,
+    infos: Sequence[GpuInfo],
+    windows: Sequence[Span],
+    idle_before_w: float | None,
+    idle_after_w: float | None,
+    output_tokens: int,
+) -> quality.QualityInputs:
+    """What the quality rules read, from one run's pieces (the shortest window decides 'short')."""
+    gpus = [g.cuda_index for g in infos]
+    inside = [s for gpu in gpus for w in windows for s in trace.between(gpu, w[0], w[1])]
+    limits = [g.power_limit_w for g in infos]
+    return quality.QualityInputs(
+        window_s=min((w[1] - w[0] for w in windows), default=0.0),
+        output_tokens=output_tokens,
+        net_j=breakdown.net_j if breakdown else None,
+        net_uncertainty_j=unc.net_j if unc else None,
+        throttle_reasons=[s.throttle_reasons for s in inside],
+        temperatures_c=_hottest_gpu_temperatures(trace, gpus, windows),
+        idle_before_w=idle_before_w,
+        idle_after_w=idle_after_w,
+        energy_per_token_j=breakdown.gross_j / output_tokens if breakdown and output_tokens else None,
+        power_limit_w=sum(x for x in limits if x is not None) if limits and None not in limits else None,
+    )
+
+
+def _hottest_gpu_temperatures(
+    trace: PowerTrace, gpus: Sequence[int], windows: Sequence[Span]
+) -> list[float | None]:
+    """The window temperatures of the GPU whose temperature rose most (rules read one GPU's series)."""
+    if not windows:
+        return []
+    best: list[float | None] = []
+    best_rise = float("-inf")
+    for gpu in gpus:
+        series = [s.temperature_c for s in trace.between(gpu, windows[0][0], windows[-1][1])]
+        valid = [t for t in series if t is not None]
+        rise = valid[-1] - valid[0] if len(valid) >= 2 else float("-inf")
+        if rise > best_rise or not best:
+            best, best_rise = series, rise
+    return best
