@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from llem_mlflow import quality
 from llem_mlflow.protocols import GpuInfo
 from llem_mlflow.result import EnergyBreakdown, Uncertainty
-from llem_mlflow.trace import PowerTrace
+from llem_mlflow.trace import PowerTrace, TraceSample
 
 Span = tuple[float, float]
 
@@ -49,11 +49,16 @@ def idle_edges_j(
         return None
     edges = 0.0
     for gpu in breakdown.per_gpu:
-        samples = trace.between(gpu.cuda_index, idle[0] - 0.5, idle[1] + 0.5)
+        samples = trace.for_gpu(gpu.cuda_index)
         if not samples:
             return None
-        edges += 2 * max(s.power_w for s in samples) * breakdown.counter_update_s
-    return edges / breakdown.idle_duration_s * measured_s
+        for edge_s in idle:  # the power at each edge, as for the measured windows' edges
+            edges += _nearest(samples, edge_s).power_w
+    return edges * breakdown.counter_update_s / breakdown.idle_duration_s * measured_s
+
+
+def _nearest(samples: Sequence[TraceSample], at_s: float) -> TraceSample:
+    return min(samples, key=lambda s: abs(s.timestamp_s - at_s))
 
 
 def uncertainty(
@@ -92,12 +97,12 @@ def quality_inputs(
     idle_after_w: float | None,
     output_tokens: int,
 ) -> quality.QualityInputs:
-    """What the quality rules read, from one run's pieces (the shortest window decides 'short')."""
+    """What the quality rules read, from one run's pieces: all windows together (see ``flags``)."""
     gpus = [g.cuda_index for g in infos]
     inside = [s for gpu in gpus for w in windows for s in trace.between(gpu, w[0], w[1])]
     limits = [g.power_limit_w for g in infos]
     return quality.QualityInputs(
-        window_s=min((w[1] - w[0] for w in windows), default=0.0),
+        window_s=sum(w[1] - w[0] for w in windows),
         output_tokens=output_tokens,
         net_j=breakdown.net_j if breakdown else None,
         net_uncertainty_j=unc.net_j if unc else None,
@@ -108,6 +113,18 @@ def quality_inputs(
         energy_per_token_j=breakdown.gross_j / output_tokens if breakdown and output_tokens else None,
         power_limit_w=sum(x for x in limits if x is not None) if limits and None not in limits else None,
     )
+
+
+def flags(inputs: quality.QualityInputs, windows: Sequence[Span]) -> list[quality.QualityFlag]:
+    """``quality.evaluate`` over all windows together, except ``short_window``: the shortest window decides.
+
+    The energy-per-token ceiling needs the total measured seconds and tokens; shortness is a property
+    of each window (each has its own two stale counter edges).
+    """
+    out = [f for f in quality.evaluate(inputs) if f.name != "short_window"]
+    shortest = min((w[1] - w[0] for w in windows), default=0.0)
+    short = quality.check_short_window(shortest, inputs.counter_update_s, inputs.steady_state_requested)
+    return [*out, short] if short else out
 
 
 def _hottest_gpu_temperatures(

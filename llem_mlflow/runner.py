@@ -485,17 +485,18 @@ def _assess(
             "idle_after_w": assess.median_power_w(m.trace, gpus, m.idle_after),
         }
     )
+    windows = [(x.window.start_s, x.window.end_s) for x in m.cycles]
     inputs = assess.quality_inputs(
         breakdown=breakdown,
         unc=unc,
         trace=m.trace,
         infos=infos,
-        windows=[(x.window.start_s, x.window.end_s) for x in m.cycles],
+        windows=windows,
         idle_before_w=unc.idle_before_w,
         idle_after_w=unc.idle_after_w,
         output_tokens=out_tok,
     )
-    return unc, quality.evaluate(inputs)
+    return unc, assess.flags(inputs, windows)
 
 
 def _compute(c: _Context, m: _Measurement, infos: list[GpuInfo], gross: float | None) -> ComputeFigures:
