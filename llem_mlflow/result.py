@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.identity import ResolvedSettings
+from llem_mlflow.latency import LatencySummary
 from llem_mlflow.stats import Interval
 
 SCHEMA_VERSION: Literal["2.0"] = "2.0"
@@ -196,6 +197,7 @@ class ExperimentResult(_Model):
     # ratios of sums). Null only in results written before cycles existed.
     cycles: CycleStats | None = None
     compute: ComputeFigures | None = None
+    latency: LatencySummary | None = None  # TTFT and inter-token latency from per-step timings
     uncertainty: Uncertainty | None = None  # null without energy
     quality_flags: dict[str, str] = Field(default_factory=dict)  # flag name -> message (also in warnings)
     cpu_energy: CpuEnergy | None = None  # null where RAPL cannot be read (the reason is a warning)
@@ -353,8 +355,14 @@ def _energy_metrics(result: ExperimentResult) -> dict[str, _Rounded]:
 
 def _extra_metrics(result: ExperimentResult) -> dict[str, _Rounded]:
     """Phase FLOPs, MFU, J/TFLOP, CPU energy and carbon, where known."""
-    c, cpu, u = result.compute, result.cpu_energy, result.uncertainty
+    c, cpu, u, lat = result.compute, result.cpu_energy, result.uncertainty, result.latency
     return {
+        "latency/ttft_p50_s": (lat.ttft_p50_s if lat else None, _seconds),
+        "latency/itl_p50_s": (lat.itl_p50_s if lat else None, _seconds),
+        "latency/itl_p90_s": (lat.itl_p90_s if lat else None, _seconds),
+        "latency/itl_p99_s": (lat.itl_p99_s if lat else None, _seconds),
+        "time/prefill_s": (lat.prefill_s if lat else None, _seconds),
+        "time/decode_s": (lat.decode_s if lat else None, _seconds),
         "energy/net_uncertainty_j": (u.net_j if u else None, _energy_j),
         "energy/gross_uncertainty_j": (u.gross_j if u else None, _energy_j),
         "energy/idle_before_w": (u.idle_before_w if u else None, _power_w),

@@ -104,3 +104,13 @@ def test_cycles_reach_mlflow_as_intervals_and_histories(tmp_path: Path) -> None:
     assert "throughput/output_tokens_per_s_ci95_low" in metrics
     history = client.get_metric_history(outcome.run_id, "cycles/energy_per_output_token_j")
     assert sorted((h.step, h.value) for h in history) == [(0, 50.0), (1, 51.0), (2, 49.5)]
+
+
+def test_latency_comes_from_per_step_timings(tmp_path: Path) -> None:
+    r = _run(tmp_path, 2, COUNTER[:6]).result
+    lat = r.latency
+    assert lat is not None
+    # FakeBackend: 0.004 s prefill and 0.001 s per decode step; 3 batches x 2 cycles, 4 new tokens each
+    assert lat.ttft_p50_s == pytest.approx(0.004) and lat.itl_p50_s == pytest.approx(0.001)
+    assert lat.steps == 6 * 3 and lat.prefill_s == pytest.approx(6 * 0.004)
+    assert r.mlflow_metrics()["latency/itl_p50_s"] == 0.001
