@@ -168,6 +168,14 @@ def run(
     sampling_interval_s: Annotated[
         str | None, _cfg("sampling_interval_s", "Power trace period in seconds.")
     ] = None,
+    gain_uncertainty_pct: Annotated[
+        str | None, _cfg("gain_uncertainty_pct", "Power sensor gain uncertainty, +- % of reading.")
+    ] = None,
+    carbon_intensity_g_per_kwh: Annotated[
+        str | None,
+        _cfg("carbon_intensity_g_per_kwh", "Grid gCO2/kWh for a carbon figure (no lookup)."),
+    ] = None,
+    pue: Annotated[str | None, _cfg("pue", "Data-centre PUE applied to the carbon figure.")] = None,
     output_dir: Annotated[str | None, _cfg("output_dir", "Parent folder of result folders.")] = None,
     tracking_uri: Annotated[
         str | None,
