@@ -158,6 +158,12 @@ def run(
     warmup_batches: Annotated[
         str | None, _cfg("warmup_batches", "generate() calls before measuring.")
     ] = None,
+    warmup_settle_cv_pct: Annotated[
+        str | None, _cfg("warmup_settle_cv_pct", "Warm up until the last 3 batch latencies vary less (CV %).")
+    ] = None,
+    warmup_max_batches: Annotated[
+        str | None, _cfg("warmup_max_batches", "Cap on warm-up batches when settling.")
+    ] = None,
     cycles: Annotated[
         str | None, _cfg("cycles", "Measured windows, model loaded once; 2+ give 95% intervals.")
     ] = None,

@@ -46,6 +46,10 @@ class ExperimentConfig(BaseModel):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     seed: int = Field(42, ge=0)
     warmup_batches: int = Field(1, ge=0, description="generate() calls before measuring.")
+    warmup_settle_cv_pct: float | None = Field(
+        None, gt=0.0, description="Keep warming up until the CV of the last 3 batch latencies is below this."
+    )
+    warmup_max_batches: int = Field(20, ge=1, description="Cap on warm-up batches when settling.")
     cycles: int = Field(1, ge=1, le=1000, description="Measured windows repeated with the model loaded once.")
     cooldown_s: float = Field(0.0, ge=0.0, description="Pause between cycles in seconds (GPU idles).")
     baseline_s: float = Field(3.0, ge=0.0, description="Idle-power baseline length in seconds; 0 disables.")

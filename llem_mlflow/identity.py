@@ -31,7 +31,10 @@ _RECIPE_2 = (
     "batch_size", "max_input_tokens", "max_output_tokens", "dataset", "prompt_field", "tokenizer", "seed",
     "warmup_batches", "baseline_s", "sampling_interval_s",
 )  # fmt: skip
-RECIPE_FIELDS: dict[int, tuple[str, ...]] = {2: _RECIPE_2, 3: (*_RECIPE_2, "cycles", "cooldown_s")}
+RECIPE_FIELDS: dict[int, tuple[str, ...]] = {
+    2: _RECIPE_2,
+    3: (*_RECIPE_2, "cycles", "cooldown_s", "warmup_settle_cv_pct", "warmup_max_batches"),
+}
 SYNTHETIC = "synthetic"
 
 
@@ -61,6 +64,8 @@ class ResolvedSettings(BaseModel):
     sampling_interval_s: float
     cycles: int = Field(1, description="Measured windows (recipe 3 on).")
     cooldown_s: float = Field(0.0, description="Pause between cycles (recipe 3 on).")
+    warmup_settle_cv_pct: float | None = Field(None, description="Warm-up settle threshold (recipe 3 on).")
+    warmup_max_batches: int = Field(20, description="Warm-up cap when settling (recipe 3 on).")
 
     @field_validator("recipe")
     @classmethod
@@ -130,5 +135,7 @@ def resolve(
             "sampling_interval_s": cfg.sampling_interval_s,
             "cycles": cfg.cycles,
             "cooldown_s": cfg.cooldown_s,
+            "warmup_settle_cv_pct": cfg.warmup_settle_cv_pct,
+            "warmup_max_batches": cfg.warmup_max_batches,
         }
     )

@@ -126,6 +126,15 @@ class CpuEnergy(_Model):
     source: str = "rapl"
 
 
+class WarmupRecord(_Model):
+    """What warm-up did: the measured batches themselves, one at a time, each timed after a sync."""
+
+    batches: int = Field(ge=0)
+    latencies_s: list[float]
+    rule: str  # "fixed: N batches" or "settle: ..."
+    settled: bool | None = None  # settle rule only: the CV fell below the threshold before the cap
+
+
 class CycleRecord(_Model):
     """One measured cycle (all ``n`` prompts once); energies are null without an NVIDIA GPU."""
 
@@ -196,6 +205,7 @@ class ExperimentResult(_Model):
     # Per-cycle figures and their intervals; top-level figures cover all cycles together (sums, and
     # ratios of sums). Null only in results written before cycles existed.
     cycles: CycleStats | None = None
+    warmup: WarmupRecord | None = None
     compute: ComputeFigures | None = None
     latency: LatencySummary | None = None  # TTFT and inter-token latency from per-step timings
     uncertainty: Uncertainty | None = None  # null without energy

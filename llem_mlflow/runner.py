@@ -50,6 +50,7 @@ from llem_mlflow.result import (
     EnergyBreakdown,
     ExperimentResult,
     Uncertainty,
+    WarmupRecord,
     Window,
 )
 from llem_mlflow.sampler import PowerSampler
@@ -113,6 +114,7 @@ class _Measurement:
     warnings: list[str]
     cpu_energy: CpuEnergy | None = None
     idle_after: tuple[float, float] | None = None
+    warmup: WarmupRecord | None = None
 
     @property
     def stats(self) -> list[BatchStats]:
@@ -251,7 +253,7 @@ def _measure(
     cfg: ExperimentConfig, backend: Backend, gpu_set: GpuSet, prompts: list[list[int]], show: Progress
 ) -> _Measurement:
     groups = workload.batches(prompts, cfg.batch_size)
-    _warm_up(cfg, backend, groups, show)
+    warmup = _warm_up(cfg, backend, groups, show)
     devices = gpu_set.devices
     cpu, cpu_warning = _open_rapl()
     sampler = PowerSampler(devices, cfg.sampling_interval_s)
@@ -275,6 +277,7 @@ def _measure(
         warnings=warnings,
         cpu_energy=_cpu_energy(cycles),
         idle_after=idle_after,
+        warmup=warmup,
     )
 
 
@@ -311,15 +314,49 @@ def _cpu_energy(cycles: list[_Cycle]) -> CpuEnergy | None:
     )
 
 
-def _warm_up(cfg: ExperimentConfig, backend: Backend, groups: list[list[list[int]]], show: Progress) -> None:
-    """``warmup_batches`` generate() calls on the measured batches themselves (same shapes)."""
-    if not cfg.warmup_batches:
-        return
-    show.stage(f"warm-up: {cfg.warmup_batches} batch(es)")
-    show.batch("warm-up", 0, cfg.warmup_batches)  # the display starts outside the measured window
-    for i in range(cfg.warmup_batches):
-        backend.generate(groups[i % len(groups)], cfg.max_output_tokens)
-        show.batch("warm-up", i + 1, cfg.warmup_batches)
+def _warm_up(
+    cfg: ExperimentConfig, backend: Backend, groups: list[list[list[int]]], show: Progress
+) -> WarmupRecord:
+    """Warm up on the measured batches (same shapes): ``warmup_batches``, or until latency settles.
+
+    Settle rule: after at least max(``warmup_batches``, 3) batches, stop once the CV of the last 3
+    batch latencies is below ``warmup_settle_cv_pct``, or at ``warmup_max_batches``.
+    """
+    settle = cfg.warmup_settle_cv_pct
+    least = max(cfg.warmup_batches, _SETTLE_WINDOW) if settle else cfg.warmup_batches
+    most = max(cfg.warmup_max_batches, least) if settle else cfg.warmup_batches
+    latencies: list[float] = []
+    if most:
+        show.stage(f"warm-up: {'until latency settles, ' if settle else ''}{least}-{most} batch(es)")
+        show.batch("warm-up", 0, most)  # the display starts outside the measured window
+    settled = False
+    while len(latencies) < most and not settled:
+        backend.synchronize()
+        t0 = time.perf_counter()
+        backend.generate(groups[len(latencies) % len(groups)], cfg.max_output_tokens)
+        backend.synchronize()
+        latencies.append(time.perf_counter() - t0)
+        show.batch("warm-up", len(latencies), most)
+        if settle is not None and len(latencies) >= least:
+            settled = _cv_pct(latencies[-_SETTLE_WINDOW:]) < settle
+    rule = f"settle: CV of the last {_SETTLE_WINDOW} < {settle}%, {least}-{most} batches" if settle else ""
+    return WarmupRecord(
+        batches=len(latencies),
+        latencies_s=latencies,
+        rule=rule or f"fixed: {cfg.warmup_batches} batches",
+        settled=settled if settle else None,
+    )
+
+
+_SETTLE_WINDOW = 3
+
+
+def _cv_pct(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    if len(values) < 2 or mean <= 0:
+        return float("inf")
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return float(var**0.5 / mean * 100)
 
 
 def _measure_cycle(
@@ -461,6 +498,7 @@ def _build_result(c: _Context, m: _Measurement, backend: Backend) -> ExperimentR
         end_time=datetime.now(timezone.utc),
         windows=windows,
         cycles=_cycle_stats(c.cfg, m, parts),
+        warmup=m.warmup,
         compute=_compute(c, m, infos, gross),
         latency=latency.summarize_latency(m.stats),
         uncertainty=unc,

@@ -114,3 +114,34 @@ def test_latency_comes_from_per_step_timings(tmp_path: Path) -> None:
     assert lat.ttft_p50_s == pytest.approx(0.004) and lat.itl_p50_s == pytest.approx(0.001)
     assert lat.steps == 6 * 3 and lat.prefill_s == pytest.approx(6 * 0.004)
     assert r.mlflow_metrics()["latency/itl_p50_s"] == 0.001
+
+
+def _warm(tmp_path: Path, on_generate: object, **kw: object) -> object:
+    cfg = ExperimentConfig.model_validate(
+        {"n": 4, "batch_size": 2, "max_input_tokens": 4, "max_output_tokens": 3, "mlflow": False,
+         "output_dir": str(tmp_path / "o"), **kw}
+    )  # fmt: skip
+    backend = FakeBackend(on_generate=on_generate)  # type: ignore[arg-type]
+    return execute(cfg, backend=backend, store_probe=lambda c: None).result.warmup  # type: ignore[attr-defined]
+
+
+def test_fixed_warmup_is_recorded(tmp_path: Path) -> None:
+    w = _warm(tmp_path, None, warmup_batches=2)
+    assert w.batches == 2 and len(w.latencies_s) == 2 and w.settled is None  # type: ignore[attr-defined]
+
+
+def test_warmup_runs_until_latency_settles(tmp_path: Path) -> None:
+    import time
+
+    delays = iter([0.3, 0.15, 0.08, 0.08, 0.08, 0.08] + [0.08] * 20)
+    w = _warm(tmp_path, lambda: time.sleep(next(delays)), warmup_batches=1, warmup_settle_cv_pct=20.0)
+    # 0.3, 0.15 vary; three 0.08 s batches settle (sleep jitter is ms): stops near batch 6, before the cap
+    assert w.settled is True and 5 <= w.batches <= 8, w  # type: ignore[attr-defined]
+
+
+def test_warmup_that_never_settles_stops_at_the_cap(tmp_path: Path) -> None:
+    import time
+
+    delays = iter([0.001, 0.03] * 10)
+    w = _warm(tmp_path, lambda: time.sleep(next(delays)), warmup_settle_cv_pct=1.0, warmup_max_batches=5)
+    assert w.settled is False and w.batches == 5  # type: ignore[attr-defined]

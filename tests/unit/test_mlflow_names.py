@@ -74,6 +74,7 @@ CONFIG_PARAMS = {
     "sampling_interval_s",
     "cycles",
     "cooldown_s",
+    "warmup_max_batches",
 }
 RESOLVED_PARAMS = {  # prompt_field and tokenizer are null for synthetic prompts: not logged
     "resolved.recipe",
@@ -95,6 +96,7 @@ RESOLVED_PARAMS = {  # prompt_field and tokenizer are null for synthetic prompts
     "resolved.sampling_interval_s",
     "resolved.cycles",
     "resolved.cooldown_s",
+    "resolved.warmup_max_batches",
 }
 
 
