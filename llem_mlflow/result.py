@@ -360,6 +360,7 @@ def _energy_metrics(result: ExperimentResult) -> dict[str, _Rounded]:
         ),
         "energy/edge_uncertainty_j": (energy.edge_uncertainty_j, _energy_j),
         "quality/counter_vs_trace_pct": (max(per_gpu_gaps, key=abs) if per_gpu_gaps else None, _percent),
+        **{f"energy/gpu{g.cuda_index}_j": (g.gross_j, _energy_j) for g in energy.per_gpu},
     }
 
 

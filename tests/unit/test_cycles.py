@@ -145,3 +145,24 @@ def test_warmup_that_never_settles_stops_at_the_cap(tmp_path: Path) -> None:
     delays = iter([0.001, 0.03] * 10)
     w = _warm(tmp_path, lambda: time.sleep(next(delays)), warmup_settle_cv_pct=1.0, warmup_max_batches=5)
     assert w.settled is False and w.batches == 5  # type: ignore[attr-defined]
+
+
+def test_two_gpus_are_measured_apart_and_sum_to_the_total(tmp_path: Path) -> None:
+    cfg = ExperimentConfig(n=4, batch_size=2, max_input_tokens=4, max_output_tokens=3, cycles=2,
+                           baseline_s=0.02, sampling_interval_s=0.005, output_dir=str(tmp_path / "o"),
+                           mlflow=False)  # fmt: skip
+    gpu0 = FakeDevice(cuda_index=0, uuid="GPU-a", energy_script=[0.0, 5.0, 10.0, 410.0, 500.0, 880.0])
+    gpu1 = FakeDevice(cuda_index=1, uuid="GPU-b", energy_script=[0.0, 4.0, 10.0, 210.0, 300.0, 520.0])
+    ids = [CUDA0, CudaDeviceId(cuda_index=1, uuid="GPU-b", pci_bus_id=None)]
+    backend = FakeBackend(device="cuda", cuda_devices=ids)
+    gpus = lambda i: GpuSet([gpu0, gpu1], "580")  # noqa: E731
+    r = execute(cfg, backend=backend, gpus=gpus, store_probe=lambda c: None).result
+    assert r.energy is not None and [g.gross_j for g in r.energy.per_gpu] == [400.0 + 380.0, 200.0 + 220.0]
+    assert r.total_energy_j == 780.0 + 420.0 == sum(g.gross_j for g in r.energy.per_gpu)
+    assert [x.gross_j for x in r.cycles.records] == [600.0, 600.0]  # type: ignore[union-attr]
+    metrics = r.mlflow_metrics()
+    assert (metrics["energy/gpu0_j"], metrics["energy/gpu1_j"], metrics["energy/total_j"]) == (
+        780.0,
+        420.0,
+        1200.0,
+    )

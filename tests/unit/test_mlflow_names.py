@@ -34,6 +34,8 @@ METRICS = {
     "tokens/total",
     "power/gpu0_w",
     "power/gpu1_w",
+    "energy/gpu0_j",
+    "energy/gpu1_j",
 }
 DOCUMENTED_TAGS = {
     "llem.config_hash",
