@@ -118,6 +118,17 @@ class Uncertainty(_Model):
     idle_after_w: float | None = None  # median trace power over model-resident idle after the last cycle
 
 
+class PhaseEnergy(_Model):
+    """Gross energy split into prefill, decode and the rest of the window (see ``phases``)."""
+
+    prefill_j: float
+    decode_j: float
+    other_j: float
+    prefill_s: float
+    decode_s: float
+    method: str
+
+
 class CpuEnergy(_Model):
     """CPU energy over the measured windows, from RAPL (package and DRAM), apart from GPU energy."""
 
@@ -208,6 +219,7 @@ class ExperimentResult(_Model):
     warmup: WarmupRecord | None = None
     compute: ComputeFigures | None = None
     latency: LatencySummary | None = None  # TTFT and inter-token latency from per-step timings
+    phase_energy: PhaseEnergy | None = None  # null without energy or per-step timings
     uncertainty: Uncertainty | None = None  # null without energy
     quality_flags: dict[str, str] = Field(default_factory=dict)  # flag name -> message (also in warnings)
     cpu_energy: CpuEnergy | None = None  # null where RAPL cannot be read (the reason is a warning)
@@ -373,6 +385,8 @@ def _extra_metrics(result: ExperimentResult) -> dict[str, _Rounded]:
         "latency/itl_p90_s": (lat.itl_p90_s if lat else None, _seconds),
         "latency/itl_p99_s": (lat.itl_p99_s if lat else None, _seconds),
         "time/prefill_s": (lat.prefill_s if lat else None, _seconds),
+        "energy/prefill_j": (result.phase_energy.prefill_j if result.phase_energy else None, _energy_j),
+        "energy/decode_j": (result.phase_energy.decode_j if result.phase_energy else None, _energy_j),
         "time/decode_s": (lat.decode_s if lat else None, _seconds),
         "energy/net_uncertainty_j": (u.net_j if u else None, _energy_j),
         "energy/gross_uncertainty_j": (u.gross_j if u else None, _energy_j),

@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from llem_mlflow import (
     identity,
     latency,
     peaks,
+    phases,
     preflight,
     quality,
     rapl,
@@ -49,6 +50,7 @@ from llem_mlflow.result import (
     CycleStats,
     EnergyBreakdown,
     ExperimentResult,
+    PhaseEnergy,
     Uncertainty,
     WarmupRecord,
     Window,
@@ -104,6 +106,7 @@ class _Cycle:
     stats: list[BatchStats]
     window: energy.CounterWindow
     cpu_j: dict[str, float] | None = None  # RAPL zone deltas over the window
+    starts_s: list[float] = field(default_factory=list)  # wall clock right before each generate()
 
 
 @dataclass(frozen=True)
@@ -376,24 +379,30 @@ def _measure_cycle(
     show.stage(f"measuring {cfg.n} prompts in {len(order)} batches{of}")
     show.batch("measure", 0, len(order))
     reads: list[dict[str, int] | None] = []
+    starts_s: list[float] = []
 
     def body() -> list[BatchStats]:
         reads.append(cpu.read() if cpu else None)  # CPU counters at the window's inner edges
-        out = _generate_all(backend, order, cfg.max_output_tokens, show)
+        out = _generate_all(backend, order, cfg.max_output_tokens, show, starts_s)
         reads.append(cpu.read() if cpu else None)
         return out
 
     stats, window = energy.measure_window(devices, backend.synchronize, body)
     start, end = reads
     cpu_j = cpu.delta_j(start, end) if cpu and start is not None and end is not None else None
-    return _Cycle(index=index, stats=stats, window=window, cpu_j=cpu_j)
+    return _Cycle(index=index, stats=stats, window=window, cpu_j=cpu_j, starts_s=starts_s)
 
 
 def _generate_all(
-    backend: Backend, groups: list[list[list[int]]], max_output_tokens: int, show: Progress
+    backend: Backend,
+    groups: list[list[list[int]]],
+    max_output_tokens: int,
+    show: Progress,
+    starts_s: list[float],
 ) -> list[BatchStats]:
     stats = []
     for i, group in enumerate(groups):
+        starts_s.append(time.time())  # the queue is empty: the last batch's tokens reached the host
         stats.append(backend.generate(group, max_output_tokens))
         show.batch("measure", i + 1, len(groups))
     return stats
@@ -501,6 +510,7 @@ def _build_result(c: _Context, m: _Measurement, backend: Backend) -> ExperimentR
         warmup=m.warmup,
         compute=_compute(c, m, infos, gross),
         latency=latency.summarize_latency(m.stats),
+        phase_energy=_phase_energy(m, infos, gross),
         uncertainty=unc,
         quality_flags={f.name: f.message for f in flags},
         cpu_energy=m.cpu_energy,
@@ -537,6 +547,17 @@ def _assess(
         output_tokens=out_tok,
     )
     return unc, assess.flags(inputs, windows)
+
+
+def _phase_energy(m: _Measurement, infos: list[GpuInfo], gross: float | None) -> PhaseEnergy | None:
+    spans = phases.batch_spans([t for c in m.cycles for t in c.starts_s], m.stats)
+    if gross is None or spans is None:
+        return None
+    windows = [(c.window.start_s, c.window.end_s) for c in m.cycles]
+    split = phases.split_energy(gross, m.trace, [g.cuda_index for g in infos], windows, spans)
+    if split is None:
+        return None
+    return PhaseEnergy(**vars(split), method=phases.METHOD)
 
 
 def _compute(c: _Context, m: _Measurement, infos: list[GpuInfo], gross: float | None) -> ComputeFigures:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ CUDA0 = CudaDeviceId(cuda_index=0, uuid="GPU-fake-0", pci_bus_id=None)
 COUNTER = [0.0, 30.0, 100.0, 1100.0, 1200.0, 2220.0, 2300.0, 3290.0]
 
 
-def _run(tmp_path: Path, cycles: int, counter: list[float], **kw: object) -> Outcome:
+def _run(tmp_path: Path, cycles: int, counter: list[float], sleep_s: float = 0.0, **kw: object) -> Outcome:
     cfg = ExperimentConfig.model_validate(
         {
             **dict(
@@ -30,7 +31,7 @@ def _run(tmp_path: Path, cycles: int, counter: list[float], **kw: object) -> Out
         }
     )  # fmt: skip
     device = FakeDevice(energy_script=counter, power_w=150.0)
-    backend = FakeBackend(device="cuda", cuda_devices=[CUDA0])
+    backend = FakeBackend(device="cuda", cuda_devices=[CUDA0], on_generate=lambda: time.sleep(sleep_s))
     return execute(cfg, backend=backend, gpus=lambda ids: GpuSet([device], "580"), store_probe=lambda c: None)
 
 
@@ -166,3 +167,38 @@ def test_two_gpus_are_measured_apart_and_sum_to_the_total(tmp_path: Path) -> Non
         420.0,
         1200.0,
     )
+
+
+def test_phase_energy_is_apportioned_by_the_trace() -> None:
+    from llem_mlflow import phases
+    from llem_mlflow.protocols import BatchStats
+    from llem_mlflow.trace import PowerTrace, TraceSample
+
+    # 1 s window at t=0..1; power 400 W during the first 0.1 s (prefill), 200 W after; samples every 10 ms
+    samples = [
+        TraceSample(timestamp_s=i / 100, gpu=0, power_w=400.0 if i < 10 else 200.0) for i in range(101)
+    ]
+    batch = BatchStats(input_tokens=8, output_tokens=8, padded_input_len=8, new_tokens=9, batch_size=1,
+                       prefill_s=0.1, decode_step_s=(0.1,) * 8)  # fmt: skip
+    spans = phases.batch_spans([0.0], [batch])
+    assert (
+        spans is not None and spans.prefill == [(0.0, 0.1)] and spans.decode[0] == pytest.approx((0.1, 0.9))
+    )
+    split = phases.split_energy(210.0, PowerTrace(0.01, samples), [0], [(0.0, 1.0)], spans)
+    assert split is not None
+    # trace: prefill 0.1 s x 400 W = 40 J, decode 0.8 s x 200 W = 160 J, window ~ 220 J; counter 210 J
+    window_j = PowerTrace(0.01, samples).integrate_j(0, 0.0, 1.0)
+    assert window_j is not None
+    assert split.prefill_j == pytest.approx(210.0 * 40.0 / window_j, rel=0.03)
+    assert split.decode_j == pytest.approx(210.0 * 160.0 / window_j, rel=0.03)
+    assert split.prefill_j + split.decode_j + split.other_j == pytest.approx(210.0)
+    untimed = BatchStats(input_tokens=1, output_tokens=1, padded_input_len=1, new_tokens=1, batch_size=1)
+    assert phases.batch_spans([0.0], [untimed]) is None
+
+
+def test_gpu_run_reports_phase_energy(tmp_path: Path) -> None:
+    r = _run(tmp_path, 2, COUNTER[:6], sleep_s=0.03).result
+    pe = r.phase_energy
+    assert pe is not None and pe.method.startswith("trace-apportioned")
+    assert pe.prefill_j > 0 and pe.decode_j > 0
+    assert pe.prefill_j + pe.decode_j + pe.other_j == pytest.approx(r.total_energy_j)
