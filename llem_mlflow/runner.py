@@ -1,8 +1,9 @@
 """run_experiment: the order of operations of one experiment, in the calling process.
 
 checks (output folder, MLflow store, dataset, tokenizer, context; see ``preflight``) -> load
-model -> resolved settings and hash -> result folder -> warm-up -> idle baseline -> measured
-window (counter at CUDA-synced edges, power sampler alongside) -> FLOPs -> environment ->
+model -> resolved settings and hash -> result folder -> ``measure`` (warm-up, idle baseline,
+cycles of counter windows at CUDA-synced edges with the power sampler alongside, idle after) ->
+derived figures (energy, intervals, uncertainty, flags, FLOPs, latency) -> environment ->
 ExperimentResult -> result.json + timeseries.parquet -> MLflow. The backend, the GPU provider,
 the store probe and the progress display are injected, so tests run the whole sequence on fakes.
 """
@@ -12,10 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,20 +29,19 @@ from llem_mlflow import (
     flops,
     identity,
     latency,
+    measure,
     peaks,
     phases,
     preflight,
     quality,
-    rapl,
     recording,
     stats,
-    workload,
 )
 from llem_mlflow._version import __version__
 from llem_mlflow.config import ExperimentConfig, load_config
 from llem_mlflow.errors import DeviceError, TrackingError
 from llem_mlflow.progress import LogProgress, Progress
-from llem_mlflow.protocols import Backend, BatchStats, CudaDeviceId, GpuDevice, GpuInfo, LoadedModel
+from llem_mlflow.protocols import Backend, CudaDeviceId, GpuDevice, GpuInfo, LoadedModel
 from llem_mlflow.result import (
     ComputeFigures,
     CpuEnergy,
@@ -52,12 +51,9 @@ from llem_mlflow.result import (
     ExperimentResult,
     PhaseEnergy,
     Uncertainty,
-    WarmupRecord,
     Window,
 )
-from llem_mlflow.sampler import PowerSampler
 from llem_mlflow.stats import Interval
-from llem_mlflow.trace import PowerTrace
 
 log = logging.getLogger(__name__)
 
@@ -96,43 +92,6 @@ class _Context:
     loaded: LoadedModel
     gpu_set: GpuSet
     plan: preflight.Plan
-
-
-@dataclass(frozen=True)
-class _Cycle:
-    """One measured cycle: its batches and its counter window."""
-
-    index: int
-    stats: list[BatchStats]
-    window: energy.CounterWindow
-    cpu_j: dict[str, float] | None = None  # RAPL zone deltas over the window
-    starts_s: list[float] = field(default_factory=list)  # wall clock right before each generate()
-
-
-@dataclass(frozen=True)
-class _Measurement:
-    cycles: list[_Cycle]
-    idle: energy.CounterWindow | None
-    trace: PowerTrace
-    warnings: list[str]
-    cpu_energy: CpuEnergy | None = None
-    idle_after: tuple[float, float] | None = None
-    warmup: WarmupRecord | None = None
-
-    @property
-    def stats(self) -> list[BatchStats]:
-        """Every measured batch of every cycle."""
-        return [s for c in self.cycles for s in c.stats]
-
-    @property
-    def span(self) -> tuple[float, float]:
-        """From the first cycle's start to the last cycle's end (epoch seconds)."""
-        return self.cycles[0].window.start_s, self.cycles[-1].window.end_s
-
-    @property
-    def seconds(self) -> float:
-        """Time spent inside measured windows (cool-downs excluded)."""
-        return sum(c.window.duration_s for c in self.cycles)
 
 
 def run_experiment(config: str | Path | ExperimentConfig | None = None, **overrides: Any) -> ExperimentResult:
@@ -185,9 +144,11 @@ def execute(
     folder = artifacts.result_dir(Path(cfg.output_dir), experiment_id)
     gpu_set = (gpus or _nvml_gpus)(loaded.cuda_devices) if loaded.device == "cuda" else _no_gpu(loaded)
     try:
-        measurement = _measure(cfg, backend, gpu_set, plan.prompts, show)
+        measurement = measure.measure(cfg, backend, gpu_set.devices, plan.prompts, show)
     finally:
         gpu_set.close()
+    if gpu_set.warning:
+        measurement = replace(measurement, warnings=[gpu_set.warning, *measurement.warnings])
     context = _Context(cfg, start, experiment_id, resolved, loaded, gpu_set, plan)
     result = _build_result(context, measurement, backend)
     return _record(cfg, result, measurement, folder, probe if plan.store_warning else None, show)
@@ -252,164 +213,8 @@ def _nvml_gpus(cuda_ids: Sequence[CudaDeviceId], nvml: Any = None) -> GpuSet:
     return GpuSet(devices=devices, driver_version=session.driver_version(), close=session.close)
 
 
-def _measure(
-    cfg: ExperimentConfig, backend: Backend, gpu_set: GpuSet, prompts: list[list[int]], show: Progress
-) -> _Measurement:
-    groups = workload.batches(prompts, cfg.batch_size)
-    warmup = _warm_up(cfg, backend, groups, show)
-    devices = gpu_set.devices
-    cpu, cpu_warning = _open_rapl()
-    sampler = PowerSampler(devices, cfg.sampling_interval_s)
-    sampler.start()
-    try:
-        idle = None
-        if devices and cfg.baseline_s > 0:
-            show.stage(f"idle baseline {cfg.baseline_s:g} s (model loaded)")
-            idle = energy.measure_idle(devices, backend.synchronize, cfg.baseline_s)
-        cycles = [
-            _measure_cycle(cfg, backend, devices, groups, index, show, cpu) for index in range(cfg.cycles)
-        ]
-        idle_after = _idle_after(cfg, devices, backend, show)
-    finally:
-        trace = sampler.stop()
-    warnings = [w for w in [gpu_set.warning, cpu_warning, *sampler.warnings] if w]
-    return _Measurement(
-        cycles=cycles,
-        idle=idle,
-        trace=trace,
-        warnings=warnings,
-        cpu_energy=_cpu_energy(cycles),
-        idle_after=idle_after,
-        warmup=warmup,
-    )
-
-
-def _idle_after(
-    cfg: ExperimentConfig, devices: Sequence[GpuDevice], backend: Backend, show: Progress
-) -> tuple[float, float] | None:
-    """Model-resident idle after the last cycle, as long as the baseline, seen by the trace only."""
-    if not devices or cfg.baseline_s <= 0:
-        return None
-    show.stage(f"idle after the last cycle {cfg.baseline_s:g} s (drift check)")
-    backend.synchronize()
-    start_s = time.time()
-    time.sleep(cfg.baseline_s)
-    return start_s, time.time()
-
-
-def _open_rapl() -> tuple[rapl.RaplReader | None, str | None]:
-    """The RAPL reader, or None; a warning only when powercap exists but cannot be read."""
-    reader, reason = rapl.RaplReader.open(rapl.POWERCAP_ROOT)
-    if reader is None:
-        log.info("CPU energy not measured: %s", reason)
-        exists = rapl.POWERCAP_ROOT.is_dir()
-        return None, f"CPU energy not measured: {reason}" if exists else None
-    return reader, None
-
-
-def _cpu_energy(cycles: list[_Cycle]) -> CpuEnergy | None:
-    if not cycles or any(c.cpu_j is None for c in cycles):
-        return None
-    package, dram = zip(*(rapl.cpu_energy_j(c.cpu_j or {}) for c in cycles), strict=True)
-    return CpuEnergy(
-        package_j=None if None in package else sum(p for p in package if p is not None),
-        dram_j=None if None in dram else sum(d for d in dram if d is not None),
-    )
-
-
-def _warm_up(
-    cfg: ExperimentConfig, backend: Backend, groups: list[list[list[int]]], show: Progress
-) -> WarmupRecord:
-    """Warm up on the measured batches (same shapes): ``warmup_batches``, or until latency settles.
-
-    Settle rule: after at least max(``warmup_batches``, 3) batches, stop once the CV of the last 3
-    batch latencies is below ``warmup_settle_cv_pct``, or at ``warmup_max_batches``.
-    """
-    settle = cfg.warmup_settle_cv_pct
-    least = max(cfg.warmup_batches, _SETTLE_WINDOW) if settle else cfg.warmup_batches
-    most = max(cfg.warmup_max_batches, least) if settle else cfg.warmup_batches
-    latencies: list[float] = []
-    if most:
-        show.stage(f"warm-up: {'until latency settles, ' if settle else ''}{least}-{most} batch(es)")
-        show.batch("warm-up", 0, most)  # the display starts outside the measured window
-    settled = False
-    while len(latencies) < most and not settled:
-        backend.synchronize()
-        t0 = time.perf_counter()
-        backend.generate(groups[len(latencies) % len(groups)], cfg.max_output_tokens)
-        backend.synchronize()
-        latencies.append(time.perf_counter() - t0)
-        show.batch("warm-up", len(latencies), most)
-        if settle is not None and len(latencies) >= least:
-            settled = _cv_pct(latencies[-_SETTLE_WINDOW:]) < settle
-    rule = f"settle: CV of the last {_SETTLE_WINDOW} < {settle}%, {least}-{most} batches" if settle else ""
-    return WarmupRecord(
-        batches=len(latencies),
-        latencies_s=latencies,
-        rule=rule or f"fixed: {cfg.warmup_batches} batches",
-        settled=settled if settle else None,
-    )
-
-
-_SETTLE_WINDOW = 3
-
-
-def _cv_pct(values: list[float]) -> float:
-    mean = sum(values) / len(values)
-    if len(values) < 2 or mean <= 0:
-        return float("inf")
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return float(var**0.5 / mean * 100)
-
-
-def _measure_cycle(
-    cfg: ExperimentConfig,
-    backend: Backend,
-    devices: Sequence[GpuDevice],
-    groups: list[list[list[int]]],
-    index: int,
-    show: Progress,
-    cpu: rapl.RaplReader | None = None,
-) -> _Cycle:
-    if index and cfg.cooldown_s > 0:
-        show.stage(f"cool-down {cfg.cooldown_s:g} s")
-        time.sleep(cfg.cooldown_s)
-    order = workload.cycle_order(groups, index, cfg.seed)
-    of = f" (cycle {index + 1}/{cfg.cycles})" if cfg.cycles > 1 else ""
-    show.stage(f"measuring {cfg.n} prompts in {len(order)} batches{of}")
-    show.batch("measure", 0, len(order))
-    reads: list[dict[str, int] | None] = []
-    starts_s: list[float] = []
-
-    def body() -> list[BatchStats]:
-        reads.append(cpu.read() if cpu else None)  # CPU counters at the window's inner edges
-        out = _generate_all(backend, order, cfg.max_output_tokens, show, starts_s)
-        reads.append(cpu.read() if cpu else None)
-        return out
-
-    stats, window = energy.measure_window(devices, backend.synchronize, body)
-    start, end = reads
-    cpu_j = cpu.delta_j(start, end) if cpu and start is not None and end is not None else None
-    return _Cycle(index=index, stats=stats, window=window, cpu_j=cpu_j, starts_s=starts_s)
-
-
-def _generate_all(
-    backend: Backend,
-    groups: list[list[list[int]]],
-    max_output_tokens: int,
-    show: Progress,
-    starts_s: list[float],
-) -> list[BatchStats]:
-    stats = []
-    for i, group in enumerate(groups):
-        starts_s.append(time.time())  # the queue is empty: the last batch's tokens reached the host
-        stats.append(backend.generate(group, max_output_tokens))
-        show.batch("measure", i + 1, len(groups))
-    return stats
-
-
 def _energy(
-    m: _Measurement, infos: list[GpuInfo]
+    m: measure.Measurement, infos: list[GpuInfo]
 ) -> tuple[EnergyBreakdown | None, list[EnergyBreakdown], list[str]]:
     """(all cycles together, each cycle, warnings); nothing without GPUs."""
     if not infos:
@@ -420,7 +225,7 @@ def _energy(
     return total, parts, energy.energy_warnings(total, shortest)
 
 
-def _cycle_stats(cfg: ExperimentConfig, m: _Measurement, parts: list[EnergyBreakdown]) -> CycleStats:
+def _cycle_stats(cfg: ExperimentConfig, m: measure.Measurement, parts: list[EnergyBreakdown]) -> CycleStats:
     records = [_cycle_record(c, parts[c.index] if parts else None) for c in m.cycles]
 
     def interval(name: str) -> Interval | None:
@@ -440,7 +245,7 @@ def _cycle_stats(cfg: ExperimentConfig, m: _Measurement, parts: list[EnergyBreak
     )
 
 
-def _cycle_record(cycle: _Cycle, part: EnergyBreakdown | None) -> CycleRecord:
+def _cycle_record(cycle: measure.Cycle, part: EnergyBreakdown | None) -> CycleRecord:
     out_tok = sum(s.output_tokens for s in cycle.stats)
     seconds = cycle.window.duration_s
     gross = part.gross_j if part else None
@@ -460,7 +265,7 @@ def _cycle_record(cycle: _Cycle, part: EnergyBreakdown | None) -> CycleRecord:
     )
 
 
-def _build_result(c: _Context, m: _Measurement, backend: Backend) -> ExperimentResult:
+def _build_result(c: _Context, m: measure.Measurement, backend: Backend) -> ExperimentResult:
     infos = [d.info for d in c.gpu_set.devices]
     breakdown, parts, energy_warnings = _energy(m, infos)
     in_tok = sum(s.input_tokens for s in m.stats)
@@ -521,7 +326,7 @@ def _build_result(c: _Context, m: _Measurement, backend: Backend) -> ExperimentR
 
 
 def _assess(
-    c: _Context, m: _Measurement, infos: list[GpuInfo], breakdown: EnergyBreakdown | None, out_tok: int
+    c: _Context, m: measure.Measurement, infos: list[GpuInfo], breakdown: EnergyBreakdown | None, out_tok: int
 ) -> tuple[Uncertainty | None, list[quality.QualityFlag]]:
     """The uncertainty block and the quality flags (none without GPUs: nothing to judge)."""
     if breakdown is None:
@@ -549,7 +354,7 @@ def _assess(
     return unc, assess.flags(inputs, windows)
 
 
-def _phase_energy(m: _Measurement, infos: list[GpuInfo], gross: float | None) -> PhaseEnergy | None:
+def _phase_energy(m: measure.Measurement, infos: list[GpuInfo], gross: float | None) -> PhaseEnergy | None:
     spans = phases.batch_spans([t for c in m.cycles for t in c.starts_s], m.stats)
     if gross is None or spans is None:
         return None
@@ -560,7 +365,9 @@ def _phase_energy(m: _Measurement, infos: list[GpuInfo], gross: float | None) ->
     return PhaseEnergy(**vars(split), method=phases.METHOD)
 
 
-def _compute(c: _Context, m: _Measurement, infos: list[GpuInfo], gross: float | None) -> ComputeFigures:
+def _compute(
+    c: _Context, m: measure.Measurement, infos: list[GpuInfo], gross: float | None
+) -> ComputeFigures:
     phases = flops.estimate_phase_flops(c.loaded.shape, m.stats)
     peak = peaks.peak_flops(infos[0].name, c.resolved.precision) if infos else None
     return ComputeFigures(
@@ -586,7 +393,7 @@ def _experiment_id(start: datetime, config_hash: str) -> str:
 def _record(
     cfg: ExperimentConfig,
     result: ExperimentResult,
-    m: _Measurement,
+    m: measure.Measurement,
     folder: Path,
     reprobe: preflight.StoreProbe | None,
     show: Progress,

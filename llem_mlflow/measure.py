@@ -1,0 +1,222 @@
+"""The measured part of one experiment: warm-up, idle baseline, cycles, idle after.
+
+Owns the order of GPU work and of counter reads (``energy.measure_window`` at CUDA-synced edges), the
+power sampler's lifetime, RAPL reads at each cycle's inner edges, and the warm-up rules. Returns a
+``Measurement`` of raw windows, batch stats and the trace; ``runner`` derives every figure from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from llem_mlflow import energy, rapl, workload
+from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.progress import Progress
+from llem_mlflow.protocols import Backend, BatchStats, GpuDevice
+from llem_mlflow.result import CpuEnergy, WarmupRecord
+from llem_mlflow.sampler import PowerSampler
+from llem_mlflow.trace import PowerTrace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One measured cycle: its batches and its counter window."""
+
+    index: int
+    stats: list[BatchStats]
+    window: energy.CounterWindow
+    cpu_j: dict[str, float] | None = None  # RAPL zone deltas over the window
+    starts_s: list[float] = field(default_factory=list)  # wall clock right before each generate()
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What the measured part of a run produced, before any figure is derived."""
+
+    cycles: list[Cycle]
+    idle: energy.CounterWindow | None
+    trace: PowerTrace
+    warnings: list[str]
+    cpu_energy: CpuEnergy | None = None
+    idle_after: tuple[float, float] | None = None
+    warmup: WarmupRecord | None = None
+
+    @property
+    def stats(self) -> list[BatchStats]:
+        """Every measured batch of every cycle."""
+        return [s for c in self.cycles for s in c.stats]
+
+    @property
+    def span(self) -> tuple[float, float]:
+        """From the first cycle's start to the last cycle's end (epoch seconds)."""
+        return self.cycles[0].window.start_s, self.cycles[-1].window.end_s
+
+    @property
+    def seconds(self) -> float:
+        """Time spent inside measured windows (cool-downs excluded)."""
+        return sum(c.window.duration_s for c in self.cycles)
+
+
+def measure(
+    cfg: ExperimentConfig,
+    backend: Backend,
+    devices: Sequence[GpuDevice],
+    prompts: list[list[int]],
+    show: Progress,
+) -> Measurement:
+    """Warm-up, idle baseline, ``cfg.cycles`` measured windows and idle after, with the sampler on."""
+    groups = workload.batches(prompts, cfg.batch_size)
+    warmup = _warm_up(cfg, backend, groups, show)
+    cpu, cpu_warning = _open_rapl()
+    sampler = PowerSampler(devices, cfg.sampling_interval_s)
+    sampler.start()
+    try:
+        idle = None
+        if devices and cfg.baseline_s > 0:
+            show.stage(f"idle baseline {cfg.baseline_s:g} s (model loaded)")
+            idle = energy.measure_idle(devices, backend.synchronize, cfg.baseline_s)
+        cycles = [
+            _measure_cycle(cfg, backend, devices, groups, index, show, cpu) for index in range(cfg.cycles)
+        ]
+        idle_after = _idle_after(cfg, devices, backend, show)
+    finally:
+        trace = sampler.stop()
+    warnings = [w for w in [cpu_warning, *sampler.warnings] if w]
+    return Measurement(
+        cycles=cycles,
+        idle=idle,
+        trace=trace,
+        warnings=warnings,
+        cpu_energy=_cpu_energy(cycles),
+        idle_after=idle_after,
+        warmup=warmup,
+    )
+
+
+def _idle_after(
+    cfg: ExperimentConfig, devices: Sequence[GpuDevice], backend: Backend, show: Progress
+) -> tuple[float, float] | None:
+    """Model-resident idle after the last cycle, as long as the baseline, seen by the trace only."""
+    if not devices or cfg.baseline_s <= 0:
+        return None
+    show.stage(f"idle after the last cycle {cfg.baseline_s:g} s (drift check)")
+    backend.synchronize()
+    start_s = time.time()
+    time.sleep(cfg.baseline_s)
+    return start_s, time.time()
+
+
+def _open_rapl() -> tuple[rapl.RaplReader | None, str | None]:
+    """The RAPL reader, or None; a warning only when powercap exists but cannot be read."""
+    reader, reason = rapl.RaplReader.open(rapl.POWERCAP_ROOT)
+    if reader is None:
+        log.info("CPU energy not measured: %s", reason)
+        exists = rapl.POWERCAP_ROOT.is_dir()
+        return None, f"CPU energy not measured: {reason}" if exists else None
+    return reader, None
+
+
+def _cpu_energy(cycles: list[Cycle]) -> CpuEnergy | None:
+    if not cycles or any(c.cpu_j is None for c in cycles):
+        return None
+    package, dram = zip(*(rapl.cpu_energy_j(c.cpu_j or {}) for c in cycles), strict=True)
+    return CpuEnergy(
+        package_j=None if None in package else sum(p for p in package if p is not None),
+        dram_j=None if None in dram else sum(d for d in dram if d is not None),
+    )
+
+
+def _warm_up(
+    cfg: ExperimentConfig, backend: Backend, groups: list[list[list[int]]], show: Progress
+) -> WarmupRecord:
+    """Warm up on the measured batches (same shapes): ``warmup_batches``, or until latency settles.
+
+    Settle rule: after at least max(``warmup_batches``, 3) batches, stop once the CV of the last 3
+    batch latencies is below ``warmup_settle_cv_pct``, or at ``warmup_max_batches``.
+    """
+    settle = cfg.warmup_settle_cv_pct
+    least = max(cfg.warmup_batches, _SETTLE_WINDOW) if settle else cfg.warmup_batches
+    most = max(cfg.warmup_max_batches, least) if settle else cfg.warmup_batches
+    latencies: list[float] = []
+    if most:
+        show.stage(f"warm-up: {'until latency settles, ' if settle else ''}{least}-{most} batch(es)")
+        show.batch("warm-up", 0, most)  # the display starts outside the measured window
+    settled = False
+    while len(latencies) < most and not settled:
+        backend.synchronize()
+        t0 = time.perf_counter()
+        backend.generate(groups[len(latencies) % len(groups)], cfg.max_output_tokens)
+        backend.synchronize()
+        latencies.append(time.perf_counter() - t0)
+        show.batch("warm-up", len(latencies), most)
+        if settle is not None and len(latencies) >= least:
+            settled = _cv_pct(latencies[-_SETTLE_WINDOW:]) < settle
+    rule = f"settle: CV of the last {_SETTLE_WINDOW} < {settle}%, {least}-{most} batches" if settle else ""
+    return WarmupRecord(
+        batches=len(latencies),
+        latencies_s=latencies,
+        rule=rule or f"fixed: {cfg.warmup_batches} batches",
+        settled=settled if settle else None,
+    )
+
+
+_SETTLE_WINDOW = 3
+
+
+def _cv_pct(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    if len(values) < 2 or mean <= 0:
+        return float("inf")
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return float(var**0.5 / mean * 100)
+
+
+def _measure_cycle(
+    cfg: ExperimentConfig,
+    backend: Backend,
+    devices: Sequence[GpuDevice],
+    groups: list[list[list[int]]],
+    index: int,
+    show: Progress,
+    cpu: rapl.RaplReader | None = None,
+) -> Cycle:
+    if index and cfg.cooldown_s > 0:
+        show.stage(f"cool-down {cfg.cooldown_s:g} s")
+        time.sleep(cfg.cooldown_s)
+    order = workload.cycle_order(groups, index, cfg.seed)
+    of = f" (cycle {index + 1}/{cfg.cycles})" if cfg.cycles > 1 else ""
+    show.stage(f"measuring {cfg.n} prompts in {len(order)} batches{of}")
+    show.batch("measure", 0, len(order))
+    reads: list[dict[str, int] | None] = []
+    starts_s: list[float] = []
+
+    def body() -> list[BatchStats]:
+        reads.append(cpu.read() if cpu else None)  # CPU counters at the window's inner edges
+        out = _generate_all(backend, order, cfg.max_output_tokens, show, starts_s)
+        reads.append(cpu.read() if cpu else None)
+        return out
+
+    stats, window = energy.measure_window(devices, backend.synchronize, body)
+    start, end = reads
+    cpu_j = cpu.delta_j(start, end) if cpu and start is not None and end is not None else None
+    return Cycle(index=index, stats=stats, window=window, cpu_j=cpu_j, starts_s=starts_s)
+
+
+def _generate_all(
+    backend: Backend,
+    groups: list[list[list[int]]],
+    max_output_tokens: int,
+    show: Progress,
+    starts_s: list[float],
+) -> list[BatchStats]:
+    stats = []
+    for i, group in enumerate(groups):
+        starts_s.append(time.time())  # the queue is empty: the last batch's tokens reached the host
+        stats.append(backend.generate(group, max_output_tokens))
+        show.batch("measure", i + 1, len(groups))
+    return stats
