@@ -21,10 +21,11 @@ from llem_mlflow import identity, workload
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.errors import ConfigError
 from llem_mlflow.protocols import Backend, ModelFacts
+from llem_mlflow.store_probe import PROBE_TIMEOUT_S
 
 #: Answers None when the tracking store is reachable, else one line saying why not.
 StoreProbe = Callable[[ExperimentConfig], "str | None"]
-STORE_PROBE_TIMEOUT_S = 3.0
+STORE_PROBE_TIMEOUT_S = PROBE_TIMEOUT_S  # the probe's own bound; the thread gets 1 s more
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ the store probe and the progress display are injected, so tests run the whole se
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -171,11 +170,9 @@ def _probe_store(cfg: ExperimentConfig) -> str | None:
     mlflow = sys.modules.get("mlflow")
     if mlflow is not None and mlflow.active_run() is not None:
         return None  # the caller's own run: its store is the caller's business
-    from llem_mlflow import tracking
+    from llem_mlflow import store_probe, tracking
 
-    # Inside `mlflow run` the exported URI names the store that holds the run; it wins (see tracking).
-    inherited = os.environ.get("MLFLOW_TRACKING_URI") if os.environ.get("MLFLOW_RUN_ID") else None
-    return tracking.probe_store(inherited or tracking.resolve_tracking_uri(cfg.tracking_uri))
+    return store_probe.probe_store(tracking.target_tracking_uri(cfg.tracking_uri))
 
 
 def _resolve(cfg: ExperimentConfig, loaded: LoadedModel, plan: preflight.Plan) -> identity.ResolvedSettings:
