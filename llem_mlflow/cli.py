@@ -171,6 +171,18 @@ def run(
     baseline_s: Annotated[
         str | None, _cfg("baseline_s", "Idle-power baseline in seconds, model loaded (0: none).")
     ] = None,
+    idle_settle_max_s: Annotated[
+        str | None, _cfg("idle_settle_max_s", "Wait up to this long for idle power to settle (0: no wait).")
+    ] = None,
+    measurement_methodology: Annotated[
+        str | None, _cfg("measurement_methodology", "total, or steady_state (trims the ramp).")
+    ] = None,
+    isolated_prefill: Annotated[
+        str | None, _cfg("isolated_prefill", "Also measure prefill alone (max_new_tokens=1 passes).")
+    ] = None,
+    device_map: Annotated[
+        str | None, _cfg("device_map", "Split over GPUs: auto, balanced, sequential or JSON {module: gpu}.")
+    ] = None,
     sampling_interval_s: Annotated[
         str | None, _cfg("sampling_interval_s", "Power trace period in seconds.")
     ] = None,

@@ -10,6 +10,7 @@ whose message names the field and what is allowed.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +54,18 @@ class ExperimentConfig(BaseModel):
     cycles: int = Field(1, ge=1, le=1000, description="Measured windows repeated with the model loaded once.")
     cooldown_s: float = Field(0.0, ge=0.0, description="Pause between cycles in seconds (GPU idles).")
     baseline_s: float = Field(3.0, ge=0.0, description="Idle-power baseline length in seconds; 0 disables.")
+    idle_settle_max_s: float = Field(
+        0.0, ge=0.0, le=600.0, description="Before the baseline, wait up to this long for idle power to settle."
+    )
+    measurement_methodology: Literal["total", "steady_state"] = Field(
+        "total", description="total: every measured batch; steady_state: the ramp is trimmed (methodology.md)."
+    )
+    isolated_prefill: bool = Field(
+        False, description="Also measure prefill alone: passes with max_new_tokens=1, in their own window."
+    )
+    device_map: Literal["auto", "balanced", "sequential"] | dict[str, int | str] | None = Field(
+        None, description="Split the model over GPUs: auto|balanced|sequential or {module: gpu}; CUDA only."
+    )
     sampling_interval_s: float = Field(0.015, gt=0.0, le=1.0, description="Power trace period in seconds.")
     carbon_intensity_g_per_kwh: float | None = Field(
         None, ge=0.0, description="Grid carbon intensity for an optional carbon figure; never looked up."
@@ -82,6 +95,16 @@ class ExperimentConfig(BaseModel):
                 "must be 'synthetic' or a path to a .jsonl file with one {\"prompt\": ...} per line"
             )
         return value
+
+    @field_validator("device_map", mode="before")
+    @classmethod
+    def _device_map_from_json(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().startswith("{"):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc}); give auto, balanced, sequential or a JSON object") from None
+        return None if value in ("", "none", "null") else value
 
     @field_serializer("tracking_uri")
     def _no_credentials(self, value: str | None) -> str | None:

@@ -24,16 +24,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from llem_mlflow.config import ExperimentConfig
 
 #: Version of the hash recipe (the fields below and how they are spelled).
-HASH_RECIPE = 3
+HASH_RECIPE = 4
 #: Fields each recipe hashes; an older result keeps its recipe, so its hash stays recomputable.
 _RECIPE_2 = (
     "recipe", "model", "model_revision", "backend", "backend_options", "weights", "precision", "device", "n",
     "batch_size", "max_input_tokens", "max_output_tokens", "dataset", "prompt_field", "tokenizer", "seed",
     "warmup_batches", "baseline_s", "sampling_interval_s",
 )  # fmt: skip
+_RECIPE_3 = (*_RECIPE_2, "cycles", "cooldown_s", "warmup_settle_cv_pct", "warmup_max_batches")
 RECIPE_FIELDS: dict[int, tuple[str, ...]] = {
     2: _RECIPE_2,
-    3: (*_RECIPE_2, "cycles", "cooldown_s", "warmup_settle_cv_pct", "warmup_max_batches"),
+    3: _RECIPE_3,
+    4: (*_RECIPE_3, "measurement_methodology", "isolated_prefill", "idle_settle_max_s", "device_map", "gpus"),
 }
 SYNTHETIC = "synthetic"
 
@@ -66,6 +68,11 @@ class ResolvedSettings(BaseModel):
     cooldown_s: float = Field(0.0, description="Pause between cycles (recipe 3 on).")
     warmup_settle_cv_pct: float | None = Field(None, description="Warm-up settle threshold (recipe 3 on).")
     warmup_max_batches: int = Field(20, description="Warm-up cap when settling (recipe 3 on).")
+    measurement_methodology: Literal["total", "steady_state"] = Field("total", description="Recipe 4 on.")
+    isolated_prefill: bool = Field(False, description="Prefill measured alone too (recipe 4 on).")
+    idle_settle_max_s: float = Field(0.0, description="Idle settle cap before the baseline (recipe 4 on).")
+    device_map: Any = Field(None, description="Requested split over GPUs, as asked (recipe 4 on).")
+    gpus: int = Field(0, description="CUDA devices holding weights; 0 on CPU (recipe 4 on).")
 
     @field_validator("recipe")
     @classmethod
@@ -110,6 +117,7 @@ def resolve(
     dataset: str,
     tokenizer: str | None,
     backend_options: dict[str, Any] | None = None,
+    gpus: int = 0,
 ) -> ResolvedSettings:
     """``cfg`` with what the run decided; ``dataset`` is ``'synthetic'`` or a ``dataset_digest``."""
     text = dataset != SYNTHETIC
@@ -137,5 +145,10 @@ def resolve(
             "cooldown_s": cfg.cooldown_s,
             "warmup_settle_cv_pct": cfg.warmup_settle_cv_pct,
             "warmup_max_batches": cfg.warmup_max_batches,
+            "measurement_methodology": cfg.measurement_methodology,
+            "isolated_prefill": cfg.isolated_prefill,
+            "idle_settle_max_s": cfg.idle_settle_max_s,
+            "device_map": cfg.device_map,
+            "gpus": gpus if device == "cuda" else 0,
         }
     )

@@ -184,6 +184,7 @@ def _resolve(cfg: ExperimentConfig, loaded: LoadedModel, plan: preflight.Plan) -
         revision=loaded.revision,
         dataset=plan.dataset,
         tokenizer=plan.tokenizer,
+        gpus=len(loaded.cuda_devices),
     )
 
 

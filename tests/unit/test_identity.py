@@ -22,14 +22,16 @@ def _hash(cfg: ExperimentConfig, **resolved: Any) -> str:
 
 def test_recipe_is_pinned_by_a_literal_hash() -> None:
     # If this fails, the hash recipe changed: bump HASH_RECIPE and update README and this literal.
-    assert HASH_RECIPE == 3
-    assert _hash(ExperimentConfig()) == "ce2fdafde6e58290"
+    assert HASH_RECIPE == 4
+    assert _hash(ExperimentConfig()) == "84e74c9d2c43b5b8"
 
 
 def test_older_recipes_keep_their_hash() -> None:
     # Recipe 2 (before cycles existed) must hash exactly as when its results were written.
     recipe_2 = resolve(ExperimentConfig(), **CPU_RANDOM).model_copy(update={"recipe": 2})
     assert recipe_2.measurement_hash() == "1282dc0b043a5956"
+    recipe_3 = resolve(ExperimentConfig(), **CPU_RANDOM).model_copy(update={"recipe": 3})
+    assert recipe_3.measurement_hash() == "ce2fdafde6e58290"
     assert _hash(ExperimentConfig(cycles=5)) != _hash(ExperimentConfig())
     assert _hash(ExperimentConfig(cooldown_s=2)) != _hash(ExperimentConfig())
 
@@ -119,3 +121,14 @@ def test_every_config_field_is_hashed_or_declared_as_where_results_go() -> None:
     where_results_go |= {"carbon_intensity_g_per_kwh", "pue", "gain_uncertainty_pct"}  # derived, not measured
     hashed = set(ResolvedSettings.model_fields)
     assert set(ExperimentConfig.model_fields) - where_results_go <= hashed
+
+
+def test_recipe_4_names_methodology_prefill_settle_and_gpu_split() -> None:
+    base = _hash(ExperimentConfig())
+    assert _hash(ExperimentConfig(measurement_methodology="steady_state")) != base
+    assert _hash(ExperimentConfig(isolated_prefill=True)) != base
+    assert _hash(ExperimentConfig(idle_settle_max_s=30)) != base
+    cuda = dict(device="cuda", precision="bf16")
+    assert _hash(ExperimentConfig(device_map="auto"), **cuda, gpus=2) != _hash(ExperimentConfig(), **cuda, gpus=1)
+    assert _hash(ExperimentConfig(), **cuda, gpus=2) != _hash(ExperimentConfig(), **cuda, gpus=1)
+    assert _hash(ExperimentConfig(), gpus=3) == base  # no GPU counted on CPU

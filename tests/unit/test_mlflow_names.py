@@ -77,6 +77,9 @@ CONFIG_PARAMS = {
     "cycles",
     "cooldown_s",
     "warmup_max_batches",
+    "idle_settle_max_s",
+    "measurement_methodology",
+    "isolated_prefill",
 }
 RESOLVED_PARAMS = {  # prompt_field and tokenizer are null for synthetic prompts: not logged
     "resolved.recipe",
@@ -99,6 +102,10 @@ RESOLVED_PARAMS = {  # prompt_field and tokenizer are null for synthetic prompts
     "resolved.cycles",
     "resolved.cooldown_s",
     "resolved.warmup_max_batches",
+    "resolved.measurement_methodology",
+    "resolved.isolated_prefill",
+    "resolved.idle_settle_max_s",
+    "resolved.gpus",
 }
 
 
@@ -137,7 +144,7 @@ def test_documented_values(sample_result: Sample, tmp_path: Path) -> None:
     assert metrics["compute/flops"] == 32_000_000_000.0
     assert tags["llem.gpu.name"] == "NVIDIA H200" and tags["llem.gpu.count"] == "2"
     assert tags["llem.energy_source"] == "nvml" and tags["llem.schema_version"] == "2.0"
-    assert tags["llem.hash_recipe"] == "3"
+    assert tags["llem.hash_recipe"] == "4"
     assert params["resolved.backend_options"] == "{}"
     assert params["batch_size"] == "2" and params["resolved.precision"] == "bf16"
     assert run.info.run_name == "gpt2-bs2-bf16"
