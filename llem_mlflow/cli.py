@@ -312,6 +312,7 @@ def summary(outcome: Outcome) -> str:
         if r.avg_energy_per_token_j is not None:
             lines.append(_line("energy/token", f"{_joules(r.avg_energy_per_token_j)} per output token"))
     lines.extend(_cycle_lines(r))
+    lines.extend(_method_lines(r))
     if r.warnings:
         lines.append(_line("warnings", f"{len(r.warnings)} (see result.json)"))
     lines.append(_line("result folder", str(outcome.result_dir)))
@@ -342,6 +343,24 @@ def _cycle_lines(r: Any) -> list[str]:
         low, mean, high = (fmt.format(v) for v in (interval.ci95_low, interval.mean, interval.ci95_high))
         cv = f"{interval.cv_pct:.2f}%" if interval.cv_pct is not None else "n/a"
         lines.append(_line(f"  {name}", f"{mean} [{low}, {high}], CV {cv}"))
+    return lines
+
+
+def _method_lines(r: Any) -> list[str]:
+    """Steady-state trimming, isolated prefill and idle settle, where they ran."""
+    lines = []
+    if r.steady_state is not None:
+        trimmed = ", ".join(str(t) for t in r.steady_state.trimmed_batches)
+        lines.append(_line("steady state", f"ramp batches left out per cycle: {trimmed}"))
+    p = r.prefill_isolated
+    if p is not None:
+        energy = f"{_joules(p.per_pass_j)} per pass, " if p.per_pass_j is not None else ""
+        per_token = f", {_joules(p.per_input_token_j)}/input token" if p.per_input_token_j is not None else ""
+        lines.append(_line("prefill alone", f"{energy}{p.per_pass_s * 1000:,.1f} ms per pass{per_token}"))
+    idle = r.idle_settle
+    if idle is not None:
+        state = "settled" if idle.settled else "still drifting (cap reached)"
+        lines.append(_line("idle settle", f"{state} after {idle.waited_s:.1f} s, {idle.last_w:,.1f} W"))
     return lines
 
 

@@ -55,10 +55,13 @@ class ExperimentConfig(BaseModel):
     cooldown_s: float = Field(0.0, ge=0.0, description="Pause between cycles in seconds (GPU idles).")
     baseline_s: float = Field(3.0, ge=0.0, description="Idle-power baseline length in seconds; 0 disables.")
     idle_settle_max_s: float = Field(
-        0.0, ge=0.0, le=600.0, description="Before the baseline, wait up to this long for idle power to settle."
+        0.0,
+        ge=0.0,
+        le=600.0,
+        description="Before the baseline, wait up to this long for idle power to settle",
     )
     measurement_methodology: Literal["total", "steady_state"] = Field(
-        "total", description="total: every measured batch; steady_state: the ramp is trimmed (methodology.md)."
+        "total", description="total: every measured batch; steady_state: the ramp is trimmed (see docs)."
     )
     isolated_prefill: bool = Field(
         False, description="Also measure prefill alone: passes with max_new_tokens=1, in their own window."
@@ -103,7 +106,8 @@ class ExperimentConfig(BaseModel):
             try:
                 return json.loads(value)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"not valid JSON ({exc}); give auto, balanced, sequential or a JSON object") from None
+                msg = f"not valid JSON ({exc}); give auto, balanced, sequential or a JSON object"
+                raise ValueError(msg) from None
         return None if value in ("", "none", "null") else value
 
     @field_serializer("tracking_uri")

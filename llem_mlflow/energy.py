@@ -84,6 +84,37 @@ def measure_window(
     return out, CounterWindow(start_s=start_s, end_s=end_s, energy_j=_deltas(before, after))
 
 
+@dataclass(frozen=True)
+class CounterMark:
+    """Counters read at a CUDA-synced point inside a window: ``at_s`` is taken before the read."""
+
+    at_s: float
+    energy_j: dict[int, float]
+
+
+def read_start(
+    devices: Sequence[GpuDevice], sync: Callable[[], None], clock: Callable[[], float] = time.time
+) -> CounterMark:
+    """Sync, read every counter, take the time (the start-edge order of ``measure_window``)."""
+    sync()
+    energy_j = _read_counters(devices)
+    return CounterMark(at_s=clock(), energy_j=energy_j)
+
+
+def read_mark(
+    devices: Sequence[GpuDevice], sync: Callable[[], None], clock: Callable[[], float] = time.time
+) -> CounterMark:
+    """Sync, take the time, read every counter (the end-edge order of ``measure_window``)."""
+    sync()
+    at_s = clock()
+    return CounterMark(at_s=at_s, energy_j=_read_counters(devices))
+
+
+def window_between(start: CounterMark, end: CounterMark) -> CounterWindow:
+    """The counter window from one mark to a later one (``DeviceError`` if a counter went backwards)."""
+    return CounterWindow(start_s=start.at_s, end_s=end.at_s, energy_j=_deltas(start.energy_j, end.energy_j))
+
+
 def measure_idle(
     devices: Sequence[GpuDevice],
     sync: Callable[[], None],

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
-from llem_mlflow import energy, rapl, workload
+from llem_mlflow import energy, rapl, settle, steady, workload
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.progress import Progress
 from llem_mlflow.protocols import Backend, BatchStats, GpuDevice
 from llem_mlflow.result import CpuEnergy, WarmupRecord
 from llem_mlflow.sampler import PowerSampler
+from llem_mlflow.settle import IdleSettle
 from llem_mlflow.trace import PowerTrace
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,27 @@ class Cycle:
     window: energy.CounterWindow
     cpu_j: dict[str, float] | None = None  # RAPL zone deltas over the window
     starts_s: list[float] = field(default_factory=list)  # wall clock right before each generate()
+    marks: list[energy.CounterMark] = field(default_factory=list)  # steady state: start, batch edges, end
+    ramp: Ramp | None = None  # steady state only: the trimmed leading batches (window/stats: the rest)
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """The leading batches a steady-state cycle left out, and the whole window they were part of."""
+
+    batches: int
+    full: energy.CounterWindow
+    batch_power_w: list[float | None]
+
+
+@dataclass(frozen=True)
+class PrefillWindow:
+    """Isolated prefill: ``passes`` passes over every batch with one new token, in one counter window."""
+
+    passes: int
+    batches_per_pass: int
+    input_tokens_per_pass: int
+    window: energy.CounterWindow
 
 
 @dataclass(frozen=True)
@@ -45,6 +67,8 @@ class Measurement:
     cpu_energy: CpuEnergy | None = None
     idle_after: tuple[float, float] | None = None
     warmup: WarmupRecord | None = None
+    idle_settle: IdleSettle | None = None
+    prefill: PrefillWindow | None = None
 
     @property
     def stats(self) -> list[BatchStats]:
@@ -76,6 +100,7 @@ def measure(
     sampler = PowerSampler(devices, cfg.sampling_interval_s)
     sampler.start()
     try:
+        settled = _settle(cfg, devices, backend, show)
         idle = None
         if devices and cfg.baseline_s > 0:
             show.stage(f"idle baseline {cfg.baseline_s:g} s (model loaded)")
@@ -83,10 +108,13 @@ def measure(
         cycles = [
             _measure_cycle(cfg, backend, devices, groups, index, show, cpu) for index in range(cfg.cycles)
         ]
+        prefill = _isolated_prefill(cfg, backend, devices, groups, show) if cfg.isolated_prefill else None
         idle_after = _idle_after(cfg, devices, backend, show)
     finally:
         trace = sampler.stop()
-    warnings = [w for w in [cpu_warning, *sampler.warnings] if w]
+    if cfg.measurement_methodology == "steady_state":
+        cycles = [_trim_ramp(c, trace, devices) for c in cycles]
+    warnings = [w for w in [cpu_warning, *sampler.warnings, *_steady_warnings(cfg, cycles)] if w]
     return Measurement(
         cycles=cycles,
         idle=idle,
@@ -95,7 +123,76 @@ def measure(
         cpu_energy=_cpu_energy(cycles),
         idle_after=idle_after,
         warmup=warmup,
+        idle_settle=settled,
+        prefill=prefill,
     )
+
+
+def _settle(
+    cfg: ExperimentConfig, devices: Sequence[GpuDevice], backend: Backend, show: Progress
+) -> IdleSettle | None:
+    """Wait for idle power to stop drifting before the baseline (``idle_settle_max_s > 0``)."""
+    if not devices or cfg.idle_settle_max_s <= 0 or cfg.baseline_s <= 0:
+        return None
+    show.stage(f"waiting up to {cfg.idle_settle_max_s:g} s for idle power to settle")
+    backend.synchronize()
+    return settle.settle_idle(lambda: sum(d.power_w() for d in devices), cfg.idle_settle_max_s)
+
+
+#: Isolated prefill: keep making passes until the window spans this many seconds (20 counter updates).
+PREFILL_MIN_S = 2.0
+PREFILL_MAX_PASSES = 1000
+
+
+def _isolated_prefill(
+    cfg: ExperimentConfig,
+    backend: Backend,
+    devices: Sequence[GpuDevice],
+    groups: list[list[list[int]]],
+    show: Progress,
+) -> PrefillWindow:
+    """Whole passes of ``generate(max_new_tokens=1)`` over every batch, until the window is >= 2 s.
+
+    One unmeasured pass over the first batch comes first (the one-token path's own warm-up).
+    """
+    show.stage(f"isolated prefill: passes with one new token, at least {PREFILL_MIN_S:g} s")
+    backend.generate(groups[0], 1)
+    passes = 0
+    tokens = 0
+
+    def body() -> None:
+        nonlocal passes, tokens
+        started = time.perf_counter()
+        while passes < PREFILL_MAX_PASSES and (not passes or time.perf_counter() - started < PREFILL_MIN_S):
+            tokens = sum(backend.generate(group, 1).input_tokens for group in groups)
+            passes += 1
+            backend.synchronize()
+
+    _, window = energy.measure_window(devices, backend.synchronize, body)
+    return PrefillWindow(
+        passes=passes, batches_per_pass=len(groups), input_tokens_per_pass=tokens, window=window
+    )
+
+
+def _trim_ramp(cycle: Cycle, trace: PowerTrace, devices: Sequence[GpuDevice]) -> Cycle:
+    """The cycle's steady part (``steady`` rule): its window starts at the first steady batch."""
+    if len(cycle.marks) != len(cycle.stats) + 1:
+        return cycle  # not measured with batch-edge marks
+    gpus = [d.info.cuda_index for d in devices]
+    powers = steady.batch_power_w(trace, gpus, cycle.starts_s, cycle.window.end_s)
+    cut = steady.ramp_batches(powers)
+    ramp = Ramp(batches=cut, full=cycle.window, batch_power_w=powers)
+    window = energy.window_between(cycle.marks[cut], cycle.marks[-1])
+    return replace(cycle, stats=cycle.stats[cut:], starts_s=cycle.starts_s[cut:], window=window, ramp=ramp)
+
+
+def _steady_warnings(cfg: ExperimentConfig, cycles: list[Cycle]) -> list[str]:
+    if cfg.measurement_methodology != "steady_state" or len(cycles[0].marks) > 2:
+        return []
+    return [
+        "steady_state: each cycle has one batch, so no ramp can be trimmed (the whole window is used); "
+        "use more prompts than batch_size"
+    ]
 
 
 def _idle_after(
@@ -194,17 +291,30 @@ def _measure_cycle(
     show.batch("measure", 0, len(order))
     reads: list[dict[str, int] | None] = []
     starts_s: list[float] = []
+    marks: list[energy.CounterMark] = []
+    steady_state = cfg.measurement_methodology == "steady_state"
+
+    def mark() -> None:  # steady state: counters at every batch edge
+        marks.append(energy.read_mark(devices, backend.synchronize))
 
     def body() -> list[BatchStats]:
         reads.append(cpu.read() if cpu else None)  # CPU counters at the window's inner edges
-        out = _generate_all(backend, order, cfg.max_output_tokens, show, starts_s)
+        out = _generate_all(
+            backend, order, cfg.max_output_tokens, show, starts_s, mark if steady_state else None
+        )
         reads.append(cpu.read() if cpu else None)
         return out
 
-    stats, window = energy.measure_window(devices, backend.synchronize, body)
+    if steady_state:
+        marks.append(energy.read_start(devices, backend.synchronize))
+        stats = body()
+        marks.append(energy.read_mark(devices, backend.synchronize))
+        window = energy.window_between(marks[0], marks[-1])
+    else:
+        stats, window = energy.measure_window(devices, backend.synchronize, body)
     start, end = reads
     cpu_j = cpu.delta_j(start, end) if cpu and start is not None and end is not None else None
-    return Cycle(index=index, stats=stats, window=window, cpu_j=cpu_j, starts_s=starts_s)
+    return Cycle(index=index, stats=stats, window=window, cpu_j=cpu_j, starts_s=starts_s, marks=marks)
 
 
 def _generate_all(
@@ -213,9 +323,13 @@ def _generate_all(
     max_output_tokens: int,
     show: Progress,
     starts_s: list[float],
+    between: Callable[[], None] | None = None,
 ) -> list[BatchStats]:
+    """Every batch in order; ``between`` runs at each inner batch edge (steady state: counter marks)."""
     stats = []
     for i, group in enumerate(groups):
+        if i and between is not None:
+            between()
         starts_s.append(time.time())  # the queue is empty: the last batch's tokens reached the host
         stats.append(backend.generate(group, max_output_tokens))
         show.batch("measure", i + 1, len(groups))

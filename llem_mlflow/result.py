@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.identity import ResolvedSettings
 from llem_mlflow.latency import LatencySummary
+from llem_mlflow.settle import IdleSettle
 from llem_mlflow.stats import Interval
 
 SCHEMA_VERSION: Literal["2.0"] = "2.0"
@@ -146,6 +147,35 @@ class WarmupRecord(_Model):
     settled: bool | None = None  # settle rule only: the CV fell below the threshold before the cap
 
 
+class SteadyState(_Model):
+    """What ``measurement_methodology: steady_state`` left out of each cycle (see ``steady``)."""
+
+    rule: str
+    trimmed_batches: list[int]  # per cycle: leading batches left out as ramp
+    ramp_s: list[float]  # per cycle: from the full window's start to the first steady batch
+    full_window_s: list[float]  # per cycle: the whole window, ramp included
+    full_window_gross_j: list[float] | None = None  # per cycle, counter; null without a GPU
+    batch_power_w: list[list[float | None]]  # per cycle, per batch: mean trace power (the rule's input)
+
+
+class IsolatedPrefill(_Model):
+    """Prefill measured alone: passes of generate(max_new_tokens=1) over every batch, one counter window."""
+
+    method: str
+    passes: int = Field(ge=1)
+    batches_per_pass: int = Field(ge=1)
+    input_tokens_per_pass: int = Field(ge=0)
+    duration_s: float = Field(ge=0)
+    per_pass_s: float = Field(ge=0)
+    gross_j: float | None = None
+    net_j: float | None = None
+    edge_uncertainty_j: float | None = None
+    per_pass_j: float | None = None  # gross / passes
+    net_per_pass_j: float | None = None
+    per_input_token_j: float | None = None  # gross per pass / input tokens per pass
+    net_per_input_token_j: float | None = None
+
+
 class CycleRecord(_Model):
     """One measured cycle (all ``n`` prompts once); energies are null without an NVIDIA GPU."""
 
@@ -186,7 +216,7 @@ class ExperimentResult(_Model):
     schema_version: Literal["2.0"] = SCHEMA_VERSION
     experiment_id: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     measurement_config_hash: str = Field(pattern=r"^[0-9a-f]{16}$")
-    measurement_methodology: Literal["total"] = "total"
+    measurement_methodology: Literal["total", "steady_state"] = "total"
     llem_version: str
     config: ExperimentConfig  # as requested (may say "auto")
     # What was measured, every "auto" resolved; measurement_config_hash is computed from it alone.
@@ -220,6 +250,9 @@ class ExperimentResult(_Model):
     compute: ComputeFigures | None = None
     latency: LatencySummary | None = None  # TTFT and inter-token latency from per-step timings
     phase_energy: PhaseEnergy | None = None  # null without energy or per-step timings
+    prefill_isolated: IsolatedPrefill | None = None  # isolated_prefill runs only
+    steady_state: SteadyState | None = None  # steady_state methodology only
+    idle_settle: IdleSettle | None = None  # idle_settle_max_s > 0 only
     uncertainty: Uncertainty | None = None  # null without energy
     quality_flags: dict[str, str] = Field(default_factory=dict)  # flag name -> message (also in warnings)
     cpu_energy: CpuEnergy | None = None  # null where RAPL cannot be read (the reason is a warning)
@@ -399,6 +432,20 @@ def _extra_metrics(result: ExperimentResult) -> dict[str, _Rounded]:
         "energy/cpu_package_j": (cpu.package_j if cpu else None, _energy_j),
         "energy/cpu_dram_j": (cpu.dram_j if cpu else None, _energy_j),
         "energy/carbon_g": (result.carbon_g, _ratio),
+        **_method_metrics(result),
+    }
+
+
+def _method_metrics(result: ExperimentResult) -> dict[str, _Rounded]:
+    """Isolated prefill, steady-state trimming and idle settle, where they ran."""
+    p, st, idle = result.prefill_isolated, result.steady_state, result.idle_settle
+    return {
+        "energy/prefill_isolated_per_pass_j": (p.per_pass_j if p else None, _energy_j),
+        "energy/prefill_isolated_per_input_token_j": (p.per_input_token_j if p else None, _ratio),
+        "energy/prefill_isolated_net_per_input_token_j": (p.net_per_input_token_j if p else None, _ratio),
+        "time/prefill_isolated_per_pass_s": (p.per_pass_s if p else None, _seconds),
+        "steady/trimmed_batches": (sum(st.trimmed_batches) if st else None, _count),
+        "time/idle_settle_s": (idle.waited_s if idle else None, _seconds),
     }
 
 

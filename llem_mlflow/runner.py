@@ -35,6 +35,7 @@ from llem_mlflow import (
     quality,
     recording,
     stats,
+    steady,
 )
 from llem_mlflow._version import __version__
 from llem_mlflow.config import ExperimentConfig, load_config
@@ -48,7 +49,9 @@ from llem_mlflow.result import (
     CycleStats,
     EnergyBreakdown,
     ExperimentResult,
+    IsolatedPrefill,
     PhaseEnergy,
+    SteadyState,
     Uncertainty,
     Window,
 )
@@ -273,6 +276,7 @@ def _build_result(c: _Context, m: measure.Measurement, backend: Backend) -> Expe
     for w in [*m.warnings, *energy_warnings]:  # the backend already logged its own warnings
         log.warning(w)
     unc, flags = _assess(c, m, infos, breakdown, out_tok)
+    prefill = _prefill_isolated(m, infos, breakdown)
     for flag in flags:
         log.warning(flag.message)
     warnings = [*c.plan.warnings, *c.loaded.warnings, *m.warnings, *energy_warnings]
@@ -314,6 +318,10 @@ def _build_result(c: _Context, m: measure.Measurement, backend: Backend) -> Expe
         compute=_compute(c, m, infos, gross),
         latency=latency.summarize_latency(m.stats),
         phase_energy=_phase_energy(m, infos, gross),
+        prefill_isolated=prefill,
+        steady_state=_steady_state(m, bool(infos)),
+        idle_settle=m.idle_settle,
+        measurement_methodology=c.cfg.measurement_methodology,
         uncertainty=unc,
         quality_flags={f.name: f.message for f in flags},
         cpu_energy=m.cpu_energy,
@@ -349,6 +357,7 @@ def _assess(
         idle_after_w=unc.idle_after_w,
         output_tokens=out_tok,
     )
+    inputs = replace(inputs, steady_state_requested=c.cfg.measurement_methodology == "steady_state")
     return unc, assess.flags(inputs, windows)
 
 
@@ -361,6 +370,57 @@ def _phase_energy(m: measure.Measurement, infos: list[GpuInfo], gross: float | N
     if split is None:
         return None
     return PhaseEnergy(**vars(split), method=phases.METHOD)
+
+
+def _prefill_isolated(
+    m: measure.Measurement, infos: list[GpuInfo], main: EnergyBreakdown | None
+) -> IsolatedPrefill | None:
+    """The isolated-prefill window's figures; net uses the same idle baseline as the cycles."""
+    p = m.prefill
+    if p is None:
+        return None
+    part = energy.build_breakdown(p.window, m.idle, m.trace, infos) if main is not None else None
+    gross, net = (part.gross_j, part.net_j) if part else (None, None)
+    tokens = p.input_tokens_per_pass
+
+    def per(value: float | None, by: float) -> float | None:
+        return None if value is None or not by else value / by
+
+    return IsolatedPrefill(
+        method=(
+            "isolated: whole passes of generate(max_new_tokens=1) over every measured batch in one "
+            f"counter window of at least {measure.PREFILL_MIN_S:g} s, after one unmeasured pass; "
+            "per pass = window energy / passes"
+        ),
+        passes=p.passes,
+        batches_per_pass=p.batches_per_pass,
+        input_tokens_per_pass=tokens,
+        duration_s=p.window.duration_s,
+        per_pass_s=p.window.duration_s / p.passes,
+        gross_j=gross,
+        net_j=net,
+        edge_uncertainty_j=part.edge_uncertainty_j if part else None,
+        per_pass_j=per(gross, p.passes),
+        net_per_pass_j=per(net, p.passes),
+        per_input_token_j=per(per(gross, p.passes), tokens),
+        net_per_input_token_j=per(per(net, p.passes), tokens),
+    )
+
+
+def _steady_state(m: measure.Measurement, with_energy: bool) -> SteadyState | None:
+    """What steady state trimmed from each cycle (None with the ``total`` methodology)."""
+    ramps = [c.ramp for c in m.cycles]
+    if any(r is None for r in ramps):
+        return None
+    done = [(c, r) for c, r in zip(m.cycles, ramps, strict=True) if r is not None]
+    return SteadyState(
+        rule=steady.RULE,
+        trimmed_batches=[r.batches for _, r in done],
+        ramp_s=[c.window.start_s - r.full.start_s for c, r in done],
+        full_window_s=[r.full.duration_s for _, r in done],
+        full_window_gross_j=[sum(r.full.energy_j.values()) for _, r in done] if with_energy else None,
+        batch_power_w=[r.batch_power_w for _, r in done],
+    )
 
 
 def _compute(
