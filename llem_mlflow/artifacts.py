@@ -3,6 +3,9 @@
 
 This is the only module that imports pyarrow (lazily). Every write is atomic: a temp file in the
 target folder, fsync, then ``os.replace``, so a crash never leaves a half-written result.
+
+Trace columns added after the first release (``_ADDED_FIELDS``: ``compute_processes``) may be absent
+from older trace files; those files still load, the missing fields read back as None.
 """
 
 from __future__ import annotations
@@ -32,7 +35,16 @@ _RUN_RECORD_KEYS = ("run_id", "experiment_id", "tracking_uri", "logged_at")
 OTHER_PHASE = "other"
 _META_INTERVAL = b"llem.interval_s"
 _META_WINDOWS = b"llem.windows"
-_NULLABLE_FIELDS = ("temperature_c", "sm_clock_mhz", "utilization_pct", "memory_used_b", "throttle_reasons")
+_NULLABLE_FIELDS = (
+    "temperature_c",
+    "sm_clock_mhz",
+    "utilization_pct",
+    "memory_used_b",
+    "throttle_reasons",
+    "compute_processes",
+)
+#: Nullable columns that older trace files lack; reading such a file leaves them None.
+_ADDED_FIELDS = frozenset({"compute_processes"})
 
 
 def result_dir(output_dir: Path, experiment_id: str) -> Path:
@@ -96,6 +108,8 @@ def write_trace_parquet(
 def read_trace_parquet(path: Path) -> PowerTrace:
     """Read a trace written by ``write_trace_parquet`` back into a PowerTrace (same sample order).
 
+    A file without an ``_ADDED_FIELDS`` column (written by an older version) reads with those fields None.
+
     Raises:
         TrackingError: the file is missing or is not an llem power trace.
     """
@@ -107,7 +121,7 @@ def read_trace_parquet(path: Path) -> PowerTrace:
     except (OSError, pa.ArrowException) as exc:
         raise TrackingError(f"cannot read power trace {path}: {exc}") from exc
     meta = table.schema.metadata or {}
-    missing = {f.name for f in _schema()} - set(table.column_names)
+    missing = {f.name for f in _schema()} - _ADDED_FIELDS - set(table.column_names)
     if _META_INTERVAL not in meta or missing:
         raise TrackingError(f"{path} is not an llem power trace (missing {sorted(missing) or 'metadata'})")
     rows = table.drop_columns(["phase"]).to_pylist()
@@ -164,6 +178,7 @@ def _schema() -> pa.Schema:
             pa.field("utilization_pct", pa.float64()),
             pa.field("memory_used_b", pa.int64()),
             pa.field("throttle_reasons", pa.int64()),
+            pa.field("compute_processes", pa.int32()),
             pa.field("phase", pa.string(), nullable=False),
         ]
     )

@@ -110,9 +110,19 @@ def quality_inputs(
         temperatures_c=_hottest_gpu_temperatures(trace, gpus, windows),
         idle_before_w=idle_before_w,
         idle_after_w=idle_after_w,
+        other_processes=_other_processes(inside),
         energy_per_token_j=breakdown.gross_j / output_tokens if breakdown and output_tokens else None,
         power_limit_w=sum(x for x in limits if x is not None) if limits and None not in limits else None,
     )
+
+
+def _other_processes(samples: Sequence[TraceSample]) -> int | None:
+    """Most other compute processes any sample saw: NVML's count less this process (``quality`` docstring).
+
+    None when no sample has a count; a count of 0 (NVML sees no process, e.g. in a container) is 0 others.
+    """
+    counts = [s.compute_processes for s in samples if s.compute_processes is not None]
+    return max((max(count - 1, 0) for count in counts), default=None)
 
 
 def flags(inputs: quality.QualityInputs, windows: Sequence[Span]) -> list[quality.QualityFlag]:

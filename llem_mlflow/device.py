@@ -11,6 +11,9 @@ Readings and units:
 * ``power_w`` reads the instant field ``NVML_FI_DEV_POWER_INSTANT`` (mW, microseconds per call). On
   Hopper ``nvmlDeviceGetPowerUsage`` is a 1 s average, so it is only the fallback when the field is not
   supported; ``NvmlDevice.power_field`` says which one is in use ("instant" or "average").
+* ``slow_reading().compute_processes`` is the length of ``nvmlDeviceGetComputeRunningProcesses``: the
+  compute processes on the GPU, this one included. Only the count is kept: inside a container NVML may
+  list host PIDs (not ours) or nothing at all, so PIDs cannot be matched to ``os.getpid()``.
 
 CUDA devices are matched to NVML by UUID, then by PCI bus id, never by index: CUDA_VISIBLE_DEVICES
 and CUDA_DEVICE_ORDER make the two index spaces differ.
@@ -94,7 +97,10 @@ class NvmlDevice:
             ) from e
 
     def slow_reading(self) -> SlowReading:
-        """Temperature, SM clock, utilization, memory used and clock-event reasons (None when unavailable)."""
+        """Temperature, SM clock, utilization, memory used, clock-event reasons and compute processes.
+
+        Each is None when NVML cannot give it.
+        """
         nvml, handle = self._nvml, self._handle
         util = _optional(nvml, lambda: nvml.nvmlDeviceGetUtilizationRates(handle))
         memory = _optional(nvml, lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
@@ -108,7 +114,19 @@ class NvmlDevice:
             utilization_pct=None if util is None else float(util.gpu),
             memory_used_b=None if memory is None else int(memory.used),
             throttle_reasons=self._clock_event_reasons(),
+            compute_processes=self._compute_processes(),
         )
+
+    def _compute_processes(self) -> int | None:
+        """How many compute processes NVML lists; the v2 call where the driver lacks the newest one."""
+        nvml, handle = self._nvml, self._handle
+        # pynvml raises NVMLLibraryMismatchError (not an NVMLError) when the driver lacks the v3 call
+        mismatch = getattr(nvml, "NVMLLibraryMismatchError", nvml.NVMLError)
+        try:
+            processes = _optional(nvml, lambda: nvml.nvmlDeviceGetComputeRunningProcesses(handle))
+        except mismatch:
+            processes = _optional(nvml, lambda: nvml.nvmlDeviceGetComputeRunningProcesses_v2(handle))
+        return None if processes is None else len(processes)
 
     def _clock_event_reasons(self) -> int | None:
         nvml, handle = self._nvml, self._handle

@@ -44,6 +44,9 @@ class SlowReading:
     utilization_pct: float | None
     memory_used_b: int | None
     throttle_reasons: int | None
+    # compute processes NVML lists on this GPU, this one included (0 can also mean NVML cannot see
+    # them, e.g. in a container); None when NVML cannot say
+    compute_processes: int | None = None
 
 
 class GpuDevice(Protocol):
@@ -63,7 +66,7 @@ class GpuDevice(Protocol):
         ...
 
     def slow_reading(self) -> SlowReading:
-        """Temperature, SM clock, utilization, memory used, throttle reasons."""
+        """Temperature, SM clock, utilization, memory used, throttle reasons, compute processes."""
         ...
 
 

@@ -23,8 +23,16 @@ Rules and thresholds:
 - ``temperature_drift``: the temperature rose by more than ``MAX_TEMPERATURE_RISE_C`` (10 degC) over the
   window: last minus first valid (not None, finite) sample; the GPU was not thermally steady, so power
   (leakage grows with temperature) drifted too. A fall does not fire.
-- ``other_processes``: another compute process was seen on the GPUs during the window; the counter is
-  per board, so its energy is counted too.
+- ``other_processes``: another compute process was seen on the measured GPUs during the window; the
+  counter is per board, so its energy is counted too. The rule counts, it does not match PIDs: inside a
+  container NVML may list host PIDs (never equal to ``os.getpid()``) or none at all. Each trace sample
+  in a window carries the number of compute processes NVML listed on its GPU
+  (``nvmlDeviceGetComputeRunningProcesses``); this process holds a CUDA context on every measured GPU,
+  so it is one of them and the others are ``max(count - 1, 0)``. A count of 0 means NVML cannot see the
+  processes (e.g. a container without the host PID namespace) and counts as 0 others: such a run is
+  never flagged. ``other_processes`` is the largest number of others any sample of any measured GPU
+  saw inside the windows (samples during idle or between windows are ignored); None when no sample
+  has a count (NVML could not list processes), and then the rule does not fire.
 - ``idle_drift``: idle power after the window differs from idle power before it by more than
   ``MAX_IDLE_DRIFT_FRACTION`` (10 %) of the before value AND by more than ``MAX_IDLE_DRIFT_W`` (5 W); the
   baseline subtracted for net energy was then not stable. Both must hold so that a few watts on a low
@@ -102,7 +110,7 @@ class QualityInputs:
     temperatures_c: list[float | None] = field(default_factory=list)  # one GPU's window samples, in order
     idle_before_w: float | None = None  # idle power measured before the window
     idle_after_w: float | None = None  # idle power measured after the window
-    other_processes: int | None = None  # other compute processes seen on the GPUs during the window
+    other_processes: int | None = None  # most other compute processes one sample saw (count - 1)
     energy_per_token_j: float | None = None
     power_limit_w: float | None = None  # sum over the GPUs whose energy is counted
     steady_state_requested: bool = False
@@ -173,13 +181,14 @@ def check_temperature_drift(temperatures_c: Sequence[float | None]) -> QualityFl
 
 
 def check_other_processes(other_processes: int | None) -> QualityFlag | None:
-    """Fires when ``other_processes > 0``."""
+    """Fires when ``other_processes > 0`` (NVML's process count less this process, see the docstring)."""
     if other_processes is None or other_processes <= 0:
         return None
     return QualityFlag(
         "other_processes",
-        f"{other_processes} other compute process(es) ran on the measured GPUs during the window; "
-        "the energy counter is per board, so their energy is included.",
+        f"NVML listed up to {other_processes} compute process(es) besides this one on a measured GPU "
+        "during the window (processes listed minus this process); the energy counter is per board, so "
+        "their energy is included. Run on GPUs no other process uses (`nvidia-smi`).",
     )
 
 

@@ -133,4 +133,5 @@ def _make_sample(timestamp_s: float, gpu: int, power_w: float, reading: SlowRead
         utilization_pct=reading.utilization_pct,
         memory_used_b=reading.memory_used_b,
         throttle_reasons=reading.throttle_reasons,
+        compute_processes=reading.compute_processes,
     )

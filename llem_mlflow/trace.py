@@ -20,6 +20,7 @@ class TraceSample:
     utilization_pct: float | None = None
     memory_used_b: int | None = None
     throttle_reasons: int | None = None
+    compute_processes: int | None = None  # NVML's count on this GPU, this process included
 
 
 @dataclass

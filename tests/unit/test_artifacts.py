@@ -97,6 +97,7 @@ def test_trace_parquet_schema_and_phases(tmp_path: Path, sample_result: Sample) 
         "utilization_pct": "double",
         "memory_used_b": "int64",
         "throttle_reasons": "int64",
+        "compute_processes": "int32",
         "phase": "string",
     }
     assert table.num_rows == len(trace.samples)
@@ -131,6 +132,46 @@ def test_sample_without_optional_fields_round_trips(tmp_path: Path) -> None:
     path = artifacts.write_trace_parquet(trace, tmp_path, {"measure": (0.0, 1.0)})
     assert artifacts.read_trace_parquet(path) == trace
     assert pq.read_table(path).column("phase").to_pylist() == ["other"]
+
+
+def _process_trace() -> PowerTrace:
+    counts = [None, 0, 1, 2, None]
+    samples = [
+        TraceSample(timestamp_s=float(i), gpu=0, power_w=100.0, compute_processes=c)
+        for i, c in enumerate(counts)
+    ]
+    return PowerTrace(interval_s=1.0, samples=samples)
+
+
+def test_compute_processes_column_round_trips_with_nulls(tmp_path: Path) -> None:
+    trace = _process_trace()
+    path = artifacts.write_trace_parquet(trace, tmp_path, {"measure": (1.0, 3.0)})
+    assert pq.read_table(path).column("compute_processes").to_pylist() == [None, 0, 1, 2, None]
+    assert artifacts.read_trace_parquet(path) == trace
+
+
+def test_trace_written_before_compute_processes_still_loads(tmp_path: Path) -> None:
+    path = artifacts.write_trace_parquet(_process_trace(), tmp_path, {"measure": (1.0, 3.0)})
+    table = pq.read_table(path)
+    pq.write_table(table.drop_columns(["compute_processes"]), path)  # keeps the schema metadata
+    old = artifacts.read_trace_parquet(path)
+    assert [s.compute_processes for s in old.samples] == [None] * 5
+    assert [s.power_w for s in old.samples] == [100.0] * 5 and old.interval_s == 1.0
+
+
+@pytest.mark.parametrize("name", ["h200_gpt2", "h200_gpt2_bs8", "h200_gpt2_bs16"])
+def test_committed_fixture_traces_without_compute_processes_load(name: str) -> None:
+    path = Path(__file__).resolve().parents[1] / "fixtures" / name / "timeseries.parquet"
+    assert "compute_processes" not in pq.read_schema(path).names  # written before the column existed
+    trace = artifacts.read_trace_parquet(path)
+    assert trace.samples and all(s.compute_processes is None for s in trace.samples)
+
+
+def test_read_trace_still_requires_the_original_columns(tmp_path: Path) -> None:
+    path = artifacts.write_trace_parquet(_process_trace(), tmp_path, {})
+    pq.write_table(pq.read_table(path).drop_columns(["throttle_reasons"]), path)
+    with pytest.raises(TrackingError, match="throttle_reasons"):
+        artifacts.read_trace_parquet(path)
 
 
 def test_written_files_follow_the_umask(tmp_path: Path, cpu_result: ExperimentResult) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from llem_mlflow import assess
+from llem_mlflow import assess, quality
 from llem_mlflow.config import ExperimentConfig
-from llem_mlflow.protocols import CudaDeviceId, SlowReading
+from llem_mlflow.protocols import CudaDeviceId, GpuInfo, SlowReading
 from llem_mlflow.result import EnergyBreakdown, GpuEnergy
 from llem_mlflow.runner import GpuSet, execute
 from llem_mlflow.trace import PowerTrace, TraceSample
@@ -65,3 +65,70 @@ def test_a_clean_run_has_no_flags(tmp_path: Path) -> None:
     r = _gpu_run(tmp_path, cool, [0.0, 0.0, 100.0, 1100.0]).result  # type: ignore[attr-defined]
     flags = set(r.quality_flags) - {"short_window", "energy_per_token_out_of_bounds"}
     assert flags == set(), r.quality_flags
+
+
+# other_processes: NVML's process count per sample, less this process -----------------------------
+
+WINDOWS = [(10.0, 12.0), (20.0, 22.0)]
+
+
+def _infos() -> list[GpuInfo]:
+    return [FakeDevice(cuda_index=i, uuid=f"GPU-fake-{i}").info for i in (0, 1)]
+
+
+def _counted(counts: dict[tuple[int, float], int | None]) -> PowerTrace:
+    """One sample per (gpu, time) with that count; every second from 9 s to 23 s for GPUs 0 and 1."""
+    samples = [
+        TraceSample(timestamp_s=float(t), gpu=gpu, power_w=100.0, compute_processes=counts.get((gpu, t), 1))
+        for gpu in (0, 1)
+        for t in range(9, 24)
+    ]
+    return PowerTrace(interval_s=1.0, samples=samples)
+
+
+def _other_processes(trace: PowerTrace) -> int | None:
+    inputs = assess.quality_inputs(
+        breakdown=None, unc=None, trace=trace, infos=_infos(), windows=WINDOWS,
+        idle_before_w=None, idle_after_w=None, output_tokens=100,
+    )  # fmt: skip
+    return inputs.other_processes
+
+
+@pytest.mark.parametrize(
+    ("counts", "others"),
+    [
+        ({}, 0),  # only this process, everywhere
+        ({(1, 21): 2}, 1),  # a second process on GPU 1 inside the second window
+        ({(0, 11): 3, (1, 20): 2}, 2),  # the most any one sample saw, not a sum
+        ({(0, 10): 0, (0, 11): 0}, 0),  # NVML lists nothing (a container): cannot tell, 0 others
+        ({(0, 9): 4, (1, 15): 5, (0, 23): 3}, 0),  # before, between and after the windows: ignored
+    ],
+)
+def test_other_processes_counts_inside_the_windows(counts: dict[tuple[int, float], int], others: int) -> None:
+    assert _other_processes(_counted(counts)) == others
+
+
+def test_other_processes_unknown_without_any_count() -> None:
+    trace = _counted({(gpu, t): None for gpu in (0, 1) for t in range(9, 24)})
+    assert _other_processes(trace) is None
+    old = PowerTrace(interval_s=1.0, samples=[TraceSample(timestamp_s=11.0, gpu=0, power_w=1.0)])
+    assert _other_processes(old) is None
+
+
+def test_a_process_seen_only_during_idle_does_not_fire() -> None:
+    others = _other_processes(_counted({(0, 9): 2, (1, 23): 2}))
+    assert others == 0
+    inputs = quality.QualityInputs(window_s=4.0, output_tokens=1, other_processes=others)
+    assert "other_processes" not in {f.name for f in quality.evaluate(inputs)}
+
+
+@pytest.mark.parametrize(("count", "fires"), [(2, True), (1, False), (None, False)])
+def test_other_processes_flag_reaches_the_result(tmp_path: Path, count: int | None, fires: bool) -> None:
+    cool = SlowReading(temperature_c=40.0, sm_clock_mhz=1980.0, utilization_pct=99.0, memory_used_b=1,
+                       throttle_reasons=0, compute_processes=count)  # fmt: skip
+    r = _gpu_run(tmp_path, cool, [0.0, 0.0, 100.0, 1100.0]).result  # type: ignore[attr-defined]
+    assert ("other_processes" in r.quality_flags) is fires, r.quality_flags
+    if fires:
+        message = r.quality_flags["other_processes"]
+        assert "up to 1 compute process(es) besides this one" in message and message in r.warnings
+        assert r.mlflow_tags()["llem.quality.other_processes"] == message

@@ -29,12 +29,19 @@ class FakeGpu:
     fail_energy: bool = False
     fail_temperature: bool = False
     has_event_reasons: bool = True
+    pids: list[int] | None = None  # compute processes listed; None: the call is not supported
+    only_v2_processes: bool = False  # the driver lacks the v3 process call (pynvml: library mismatch)
+
+
+class FakeLibraryMismatchError(Exception):
+    """Stands in for pynvml.NVMLLibraryMismatchError, which is not an NVMLError."""
 
 
 class FakeNvml:
     """The subset of pynvml that llem_mlflow.device uses; strings returned as bytes like older pynvml."""
 
     NVMLError = FakeNVMLError
+    NVMLLibraryMismatchError = FakeLibraryMismatchError
     NVML_FI_DEV_POWER_INSTANT = 186
     NVML_TEMPERATURE_GPU = 0
     NVML_CLOCK_SM = 1
@@ -146,6 +153,16 @@ class FakeNvml:
 
     def nvmlDeviceGetCurrentClocksThrottleReasons(self, h: FakeGpu) -> int:
         return 0x20
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h: FakeGpu) -> list[Any]:
+        if h.only_v2_processes:
+            raise FakeLibraryMismatchError("use a versioned function")
+        return self.nvmlDeviceGetComputeRunningProcesses_v2(h)
+
+    def nvmlDeviceGetComputeRunningProcesses_v2(self, h: FakeGpu) -> list[Any]:
+        if h.pids is None:
+            raise FakeNVMLError("Not Supported")
+        return [SimpleNamespace(pid=pid, usedGpuMemory=1 << 20) for pid in h.pids]
 
 
 def three_gpus() -> list[FakeGpu]:
@@ -270,6 +287,28 @@ def test_throttle_reasons_fall_back_to_old_call() -> None:
     session, _ = open_fake(gpus)
     [device] = session.devices_for([CudaDeviceId(0, "GPU-000", None)])
     assert device.slow_reading().throttle_reasons == 0x20
+
+
+@pytest.mark.parametrize(
+    ("pids", "count"),
+    [([4242], 1), ([4242, 977], 2), ([], 0), (None, None)],  # None: NVML says Not Supported
+)
+def test_compute_processes_is_the_length_of_nvml_list(pids: list[int] | None, count: int | None) -> None:
+    gpus = three_gpus()
+    gpus[1].pids = pids
+    session, _ = open_fake(gpus)
+    [device] = session.devices_for([CudaDeviceId(0, "GPU-111", None)])
+    reading = device.slow_reading()
+    assert reading.compute_processes == count
+    assert reading.temperature_c == 41.0  # the other readings are unaffected
+
+
+def test_compute_processes_fall_back_to_v2_call_on_library_mismatch() -> None:
+    gpus = three_gpus()
+    gpus[0].pids, gpus[0].only_v2_processes = [1, 2, 3], True
+    session, _ = open_fake(gpus)
+    [device] = session.devices_for([CudaDeviceId(0, "GPU-000", None)])
+    assert device.slow_reading().compute_processes == 3
 
 
 def test_session_versions_and_all_gpus_with_str_returns() -> None:

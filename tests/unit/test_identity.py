@@ -129,6 +129,8 @@ def test_recipe_4_names_methodology_prefill_settle_and_gpu_split() -> None:
     assert _hash(ExperimentConfig(isolated_prefill=True)) != base
     assert _hash(ExperimentConfig(idle_settle_max_s=30)) != base
     cuda = dict(device="cuda", precision="bf16")
-    assert _hash(ExperimentConfig(device_map="auto"), **cuda, gpus=2) != _hash(ExperimentConfig(), **cuda, gpus=1)
+    assert _hash(ExperimentConfig(device_map="auto"), **cuda, gpus=2) != _hash(
+        ExperimentConfig(), **cuda, gpus=1
+    )
     assert _hash(ExperimentConfig(), **cuda, gpus=2) != _hash(ExperimentConfig(), **cuda, gpus=1)
     assert _hash(ExperimentConfig(), gpus=3) == base  # no GPU counted on CPU

@@ -170,7 +170,8 @@ def test_other_processes(count: int | None, fires: bool) -> None:
     flag = check_other_processes(count)
     assert _name(flag) == ("other_processes" if fires else None)
     if flag is not None:
-        assert str(count) in flag.message
+        assert f"up to {count} compute process(es) besides this one" in flag.message
+        assert "processes listed minus this process" in flag.message  # names the counting rule
 
 
 # idle_drift ------------------------------------------------------------------------------------

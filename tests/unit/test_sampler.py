@@ -5,6 +5,7 @@ No timing assertions: tests wait (with a generous liveness bound) until enough r
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import pytest
 from llem_mlflow.errors import ConfigError, DeviceError
 from llem_mlflow.protocols import SlowReading
 from llem_mlflow.sampler import PowerSampler
-from tests.fakes import FakeDevice
+from tests.fakes import DEFAULT_SLOW, FakeDevice
 
 
 def wait_until(predicate: Callable[[], bool], limit_s: float = 20.0) -> None:
@@ -76,6 +77,18 @@ def test_slow_every_one_reads_slow_fields_on_every_sample() -> None:
     trace = sampler.stop()
     assert all(s.utilization_pct == 50.0 for s in trace.samples)
     assert device.slow_reads == len(trace.samples)
+
+
+def test_compute_processes_are_copied_into_slow_samples_only() -> None:
+    device = FakeDevice(slow=dataclasses.replace(DEFAULT_SLOW, compute_processes=2))
+    sampler = PowerSampler([device], interval_s=0.001, slow_every=3)
+    sampler.start()
+    wait_until(lambda: device.power_reads >= 10)
+    trace = sampler.stop()
+    with_slow = [s for s in trace.samples if s.temperature_c is not None]
+    assert 2 <= len(with_slow) == device.slow_reads < len(trace.samples)
+    assert all(s.compute_processes == 2 for s in with_slow)
+    assert all(s.compute_processes is None for s in trace.samples if s.temperature_c is None)
 
 
 def test_failing_device_warns_once_and_others_keep_sampling() -> None:
