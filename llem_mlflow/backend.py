@@ -16,11 +16,20 @@ the HF cache or hub) and keeps it, so ``load()`` does not fetch it again. Tokeni
 the model's own tokenizer (local folder, HF cache, or hub when reachable); when it cannot be had and
 weights are ``random`` or ``auto``, the byte-level fallback of ``llem_mlflow.tokenizers`` with a
 warning; with ``pretrained``, a ``BackendError``.
+
+Several GPUs (``device_map``, CUDA only, needs ``accelerate``, imported lazily here and nowhere else):
+``balanced`` is our own even split of the decoder layers over every visible GPU in contiguous blocks
+(``balanced_device_map``, a pure function of the module names); ``auto`` and ``sequential`` are accelerate's
+``infer_auto_device_map``; an explicit ``{module: gpu}`` is checked against the architecture on the meta
+device before any weight loads (``plan_placement``). Pretrained weights load with
+``from_pretrained(device_map=...)``; random ones are built as on one GPU (same seed, same weights, when they
+fit on the current GPU; else on the CPU, with a warning) and then dispatched with accelerate's hooks.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import inspect
 import logging
 import os
@@ -28,8 +37,9 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -460,6 +470,280 @@ def left_pad(batch: list[list[int]], pad_id: int) -> tuple[list[list[int]], list
     return ids, mask
 
 
+# ---------------------------------------------------------------- several GPUs (device_map)
+
+#: device_map strategies computed here (balanced) or by accelerate (auto, sequential).
+MAP_STRATEGIES = ("auto", "balanced", "sequential")
+_ACCELERATE_HINT = 'pip install "accelerate>=1.0" (or the extra: pip install "llem-mlflow[multi-gpu]")'
+_NUMBERED = re.compile(r"^(.+)\.(\d+)$")
+_FINAL_NORM = re.compile(r"(?:^|\.)(?:ln_f|norm|norm_f|final_norm|final_layer_norm|final_layernorm)$")
+_LISTED = 8  # names shown in one error message
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a split model's modules go: ``{module name: CUDA index}``, and its weight bytes."""
+
+    device_map: dict[str, int]
+    weight_bytes: int
+
+
+def gpu_index(value: object) -> int:
+    """A device_map value as a CUDA index: an integer >= 0, ``"N"`` or ``"cuda:N"``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = re.fullmatch(r"(?:cuda:)?(\d+)", value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigError(
+            f"device_map: {value!r} is not a GPU; give each module a GPU index (0, 1, ...) or 'cuda:N' "
+            "(the whole model stays on GPUs: no cpu or disk offload)"
+        )
+    return int(match.group(1))
+
+
+def device_map_request(device_map: str | dict[str, Any] | None, device: str) -> str | dict[str, int] | None:
+    """The checked device_map argument: a strategy name, ``{module: CUDA index}``, or None (one device)."""
+    if device_map is None:
+        return None
+    if device == "cpu":
+        raise ConfigError(
+            "device_map splits the model over GPUs and cannot be used with device=cpu; "
+            "set device=cuda (or auto), or remove device_map to run on one device"
+        )
+    if isinstance(device_map, str):
+        if device_map not in MAP_STRATEGIES:
+            raise ConfigError(
+                f"device_map must be {', '.join(MAP_STRATEGIES)} or a {{module: gpu}} object, "
+                f"not {device_map!r}"
+            )
+        return device_map
+    if not device_map:
+        raise ConfigError("device_map is an empty object; name each module's GPU, or use device_map=balanced")
+    return {str(name): gpu_index(value) for name, value in device_map.items()}
+
+
+def _names(items: list[str]) -> str:
+    shown = ", ".join(items[:_LISTED])
+    return shown + (f" and {len(items) - _LISTED} more" if len(items) > _LISTED else "")
+
+
+def decoder_layers(module_names: Sequence[str]) -> tuple[str, list[str]]:
+    """(name of the decoder layer list, its layers in order): the shallowest module with numbered children."""
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for name in module_names:
+        match = _NUMBERED.match(name)
+        if match:
+            groups.setdefault(match.group(1), []).append((int(match.group(2)), name))
+    if not groups:
+        raise ConfigError(
+            "device_map=balanced found no list of decoder layers (modules named <list>.<n>) in this model; "
+            "use device_map=auto or an explicit {module: gpu} map"
+        )
+    parent = min(groups, key=lambda prefix: (prefix.count("."), -len(groups[prefix])))
+    return parent, [name for _, name in sorted(groups[parent])]
+
+
+def layer_devices(n_layers: int, n_devices: int) -> list[int]:
+    """The device of each layer: contiguous blocks differing by at most one layer, larger blocks first."""
+    base, extra = divmod(n_layers, n_devices)
+    devices: list[int] = []
+    for device in range(n_devices):
+        devices += [device] * (base + (1 if device < extra else 0))
+    return devices
+
+
+def _side_device(name: str, after_layers: bool, head: str | None, tied_head: bool, last: int) -> int:
+    """Device of a module beside the layers: head and final norm on the last device, the rest first."""
+    if name == head:
+        return 0 if tied_head else last  # a tied head shares the input embeddings' weight: keep them together
+    return last if after_layers and _FINAL_NORM.search(name) else 0
+
+
+def balanced_device_map(
+    module_names: Sequence[str], n_devices: int, head: str | None = "lm_head", tied_head: bool = False
+) -> dict[str, int]:
+    """Our even split: ``{module name: device index}`` from the model's module names alone.
+
+    ``module_names`` are ``model.named_modules()`` names in registration order. The decoder layers (the
+    shallowest list of numbered modules) go over devices ``0..n_devices-1`` in contiguous blocks of equal size
+    (earlier blocks one larger when it does not divide). Every other module beside the path to the layers
+    goes to device 0 (embeddings, position/rotary embeddings, dropout), except the final norm (a ``norm`` or
+    ``ln_f`` registered after the layers) and the output ``head``, which go to the last device; a head tied to
+    the input embeddings (``tied_head``) stays on device 0 with them, so the shared weight exists once.
+    """
+    if n_devices < 1:
+        raise ValueError("n_devices must be at least 1")
+    layer_list, layers = decoder_layers(module_names)
+    device_map = dict(zip(layers, layer_devices(len(layers), n_devices), strict=True))
+    parts = layer_list.split(".")
+    path = [".".join(parts[:depth]) for depth in range(len(parts))]  # "" (the model) to the list's parent
+    on_path = {*path, layer_list}
+    for parent in path:
+        after_layers = False
+        for child in (n for n in module_names if n and n.rpartition(".")[0] == parent):
+            if child in on_path:
+                after_layers = True
+                continue
+            device_map[child] = _side_device(child, after_layers, head, tied_head, n_devices - 1)
+    return {name: device_map[name] for name in module_names if name in device_map}  # model order
+
+
+def mapped_device(name: str, device_map: Mapping[str, int]) -> int | None:
+    """The device of module or tensor ``name``: its longest covering key (``""`` covers everything)."""
+    probe = name
+    while probe not in device_map:
+        if not probe:
+            return None
+        probe = probe.rpartition(".")[0]
+    return device_map[probe]
+
+
+def device_map_problems(
+    device_map: Mapping[str, int],
+    module_names: Sequence[str],
+    tensor_names: Sequence[str],
+    n_devices: int,
+    tied_groups: Sequence[Sequence[str]] = (),
+) -> list[str]:
+    """What is wrong with ``device_map`` for a model with these modules and tensors, each said in a phrase."""
+    known = set(module_names)
+    problems = []
+    unknown = [name for name in device_map if name and name not in known]
+    if unknown:
+        examples = [name for name in module_names if name and name.count(".") <= 1]
+        problems.append(f"no module named {_names(unknown)} (modules include {_names(examples)})")
+    absent = sorted({f"cuda:{index}" for index in device_map.values() if index >= n_devices})
+    if absent:
+        problems.append(f"{', '.join(absent)} not visible (torch sees {n_devices} GPU(s))")
+    unplaced = [name for name in tensor_names if mapped_device(name, device_map) is None]
+    owners = [name.rpartition(".")[0] or name for name in unplaced]
+    if owners:
+        problems.append(f"no GPU for {_names(list(dict.fromkeys(owners)))}: give them (or a parent) a GPU")
+    for group in tied_groups:
+        if len({mapped_device(name, device_map) for name in group}) > 1:
+            problems.append(f"tied weights {' = '.join(group)} must be on one GPU")
+    return problems
+
+
+def _accelerate() -> Any:
+    """The accelerate package, imported lazily; a BackendError saying how to install it when missing."""
+    try:
+        import accelerate
+    except ImportError:
+        raise BackendError(f"device_map needs the accelerate package: {_ACCELERATE_HINT}") from None
+    return accelerate
+
+
+def _skeleton(config: Any, dtype: Any) -> Any:
+    """The architecture on the meta device: module names, sizes and ties, with no memory and no init."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    auto_model: Any = AutoModelForCausalLM  # untyped vendor API
+    with torch.device("meta"):
+        return auto_model.from_config(copy.deepcopy(config), **_dtype_kwargs(dtype))
+
+
+def _module_name(model: Any, module: Any) -> str | None:
+    return next((name for name, candidate in model.named_modules() if candidate is module), None)
+
+
+def _head_facts(model: Any) -> tuple[str | None, bool]:
+    """(name of the output head module, whether its weight is the input embeddings' weight)."""
+    head = model.get_output_embeddings()
+    if head is None:
+        return None, False
+    tied = getattr(head, "weight", None) is getattr(model.get_input_embeddings(), "weight", False)
+    return _module_name(model, head), tied
+
+
+def _accelerate_map(skeleton: Any, strategy: str, n_devices: int, dtype: Any) -> dict[str, int]:
+    """accelerate's ``infer_auto_device_map`` over the visible GPUs (``auto`` balances their memory first)."""
+    utils = _accelerate().utils
+    no_split = sorted(getattr(skeleton, "_no_split_modules", None) or [])
+    memory = {k: v for k, v in utils.get_max_memory().items() if isinstance(k, int) and k < n_devices}
+    if strategy == "auto":
+        memory = utils.get_balanced_memory(skeleton, memory, no_split_module_classes=no_split, dtype=dtype)
+    raw = utils.infer_auto_device_map(skeleton, memory, no_split_module_classes=no_split, dtype=dtype)
+    offloaded = [name for name, device in raw.items() if not isinstance(device, int)]
+    if offloaded:
+        raise BackendError(
+            f"device_map={strategy}: the model does not fit in the free memory of {n_devices} GPU(s) "
+            f"({_names(offloaded)} would go to cpu/disk); free GPU memory, use a lower precision or more GPUs"
+        )
+    return {name: int(device) for name, device in raw.items()}
+
+
+def plan_placement(skeleton: Any, request: str | dict[str, int], n_devices: int, dtype: Any) -> Placement:
+    """The checked ``{module: CUDA index}`` for ``request`` on a meta ``skeleton``; ConfigError if wrong."""
+    module_names = [name for name, _ in skeleton.named_modules()]
+    if isinstance(request, dict):
+        device_map = dict(request)
+    elif request == "balanced":
+        device_map = balanced_device_map(module_names, n_devices, *_head_facts(skeleton))
+    else:
+        device_map = _accelerate_map(skeleton, request, n_devices, dtype)
+    tensors = [n for n, _ in skeleton.named_parameters(remove_duplicate=False)]
+    tensors += [n for n, _ in skeleton.named_buffers(remove_duplicate=False)]
+    tied = _accelerate().utils.find_tied_parameters(skeleton)
+    problems = device_map_problems(device_map, module_names, tensors, n_devices, tied)
+    if problems:
+        raise ConfigError(f"device_map: {'; '.join(problems)}")
+    weight_bytes = sum(p.numel() * p.element_size() for p in skeleton.parameters())
+    return Placement(device_map, int(weight_bytes))
+
+
+def dispatch(model: Any, device_map: Mapping[str, int], devices: Sequence[Any]) -> Any:
+    """Place ``model``'s modules with accelerate: module -> ``devices[index]``, with hooks when split.
+
+    The hooks move each module's inputs to its device and the model's outputs back to the input embeddings'
+    device; the generation cache is left where each layer put it (``_skip_keys_device_placement``).
+    accelerate re-ties tied weights afterwards.
+    """
+    placed = {name: devices[index] for name, index in device_map.items()}
+    embeddings = _module_name(model, model.get_input_embeddings())
+    main = mapped_device(embeddings, device_map) if embeddings is not None else None
+    skip = getattr(model, "_skip_keys_device_placement", None) or []
+    return _accelerate().dispatch_model(
+        model,
+        device_map=placed,
+        main_device=devices[main if main is not None else min(device_map.values())],
+        skip_keys=[skip] if isinstance(skip, str) else sorted(skip),
+        force_hooks=len(set(device_map.values())) > 1,  # by index: the same hooks whatever the devices are
+    )
+
+
+def visible_gpus() -> list[Any]:
+    """The visible CUDA devices as accelerate and transformers take them in a device_map: 0..n-1."""
+    import torch
+
+    return list(range(torch.cuda.device_count()))
+
+
+def random_build_device(weight_bytes: int) -> str:
+    """Where to build split random weights: ``cuda`` (as one-GPU runs do) if they fit there, else ``cpu``."""
+    import torch
+
+    free_b, _ = torch.cuda.mem_get_info()
+    return "cuda" if weight_bytes < 0.9 * free_b else "cpu"
+
+
+def _cpu_build_warning(weight_bytes: int) -> str:
+    warning = (
+        f"the random weights ({weight_bytes / 1e9:.1f} GB) do not fit in the free memory of the current GPU, "
+        "so they were built on the CPU: the same seed gives other weights than a one-GPU run (energy and "
+        "speed are comparable, generated tokens are not)"
+    )
+    log.warning(warning)
+    return warning
+
+
+def input_device(model: Any) -> Any:
+    """Where generate()'s inputs go: the input embeddings' device (a split model's first stage)."""
+    weight = getattr(model.get_input_embeddings(), "weight", None)
+    return weight.device if weight is not None else next(model.parameters()).device
+
+
 # ---------------------------------------------------------------- step timing
 
 
@@ -472,12 +756,15 @@ class StepTimer:
     beginning, right before generate(). It returns the scores unchanged (the tokens are the same as
     without it).
 
-    On CUDA each mark records a ``torch.cuda.Event(enable_timing=True)`` on the device's current
-    stream (as of ``start()``); nothing synchronizes or copies to the host. The events are created by
-    ``reserve()`` before generate() and kept for the next call, so a timer reused across batches
-    creates none inside a measured window. Read ``intervals_s()`` only after the device has finished
-    the work (e.g. after the output's ``.tolist()``): it waits for the last event, then reads
-    ``elapsed_time`` between consecutive events. On CPU the marks are ``time.perf_counter()`` (ops
+    On CUDA each mark records a ``torch.cuda.Event(enable_timing=True)`` on the current stream (as of
+    ``start()``) of the timer's device, the one generate() hands the scores over on: the input device, as
+    generate() copies the logits to ``input_ids.device``. For a model split over GPUs that copy makes this
+    stream wait for the last stage, so each mark follows the whole step; should the scores arrive on another
+    device, this stream is first made to wait for that device's stream. Nothing synchronizes or copies to the
+    host. The events are created by ``reserve()`` before generate() and kept for the next call, so a timer
+    reused across batches creates none inside a measured window. Read ``intervals_s()`` only after the
+    device has finished the work (e.g. after the output's ``.tolist()``): it waits for the last event, then
+    reads ``elapsed_time`` between consecutive events. On CPU the marks are ``time.perf_counter()`` (ops
     run synchronously there). Duck-typed (transformers' ``LogitsProcessorList`` only calls
     ``processor(input_ids, scores)``), so this module imports transformers lazily.
     """
@@ -526,8 +813,16 @@ class StepTimer:
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         """Mark the end of the forward pass that produced ``scores``; return them unchanged."""
+        if self._cuda and scores.device != self.device:
+            self._follow(scores.device)
         self._mark()
         return scores
+
+    def _follow(self, device: Any) -> None:
+        """Order the timing stream after the work queued on ``device`` (no host wait)."""
+        import torch
+
+        self._stream.wait_stream(torch.cuda.current_stream(device))
 
     # LogitsProcessorList calls inspect.signature(processor.__call__) at every step; a signature
     # stored on the function makes that lookup about 3x cheaper (no code-object parsing).
@@ -568,6 +863,7 @@ class TransformersBackend:
         precision: str | None = None,
         device: str = "auto",
         seed: int = 42,
+        device_map: str | dict[str, Any] | None = None,
     ) -> None:
         if weights not in ("auto", "pretrained", "random"):
             raise ConfigError(f"weights must be auto, pretrained or random, not {weights!r}")
@@ -575,6 +871,9 @@ class TransformersBackend:
             raise ConfigError(f"precision must be auto or one of {', '.join(_PRECISIONS)}, not {precision!r}")
         if device not in ("auto", "cuda", "cpu"):
             raise ConfigError(f"device must be auto, cuda or cpu, not {device!r}")
+        self._device_map = device_map_request(device_map, device)
+        if self._device_map is not None and importlib.util.find_spec("accelerate") is None:
+            raise BackendError(f"device_map needs the accelerate package: {_ACCELERATE_HINT}")
         self.model_name = model
         self._weights = weights
         self._precision = precision
@@ -583,6 +882,8 @@ class TransformersBackend:
         self._model: Any = None
         self._device = "cpu"
         self._cuda_indices: list[int] = []
+        self._placement: Placement | None = None  # the checked device_map, computed by load()
+        self._load_warnings: list[str] = []
         self._config: tuple[Any, str] | None = None  # (transformers config, source), fetched once
         self._tokenizer: TextTokenizer | None = None
         self._tokenizer_error: str | None = None
@@ -610,14 +911,17 @@ class TransformersBackend:
     # -- loading
 
     def load(self) -> LoadedModel:
-        """Load or build the model on its device (see the module docstring for the weight policy)."""
-        self._device = resolve_device(self._device_request)
+        """Load or build the model on its device(s) (see the module docstring for the weight policy)."""
+        self._device = self._resolve_device()
         precision = resolve_precision(self._precision, self._device)
         dtype = _torch_dtype(precision)
         self._start_s = time.perf_counter()
+        self._load_warnings = []
+        self._placement = self._plan(dtype)  # a wrong device_map fails here, before any weight loads
         try:
             model, weights, warnings = self._obtain(dtype)
-            model = model.to(self._device)
+            if self._placement is None:
+                model = model.to(self._device)
         except RuntimeError as exc:  # CUDA OOM, driver errors, bad checkpoints
             raise BackendError(
                 f"loading {self.model_name!r} on {self._device} ({precision}) failed: {exc}"
@@ -637,9 +941,29 @@ class TransformersBackend:
             load_time_s=load_time_s,
             shape=model_shape(model),
             cuda_devices=cuda_ids,
-            warnings=[*warnings, *self._tokenizer_warnings],
+            warnings=[*warnings, *self._load_warnings, *self._tokenizer_warnings],
             revision=pretrained_revision(self.model_name, folder, model) if weights == "pretrained" else None,
         )
+
+    def _resolve_device(self) -> str:
+        if self._device_map is None:
+            return resolve_device(self._device_request)
+        if not cuda_available():
+            raise ConfigError(
+                "device_map splits the model over CUDA GPUs, but torch sees none (CPU-only torch build, "
+                "no GPU, or CUDA_VISIBLE_DEVICES hides them); run where torch sees the GPUs, or remove "
+                "device_map"
+            )
+        return "cuda"
+
+    def _plan(self, dtype: Any) -> Placement | None:
+        """The checked device_map over the visible GPUs, from the architecture on the meta device."""
+        if self._device_map is None:
+            return None
+        config, _ = self._model_config()
+        placement = plan_placement(_skeleton(config, dtype), self._device_map, len(visible_gpus()), dtype)
+        log.info("device_map %s: %s", self._device_map, placement.device_map)
+        return placement
 
     def _obtain(self, dtype: Any) -> tuple[Any, str, list[str]]:
         """(model, weights actually used, warnings)."""
@@ -665,7 +989,22 @@ class TransformersBackend:
     def _random(self, dtype: Any) -> Any:
         self._start_s = time.perf_counter()  # load time excludes a failed pretrained lookup
         config, _ = self._model_config()
-        return _build_random(copy.deepcopy(config), dtype, self._device, self._seed)
+        if self._placement is None:
+            return _build_random(copy.deepcopy(config), dtype, self._device, self._seed)
+        return self._random_split(config, dtype, self._placement)
+
+    def _random_split(self, config: Any, dtype: Any, placement: Placement) -> Any:
+        """Seeded weights built where a one-GPU run builds them when they fit there, then dispatched."""
+        import torch
+
+        build_on = random_build_device(placement.weight_bytes)
+        if build_on == "cpu":
+            self._load_warnings.append(_cpu_build_warning(placement.weight_bytes))
+        model = _build_random(copy.deepcopy(config), dtype, build_on, self._seed)
+        model = dispatch(model, placement.device_map, visible_gpus())
+        if build_on == "cuda":
+            torch.cuda.empty_cache()  # hand back the build's copies of the modules that moved to other GPUs
+        return model
 
     def _fetched_config(self) -> dict[str, Any]:
         """``config=`` for from_pretrained when inspect() already read it from the folder, cache or hub."""
@@ -675,6 +1014,9 @@ class TransformersBackend:
 
     def _pretrained(self, folder: Path | None, dtype: Any) -> Any:
         kwargs = self._fetched_config()
+        if self._placement is not None:
+            devices = visible_gpus()
+            kwargs["device_map"] = {name: devices[i] for name, i in self._placement.device_map.items()}
         remedy = "use weights=random" if self._weights == "pretrained" else None  # auto falls back itself
         if folder is not None:
             if not _has_weight_files(folder):
@@ -799,7 +1141,7 @@ class TransformersBackend:
             raise BackendError("generate() needs a non-empty batch of non-empty token id lists")
         pad_id, eos_ids = self._special_ids()
         ids, mask = left_pad(batch, pad_id)
-        device = next(model.parameters()).device
+        device = input_device(model)
         input_ids = torch.tensor(ids, dtype=torch.long, device=device)
         attention_mask = torch.tensor(mask, dtype=torch.long, device=device)
         config = self._generation_config(max_output_tokens, pad_id, eos_ids)

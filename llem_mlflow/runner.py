@@ -165,6 +165,7 @@ def _default_backend(cfg: ExperimentConfig) -> Backend:
         precision=cfg.precision,
         device=cfg.device,
         seed=cfg.seed,
+        device_map=cfg.device_map,
     )
 
 
