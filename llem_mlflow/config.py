@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from llem_mlflow.errors import ConfigError
 from llem_mlflow.secrets import scrub_secrets
@@ -69,6 +77,15 @@ class ExperimentConfig(BaseModel):
     device_map: Literal["auto", "balanced", "sequential"] | dict[str, int | str] | None = Field(
         None, description="Split the model over GPUs: auto|balanced|sequential or {module: gpu}; CUDA only."
     )
+    cache: Literal["dynamic", "static"] = Field(
+        "dynamic", description="KV cache: dynamic (grows each step) or static (preallocated, fixed shapes)."
+    )
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
+        "off", description="torch.compile of the decode step by generate() (reduce-overhead: CUDA graphs)."
+    )
+    attention: Literal["auto", "eager", "sdpa"] = Field(
+        "auto", description="attn_implementation at load; auto: the model's default."
+    )
     sampling_interval_s: float = Field(0.015, gt=0.0, le=1.0, description="Power trace period in seconds.")
     carbon_intensity_g_per_kwh: float | None = Field(
         None, ge=0.0, description="Grid carbon intensity for an optional carbon figure; never looked up."
@@ -109,6 +126,16 @@ class ExperimentConfig(BaseModel):
                 msg = f"not valid JSON ({exc}); give auto, balanced, sequential or a JSON object"
                 raise ValueError(msg) from None
         return None if value in ("", "none", "null") else value
+
+    @model_validator(mode="after")
+    def _compile_needs_static_cache(self) -> ExperimentConfig:
+        # transformers compiles generate()'s decode step only with a static cache (fixed shapes)
+        if self.compile != "off" and self.cache != "static":
+            raise ValueError(
+                f"compile: {self.compile} needs cache: static (generate() compiles only with a static "
+                "KV cache); set cache: static, or compile: off"
+            )
+        return self
 
     @field_serializer("tracking_uri")
     def _no_credentials(self, value: str | None) -> str | None:

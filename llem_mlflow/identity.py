@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from llem_mlflow.config import ExperimentConfig
 
 #: Version of the hash recipe (the fields below and how they are spelled).
-HASH_RECIPE = 4
+HASH_RECIPE = 5
 #: Fields each recipe hashes; an older result keeps its recipe, so its hash stays recomputable.
 _RECIPE_2 = (
     "recipe", "model", "model_revision", "backend", "backend_options", "weights", "precision", "device", "n",
@@ -32,10 +32,19 @@ _RECIPE_2 = (
     "warmup_batches", "baseline_s", "sampling_interval_s",
 )  # fmt: skip
 _RECIPE_3 = (*_RECIPE_2, "cycles", "cooldown_s", "warmup_settle_cv_pct", "warmup_max_batches")
+_RECIPE_4 = (
+    *_RECIPE_3,
+    "measurement_methodology",
+    "isolated_prefill",
+    "idle_settle_max_s",
+    "device_map",
+    "gpus",
+)
 RECIPE_FIELDS: dict[int, tuple[str, ...]] = {
     2: _RECIPE_2,
     3: _RECIPE_3,
-    4: (*_RECIPE_3, "measurement_methodology", "isolated_prefill", "idle_settle_max_s", "device_map", "gpus"),
+    4: _RECIPE_4,
+    5: (*_RECIPE_4, "cache", "compile", "attention"),
 }
 SYNTHETIC = "synthetic"
 
@@ -73,6 +82,13 @@ class ResolvedSettings(BaseModel):
     idle_settle_max_s: float = Field(0.0, description="Idle settle cap before the baseline (recipe 4 on).")
     device_map: Any = Field(None, description="Requested split over GPUs, as asked (recipe 4 on).")
     gpus: int = Field(0, description="CUDA devices holding weights; 0 on CPU (recipe 4 on).")
+    cache: Literal["dynamic", "static"] = Field("dynamic", description="KV cache (recipe 5 on).")
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
+        "off", description="torch.compile mode of the decode step (recipe 5 on)."
+    )
+    attention: str | None = Field(
+        None, description="attn_implementation the loaded model uses, e.g. sdpa (recipe 5 on)."
+    )
 
     @field_validator("recipe")
     @classmethod
@@ -118,8 +134,13 @@ def resolve(
     tokenizer: str | None,
     backend_options: dict[str, Any] | None = None,
     gpus: int = 0,
+    attention: str | None = None,
 ) -> ResolvedSettings:
-    """``cfg`` with what the run decided; ``dataset`` is ``'synthetic'`` or a ``dataset_digest``."""
+    """``cfg`` with what the run decided; ``dataset`` is ``'synthetic'`` or a ``dataset_digest``.
+
+    ``attention`` is the implementation the loaded model uses (``fastpath.resolved_attention``);
+    without it, the requested ``cfg.attention``.
+    """
     text = dataset != SYNTHETIC
     return ResolvedSettings.model_validate(
         {
@@ -150,5 +171,8 @@ def resolve(
             "idle_settle_max_s": cfg.idle_settle_max_s,
             "device_map": cfg.device_map,
             "gpus": gpus if device == "cuda" else 0,
+            "cache": cfg.cache,
+            "compile": cfg.compile,
+            "attention": attention or cfg.attention,
         }
     )

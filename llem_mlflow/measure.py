@@ -13,12 +13,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from llem_mlflow import energy, rapl, settle, steady, workload
+from llem_mlflow.backends import fastpath
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.progress import Progress
 from llem_mlflow.protocols import Backend, BatchStats, GpuDevice
 from llem_mlflow.result import CpuEnergy, WarmupRecord
 from llem_mlflow.sampler import PowerSampler
 from llem_mlflow.settle import IdleSettle
+from llem_mlflow.timings import Stopwatch
 from llem_mlflow.trace import PowerTrace
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ class Measurement:
     warmup: WarmupRecord | None = None
     idle_settle: IdleSettle | None = None
     prefill: PrefillWindow | None = None
+    stage_s: dict[str, float] = field(default_factory=dict)  # wall seconds per stage that ran
 
     @property
     def stats(self) -> list[BatchStats]:
@@ -94,38 +97,82 @@ def measure(
     show: Progress,
 ) -> Measurement:
     """Warm-up, idle baseline, ``cfg.cycles`` measured windows and idle after, with the sampler on."""
+    clock = Stopwatch()
     groups = workload.batches(prompts, cfg.batch_size)
-    warmup = _warm_up(cfg, backend, groups, show)
+    with clock.lap("warmup"):
+        warmup = _warm_up(cfg, backend, groups, show)
     cpu, cpu_warning = _open_rapl()
     sampler = PowerSampler(devices, cfg.sampling_interval_s)
     sampler.start()
     try:
-        settled = _settle(cfg, devices, backend, show)
-        idle = None
-        if devices and cfg.baseline_s > 0:
-            show.stage(f"idle baseline {cfg.baseline_s:g} s (model loaded)")
-            idle = energy.measure_idle(devices, backend.synchronize, cfg.baseline_s)
-        cycles = [
-            _measure_cycle(cfg, backend, devices, groups, index, show, cpu) for index in range(cfg.cycles)
-        ]
-        prefill = _isolated_prefill(cfg, backend, devices, groups, show) if cfg.isolated_prefill else None
-        idle_after = _idle_after(cfg, devices, backend, show)
+        done = _sampled_stages(cfg, backend, devices, groups, show, cpu, clock)
     finally:
         trace = sampler.stop()
+    cycles = done.cycles
     if cfg.measurement_methodology == "steady_state":
         cycles = [_trim_ramp(c, trace, devices) for c in cycles]
     warnings = [w for w in [cpu_warning, *sampler.warnings, *_steady_warnings(cfg, cycles)] if w]
     return Measurement(
         cycles=cycles,
-        idle=idle,
+        idle=done.idle,
         trace=trace,
         warnings=warnings,
         cpu_energy=_cpu_energy(cycles),
-        idle_after=idle_after,
+        idle_after=done.idle_after,
         warmup=warmup,
-        idle_settle=settled,
-        prefill=prefill,
+        idle_settle=done.settled,
+        prefill=done.prefill,
+        stage_s=done.ran(clock.laps),
     )
+
+
+@dataclass(frozen=True)
+class _Sampled:
+    """What the stages run with the sampler on produced; None: the stage did not run."""
+
+    settled: IdleSettle | None
+    idle: energy.CounterWindow | None
+    cycles: list[Cycle]
+    prefill: PrefillWindow | None
+    idle_after: tuple[float, float] | None
+
+    def ran(self, laps: dict[str, float]) -> dict[str, float]:
+        """The laps of the stages that ran."""
+        skipped = {
+            "idle_settle": self.settled is None,
+            "baseline": self.idle is None,
+            "prefill_isolated": self.prefill is None,
+            "idle_after": self.idle_after is None,
+        }
+        return {name: s for name, s in laps.items() if not skipped.get(name, False)}
+
+
+def _sampled_stages(
+    cfg: ExperimentConfig,
+    backend: Backend,
+    devices: Sequence[GpuDevice],
+    groups: list[list[list[int]]],
+    show: Progress,
+    cpu: rapl.RaplReader | None,
+    clock: Stopwatch,
+) -> _Sampled:
+    """Idle settle, baseline, cycles (cool-downs included), isolated prefill and idle after, each a lap."""
+    with clock.lap("idle_settle"):
+        settled = _settle(cfg, devices, backend, show)
+    idle = None
+    with clock.lap("baseline"):
+        if devices and cfg.baseline_s > 0:
+            show.stage(f"idle baseline {cfg.baseline_s:g} s (model loaded)")
+            idle = energy.measure_idle(devices, backend.synchronize, cfg.baseline_s)
+    with clock.lap("measure"):
+        cycles = [_measure_cycle(cfg, backend, devices, groups, i, show, cpu) for i in range(cfg.cycles)]
+    prefill = None
+    with clock.lap("prefill_isolated"):
+        if cfg.isolated_prefill:
+            prefill = _isolated_prefill(cfg, backend, devices, groups, show)
+    with clock.lap("idle_after"):
+        idle_after = _idle_after(cfg, devices, backend, show)
+    return _Sampled(settled, idle, cycles, prefill, idle_after)
 
 
 def _settle(
@@ -236,6 +283,7 @@ def _warm_up(
     Settle rule: after at least max(``warmup_batches``, 3) batches, stop once the CV of the last 3
     batch latencies is below ``warmup_settle_cv_pct``, or at ``warmup_max_batches``.
     """
+    compile_batches, compile_s = _compile_warm_up(cfg, backend, groups, show)
     settle = cfg.warmup_settle_cv_pct
     least = max(cfg.warmup_batches, _SETTLE_WINDOW) if settle else cfg.warmup_batches
     most = max(cfg.warmup_max_batches, least) if settle else cfg.warmup_batches
@@ -259,7 +307,25 @@ def _warm_up(
         latencies_s=latencies,
         rule=rule or f"fixed: {cfg.warmup_batches} batches",
         settled=settled if settle else None,
+        compile_batches=compile_batches,
+        compile_s=compile_s,
     )
+
+
+def _compile_warm_up(
+    cfg: ExperimentConfig, backend: Backend, groups: list[list[list[int]]], show: Progress
+) -> tuple[int, float | None]:
+    """With ``compile``: one batch of each batch size first, so compile and capture stay out of windows."""
+    todo = fastpath.warmup_groups(cfg, groups)
+    if not todo:
+        return 0, None
+    show.stage(f"compiling: {len(todo)} batch size(s) ({cfg.compile}, static cache)")
+    backend.synchronize()
+    t0 = time.perf_counter()
+    for group in todo:
+        backend.generate(list(group), cfg.max_output_tokens)
+    backend.synchronize()
+    return len(todo), time.perf_counter() - t0
 
 
 _SETTLE_WINDOW = 3

@@ -1,7 +1,7 @@
 """The narrow seams the runner depends on: a GPU device, a model backend, and their data.
 
 Only plain dataclasses and ``typing.Protocol`` live here; real adapters are
-``device.NvmlDevice`` (pynvml) and ``backend.TransformersBackend`` (torch/transformers),
+``device.NvmlDevice`` (pynvml) and ``backends.hf.TransformersBackend`` (torch/transformers),
 and tests inject hand-written fakes (``tests/fakes.py``).
 """
 
@@ -102,6 +102,7 @@ class LoadedModel:
     cuda_devices: list[CudaDeviceId] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     revision: str | None = None  # commit hash of pretrained weights when known; None for random weights
+    attention: str | None = None  # attention kernel the model uses (e.g. "sdpa"); None: not reported
 
 
 @dataclass(frozen=True)
@@ -112,15 +113,21 @@ class BatchStats:
     token's logits (device time on CUDA, wall time on CPU). ``prefill_s``: generate() start to the
     first token's logits (time to first token of every row); ``decode_step_s``: one per decode step,
     between consecutive tokens' logits, so ``new_tokens - 1`` of them. None / ``()``: not timed.
+
+    ``input_lens`` / ``output_lens`` are per row, in batch order, real tokens only (no padding assumed:
+    a backend that does not pad fills them the same way); ``()`` when the backend does not report them.
+    Their sums are ``input_tokens`` / ``output_tokens``.
     """
 
     input_tokens: int  # real prompt tokens (no padding)
     output_tokens: int  # generated tokens (no pads after EOS)
-    padded_input_len: int  # prompt length after left padding (what the GPU processed)
+    padded_input_len: int  # backend-specific: the prompt width the GPU processed, when it pads (left padding)
     new_tokens: int  # generation steps taken (max over the batch)
     batch_size: int
     prefill_s: float | None = None  # generate() start -> first token's logits
     decode_step_s: tuple[float, ...] = ()  # one per decode step (new_tokens - 1)
+    input_lens: tuple[int, ...] = ()  # one per row: its real prompt tokens
+    output_lens: tuple[int, ...] = ()  # one per row: its generated tokens up to and including EOS
 
 
 class Backend(Protocol):

@@ -145,6 +145,8 @@ class WarmupRecord(_Model):
     latencies_s: list[float]
     rule: str  # "fixed: N batches" or "settle: ..."
     settled: bool | None = None  # settle rule only: the CV fell below the threshold before the cap
+    compile_batches: int = 0  # with compile: batches run first, one per batch size (compile and capture)
+    compile_s: float | None = None  # their wall time, kept out of every window; null without compile
 
 
 class SteadyState(_Model):
@@ -210,6 +212,35 @@ class CycleStats(_Model):
     net_energy_per_output_token_j_ci95: Interval | None = None
 
 
+class Timings(_Model):
+    """Wall time of each stage of the run, in seconds (``time.perf_counter``); null: the stage did not run.
+
+    result.json is written before MLflow is called, so its copy holds what ended by then: ``write_s``
+    is the trace file only and ``log_s`` is null. ``Outcome.timings`` and the CLI's ``stages`` line
+    have both files in ``write_s``, ``log_s``, and ``total_s`` up to the end of logging.
+    """
+
+    startup_s: float | None = Field(default=None, ge=0)  # process start to run start (CLI on Linux only)
+    checks_s: float | None = Field(default=None, ge=0)  # preflight: folder, dataset, model config, store
+    load_s: float | None = Field(default=None, ge=0)  # loading the model (weights, CUDA context)
+    import_wait_s: float | None = Field(default=None, ge=0)  # waiting for the MLflow import after load
+    warmup_s: float | None = Field(default=None, ge=0)  # warm-up batches
+    idle_settle_s: float | None = Field(default=None, ge=0)  # waiting for idle power to settle
+    baseline_s: float | None = Field(default=None, ge=0)  # the idle baseline's counter window
+    measure_s: float | None = Field(default=None, ge=0)  # every cycle, cool-downs included
+    prefill_isolated_s: float | None = Field(default=None, ge=0)  # the isolated-prefill passes
+    idle_after_s: float | None = Field(default=None, ge=0)  # model-resident idle after the cycles
+    derive_s: float | None = Field(default=None, ge=0)  # figures, flags and environment snapshot
+    write_s: float | None = Field(default=None, ge=0)  # result files (result.json's copy: the trace only)
+    log_s: float | None = Field(default=None, ge=0)  # MLflow; null in result.json and when not logged
+    total_s: float = Field(ge=0)  # run start to this block (result.json: just before its own write)
+
+    def stages(self) -> dict[str, float]:
+        """The stages that ran, in run order (``startup_s`` and ``total_s`` left out), name without ``_s``."""
+        skip = ("startup_s", "total_s")
+        return {k[:-2]: v for k, v in self.model_dump().items() if k not in skip and v is not None}
+
+
 class ExperimentResult(_Model):
     """Everything one experiment measured, and how."""
 
@@ -259,6 +290,7 @@ class ExperimentResult(_Model):
     carbon_g: float | None = None  # (GPU gross + CPU) energy x PUE x configured grid intensity
     environment_snapshot: EnvironmentSnapshot
     timeseries: str | None = None  # file name of the Parquet trace, relative to result.json
+    timings: Timings | None = None  # wall time per stage; null in results written before it existed
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentResult:
@@ -322,6 +354,8 @@ class ExperimentResult(_Model):
         if self.cycles is not None:
             metrics.update(_interval_metrics(self.cycles))
         metrics.update(_extra_metrics(self))
+        if self.timings is not None:
+            metrics.update(_timing_metrics(self.timings))
         return {k: rule(float(v)) for k, (v, rule) in metrics.items() if v is not None}
 
     def mlflow_cycle_history(self) -> dict[str, list[tuple[int, float, float]]]:
@@ -446,7 +480,14 @@ def _method_metrics(result: ExperimentResult) -> dict[str, _Rounded]:
         "time/prefill_isolated_per_pass_s": (p.per_pass_s if p else None, _seconds),
         "steady/trimmed_batches": (sum(st.trimmed_batches) if st else None, _count),
         "time/idle_settle_s": (idle.waited_s if idle else None, _seconds),
+        "time/compile_s": (result.warmup.compile_s if result.warmup else None, _seconds),
     }
+
+
+def _timing_metrics(timings: Timings) -> dict[str, _Rounded]:
+    """``time/stage/<stage>_s`` for each stage that ran, and ``time/stage/total_s``."""
+    values = {k: v for k, v in timings.model_dump().items() if v is not None}
+    return {f"time/stage/{name}": (value, _seconds) for name, value in values.items()}
 
 
 def _interval_metrics(cycles: CycleStats) -> dict[str, _Rounded]:

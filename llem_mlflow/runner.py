@@ -36,6 +36,7 @@ from llem_mlflow import (
     recording,
     stats,
     steady,
+    tracking,
 )
 from llem_mlflow._version import __version__
 from llem_mlflow.config import ExperimentConfig, load_config
@@ -52,10 +53,12 @@ from llem_mlflow.result import (
     IsolatedPrefill,
     PhaseEnergy,
     SteadyState,
+    Timings,
     Uncertainty,
     Window,
 )
 from llem_mlflow.stats import Interval
+from llem_mlflow.timings import Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,7 @@ class Outcome:
     result_dir: Path
     run_id: str | None
     tracking_error: str | None = None  # MLflow failed after the files were written (message has the hint)
+    timings: Timings | None = None  # every stage to the end of logging (result.timings: to result.json)
 
 
 @dataclass(frozen=True)
@@ -124,49 +128,73 @@ def execute(
     gpus: GpuProvider | None = None,
     progress: Progress | None = None,
     store_probe: preflight.StoreProbe | None = None,
+    startup_s: float | None = None,
 ) -> Outcome:
     """Run ``cfg`` with injectable parts: checks, load, measure, write files, then log to MLflow.
 
     Every check runs before the model loads (``preflight``); the result folder exists before the
     GPU works; files are written before MLflow is called, and a logging failure is returned in
-    ``Outcome.tracking_error`` instead of raised, so the measurement is never lost.
+    ``Outcome.tracking_error`` instead of raised, so the measurement is never lost. MLflow is
+    imported in the background while the model loads (``tracking.prefetch``), and that import has
+    ended before the GPU works. ``startup_s``: seconds from process start to this call, when the
+    caller knows them (the CLI); they go into the timings block.
     """
+    clock = Stopwatch()
+    if startup_s is not None:
+        clock.laps["startup"] = startup_s  # before the stopwatch started: not part of total_s
     show = progress or LogProgress()
     backend = backend or _default_backend(cfg)
     probe = store_probe or _probe_store
     start = datetime.now(timezone.utc)
     show.stage("checking output folder, dataset, context length and MLflow store")
-    plan = preflight.check(cfg, backend, probe)
+    with clock.lap("checks"):
+        plan = preflight.check(cfg, backend, probe)
     for warning in plan.warnings:
         log.warning(warning)
+    imports = tracking.prefetch(cfg.tracking_uri) if cfg.mlflow else None
     show.stage(f"loading {cfg.model} ({cfg.weights} weights)")
-    loaded = backend.load()
+    with clock.lap("load"):
+        loaded = backend.load()
     resolved = _resolve(cfg, loaded, plan)
     experiment_id = _experiment_id(start, resolved.measurement_hash())
     folder = artifacts.result_dir(Path(cfg.output_dir), experiment_id)
     gpu_set = (gpus or _nvml_gpus)(loaded.cuda_devices) if loaded.device == "cuda" else _no_gpu(loaded)
+    _await(imports, clock)
     try:
         measurement = measure.measure(cfg, backend, gpu_set.devices, plan.prompts, show)
     finally:
         gpu_set.close()
+    clock.laps.update(measurement.stage_s)
     if gpu_set.warning:
         measurement = replace(measurement, warnings=[gpu_set.warning, *measurement.warnings])
     context = _Context(cfg, start, experiment_id, resolved, loaded, gpu_set, plan)
-    result = _build_result(context, measurement, backend)
-    return _record(cfg, result, measurement, folder, probe if plan.store_warning else None, show)
+    with clock.lap("derive"):
+        result = _build_result(context, measurement, backend)
+    outcome = _record(cfg, result, measurement, folder, probe if plan.store_warning else None, show, clock)
+    return replace(outcome, timings=_timings(clock))
+
+
+def _await(imports: tracking.Prefetch | None, clock: Stopwatch) -> None:
+    """Let the background MLflow import end before the GPU works, so it cannot slow a measured window."""
+    if imports is None:
+        return
+    with clock.lap("import_wait"):
+        done = imports.wait()
+    if not done:
+        log.warning("MLflow is still being imported after %g s; measuring anyway", tracking.PREFETCH_WAIT_S)
+
+
+def _timings(clock: Stopwatch) -> Timings:
+    """The laps so far as a ``Timings`` block; ``total_s``: the stopwatch's time until now."""
+    return Timings(
+        **{f"{name}_s": seconds for name, seconds in clock.laps.items()}, total_s=clock.elapsed_s()
+    )
 
 
 def _default_backend(cfg: ExperimentConfig) -> Backend:
-    from llem_mlflow.backend import TransformersBackend
+    from llem_mlflow.backends import create_backend
 
-    return TransformersBackend(
-        cfg.model,
-        weights=cfg.weights,
-        precision=cfg.precision,
-        device=cfg.device,
-        seed=cfg.seed,
-        device_map=cfg.device_map,
-    )
+    return create_backend(cfg)
 
 
 def _probe_store(cfg: ExperimentConfig) -> str | None:
@@ -179,7 +207,9 @@ def _probe_store(cfg: ExperimentConfig) -> str | None:
     return store_probe.probe_store(tracking.target_tracking_uri(cfg.tracking_uri))
 
 
-def _resolve(cfg: ExperimentConfig, loaded: LoadedModel, plan: preflight.Plan) -> identity.ResolvedSettings:
+def _resolve(
+    cfg: ExperimentConfig, loaded: LoadedModel, plan: preflight.Plan, attention: str | None = None
+) -> identity.ResolvedSettings:
     return identity.resolve(
         cfg,
         weights=loaded.weights,
@@ -189,6 +219,7 @@ def _resolve(cfg: ExperimentConfig, loaded: LoadedModel, plan: preflight.Plan) -
         dataset=plan.dataset,
         tokenizer=plan.tokenizer,
         gpus=len(loaded.cuda_devices),
+        attention=attention or loaded.attention,
     )
 
 
@@ -456,15 +487,33 @@ def _record(
     folder: Path,
     reprobe: preflight.StoreProbe | None,
     show: Progress,
+    clock: Stopwatch,
 ) -> Outcome:
-    """Write the files, then log them; ``reprobe``: the store was down at the start, check it again."""
+    """Write the files, then log them; ``reprobe``: the store was down at the start, check it again.
+
+    result.json gets the timings up to its own write: ``write_s`` is the trace file's, no ``log_s``.
+    """
     windows = {name: (w.start_s, w.end_s) for name, w in result.windows.items()}
-    trace_path = artifacts.write_trace_parquet(m.trace, folder, windows)
-    json_path = artifacts.write_result_json(result, folder)
+    with clock.lap("write"):
+        trace_path = artifacts.write_trace_parquet(m.trace, folder, windows)
+    result = result.model_copy(update={"timings": _timings(clock)})
+    with clock.lap("write"):
+        json_path = artifacts.write_result_json(result, folder)
     show.stage(f"wrote {json_path} and {trace_path.name}")
     if not cfg.mlflow:
         return Outcome(result=result, result_dir=folder, run_id=None)
     show.stage("logging to MLflow")
+    with clock.lap("log"):
+        return _log(cfg, result, m, folder, reprobe)
+
+
+def _log(
+    cfg: ExperimentConfig,
+    result: ExperimentResult,
+    m: measure.Measurement,
+    folder: Path,
+    reprobe: preflight.StoreProbe | None,
+) -> Outcome:
     still_down = preflight.probe_now(cfg, reprobe) if reprobe is not None else None
     if still_down:
         hint = f"The result is saved in {folder}; log it later with: llem-mlflow log {folder}"

@@ -52,3 +52,19 @@ class PowerTrace:
             return None
         pts = [(start_s, pts[0][1]), *pts, (end_s, pts[-1][1])]
         return sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(pts, pts[1:], strict=False))
+
+
+def thin_power(samples: list[TraceSample], max_points: int) -> list[tuple[float, float]]:
+    """(timestamp_s, power_w) of one GPU's samples, at most ``max_points`` of them.
+
+    Up to ``max_points`` samples: each as it is. More: consecutive buckets of ceil(n / max_points)
+    samples, each as (its first sample's timestamp, the mean power of the bucket), so the chart keeps
+    the shape while a 1-hour trace stays cheap to log. The full trace is always in the Parquet file.
+    """
+    if max_points < 1:
+        raise ValueError("max_points must be >= 1")
+    if len(samples) <= max_points:
+        return [(s.timestamp_s, s.power_w) for s in samples]
+    size = -(-len(samples) // max_points)
+    buckets = [samples[i : i + size] for i in range(0, len(samples), size)]
+    return [(b[0].timestamp_s, sum(s.power_w for s in b) / len(b)) for b in buckets]

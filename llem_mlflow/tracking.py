@@ -1,8 +1,8 @@
 """MLflow logging of one ExperimentResult: store probe, run selection, params, tags, metrics, trace.
 
-This is the only module that imports mlflow (lazily, inside functions). Keys and value rounding
-come from ``ExperimentResult``'s ``mlflow_params``/``mlflow_tags``/``mlflow_metrics``; this module
-keeps no key list of its own.
+This is the only module that imports mlflow: lazily, inside functions, or in ``prefetch``'s background
+thread while the model loads. Keys and value rounding come from ``ExperimentResult``'s
+``mlflow_params``/``mlflow_tags``/``mlflow_metrics``; this module keeps no key list of its own.
 
 Which run receives the result (never a second one):
 1. a fluent run is active (``mlflow.active_run()``): log into it and leave it open;
@@ -23,10 +23,12 @@ first without MLflow, and MLflow's HTTP retries and SQL engine retries are bound
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,7 +42,7 @@ from llem_mlflow.result import ExperimentResult, mlflow_power_point
 from llem_mlflow.secrets import scrub_secrets
 from llem_mlflow.store_probe import DB_PORTS, probe_store
 from llem_mlflow.store_probe import one_line as _one_line
-from llem_mlflow.trace import PowerTrace
+from llem_mlflow.trace import PowerTrace, thin_power
 
 if TYPE_CHECKING:
     from mlflow.entities import Metric, Param, Run, RunTag
@@ -146,6 +148,58 @@ def default_run_name(result: ExperimentResult) -> str:
 def scrub_uri(uri: str) -> str:
     """The URI (or any text holding URIs) without credentials; see ``secrets.scrub_secrets``."""
     return scrub_secrets(uri)
+
+
+#: How long ``Prefetch.wait`` waits for the background import before measuring goes ahead anyway.
+PREFETCH_WAIT_S = 60.0
+
+
+class Prefetch:
+    """MLflow (and, for SQL stores, its SQLAlchemy store) imported in a daemon thread.
+
+    Started after the checks, so the ~3-5 s import overlaps the model load (which waits on the disk
+    and the GPU) instead of following the measurement; ``wait`` before measuring keeps it out of the
+    measured windows. An import that fails here is left for the logging step, which imports again
+    and reports the error itself.
+    """
+
+    def __init__(self, tracking_uri: str | None) -> None:
+        modules = ["mlflow", "mlflow.tracking"]
+        scheme = urlsplit(target_tracking_uri(tracking_uri)).scheme.lower().split("+")[0]
+        if scheme == "sqlite" or scheme in DB_PORTS:
+            modules.append("mlflow.store.tracking.sqlalchemy_store")  # sqlalchemy, alembic: ~1-4 s more
+        self._thread = threading.Thread(target=_import_all, args=(modules,), name="llem-import", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout_s: float = PREFETCH_WAIT_S) -> bool:
+        """Wait for the import to end (at most ``timeout_s``); False when it is still running."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+
+def prefetch(tracking_uri: str | None) -> Prefetch:
+    """Start importing what logging to ``tracking_uri`` needs, in the background (see ``Prefetch``)."""
+    return Prefetch(tracking_uri)
+
+
+def _import_all(modules: Sequence[str]) -> None:
+    _yield_cpu()
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # the logging step imports again and reports it
+            log.debug("background import of %s failed: %s", name, exc)
+            return
+
+
+def _yield_cpu() -> None:
+    """Linux: nice this thread alone to 19, so the import takes only CPU time the model load leaves idle.
+
+    (On a 2-core machine a CPU-bound load otherwise shares its cores with the import.)
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 # --- logging -----------------------------------------------------------------------------------
@@ -492,21 +546,27 @@ def _cycle_metrics(result: ExperimentResult) -> list[Metric]:
     ]
 
 
-def _trace_metrics(trace: PowerTrace, origin_ms: int) -> list[Metric]:
-    """``power/gpu{i}_w`` history, one point per sample, W rounded to 1 mW.
+#: Most ``power/gpu{i}_w`` points logged per GPU (``trace.thin_power``); the Parquet trace keeps every sample.
+MAX_POWER_POINTS = 2000
 
-    timestamp = the sample's own epoch ms (floored); step = timestamp - ``origin_ms``: integer ms
-    since the measured window started, so Step and wall-time axes agree. Samples before the window
-    (idle baseline, warm-up) get negative steps, which MLflow 3.17 stores and charts (int64 steps;
-    checked on sqlite and over HTTP).
+
+def _trace_metrics(trace: PowerTrace, origin_ms: int) -> list[Metric]:
+    """``power/gpu{i}_w`` history, one point per sample up to ``MAX_POWER_POINTS`` per GPU, W to 1 mW.
+
+    Longer traces are thinned to bucket means (``trace.thin_power``): logging every sample of a 1-hour
+    trace to a SQL store took ~0.4 ms a point (36,000 points: ~15 s). timestamp = the point's own epoch
+    ms (floored); step = timestamp - ``origin_ms``: integer ms since the measured window started, so Step
+    and wall-time axes agree. Samples before the window (idle baseline, warm-up) get negative steps,
+    which MLflow 3.17 stores and charts (int64 steps; checked on sqlite and over HTTP).
     """
     from mlflow.entities import Metric
 
     points = []
-    for sample in trace.samples:
-        key, value = mlflow_power_point(sample.gpu, sample.power_w)
-        timestamp_ms = int(sample.timestamp_s * 1000)
-        points.append(Metric(key, value, timestamp_ms, timestamp_ms - origin_ms))
+    for gpu in trace.gpus():
+        for timestamp_s, power_w in thin_power(trace.for_gpu(gpu), MAX_POWER_POINTS):
+            key, value = mlflow_power_point(gpu, power_w)
+            timestamp_ms = int(timestamp_s * 1000)
+            points.append(Metric(key, value, timestamp_ms, timestamp_ms - origin_ms))
     return points
 
 

@@ -199,6 +199,8 @@ class FakeBackend:
             batch_size=len(batch),
             prefill_s=self.prefill_s if per_row > 0 else None,
             decode_step_s=self._decode_steps(per_row - 1) if self.prefill_s is not None else (),
+            input_lens=tuple(len(row) for row in batch),
+            output_lens=(per_row,) * len(batch),
         )
 
     def _decode_steps(self, steps: int) -> tuple[float, ...]:

@@ -12,16 +12,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llem_mlflow.backend import (  # noqa: E402
-    StepTimer,
-    TransformersBackend,
-    backend_versions,
-    count_output_tokens,
-    cuda_available,
-    hub_reachable,
-    left_pad,
-    step_timings,
-)
+from llem_mlflow.backends import hf, hub, runtime  # noqa: E402
+from llem_mlflow.backends.hf import TransformersBackend  # noqa: E402
+from llem_mlflow.backends.hub import config_from_dict, hub_reachable  # noqa: E402
+from llem_mlflow.backends.runtime import backend_versions, cuda_available  # noqa: E402
+from llem_mlflow.backends.shape import config_shape, model_shape  # noqa: E402
+from llem_mlflow.backends.timing import StepTimer, step_timings  # noqa: E402
+from llem_mlflow.backends.tokens import count_output_tokens, left_pad, output_lengths  # noqa: E402
+from llem_mlflow.catalogue import shipped_config, shipped_models  # noqa: E402
 from llem_mlflow.errors import BackendError, ConfigError  # noqa: E402
 from llem_mlflow.protocols import Backend, BatchStats, ModelFacts, ModelShape  # noqa: E402
 from llem_mlflow.tokenizers import BYTE_FALLBACK_NAME  # noqa: E402
@@ -123,7 +121,13 @@ def test_generate_counts_exactly_with_different_prompt_lengths(gpt2_folder: Path
     rows = backend.tokenize(PROMPTS, max_input_tokens=16)
     stats = backend.generate(rows, max_output_tokens=7)
     assert dataclasses.replace(stats, prefill_s=None, decode_step_s=()) == BatchStats(
-        input_tokens=28, output_tokens=21, padded_input_len=16, new_tokens=7, batch_size=3
+        input_tokens=28,
+        output_tokens=21,
+        padded_input_len=16,
+        new_tokens=7,
+        batch_size=3,
+        input_lens=(11, 1, 16),
+        output_lens=(7, 7, 7),
     )
 
 
@@ -267,7 +271,7 @@ def test_folder_without_weights_fails_for_pretrained_and_falls_back_for_auto(gpt
 
 
 def test_auto_falls_back_to_random_gpt2_offline(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="llem_mlflow.backend"):
+    with caplog.at_level(logging.WARNING, logger="llem_mlflow.backends.hf"):
         info = TransformersBackend("gpt2", device="cpu").load()
     assert info.weights == "random"
     assert len(info.warnings) == 1 and "RANDOM WEIGHTS" in info.warnings[0]
@@ -331,13 +335,12 @@ def test_real_and_fake_backends_have_every_protocol_method() -> None:
 def test_inspect_reads_the_config_alone(
     model: str, facts: ModelFacts, tmp_path: Path, hf_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import llem_mlflow.backend as backend_module
-
     def no_device(*args: Any) -> None:
         raise AssertionError("inspect() must not look for a device")
 
-    monkeypatch.setattr(backend_module, "resolve_device", no_device)
-    monkeypatch.setattr(backend_module, "cuda_available", no_device)
+    for module in (hf, runtime):
+        monkeypatch.setattr(module, "resolve_device", no_device)
+        monkeypatch.setattr(module, "cuda_available", no_device)
     make_cached_model(hf_cache, "llem-test/cached-llama", "llem/tiny-llama", with_tokenizer=False)
     if model == "folder":
         overrides = {"max_position_embeddings": 512}
@@ -350,16 +353,15 @@ def test_inspect_reads_the_config_alone(
 def test_load_does_not_fetch_the_config_inspect_fetched(
     hf_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import llem_mlflow.backend as backend_module
-
     fetched: list[str] = []
-    real_hub_call = backend_module._hub_call
+    real_hub_call = hub.hub_call
 
     def counting(load: Any, model: str, what: str, *args: Any) -> Any:
         fetched.append(what)
         return real_hub_call(load, model, what, *args)
 
-    monkeypatch.setattr(backend_module, "_hub_call", counting)
+    for module in (hub, hf):
+        monkeypatch.setattr(module, "hub_call", counting)
     make_cached_model(hf_cache, "llem-test/cached-gpt2", with_tokenizer=False)
     backend = TransformersBackend("llem-test/cached-gpt2", weights="random", device="cpu")
     assert backend.inspect().config_source == "HF cache"
@@ -414,7 +416,7 @@ def test_random_gpt2_offline_tokenizes_bytes_before_load(
     weights: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     backend = TransformersBackend("gpt2", weights=weights, device="cpu")
-    with caplog.at_level(logging.WARNING, logger="llem_mlflow.backend"):
+    with caplog.at_level(logging.WARNING, logger="llem_mlflow.backends.hf"):
         rows = backend.tokenize(["héllo", "abc"], max_input_tokens=4)
     assert rows == [[104, 195, 169, 108], [97, 98, 99]]  # UTF-8 bytes, truncated, no special tokens
     assert backend.tokenizer_name() == BYTE_FALLBACK_NAME == "byte-level fallback (UTF-8 bytes as ids)"
@@ -479,6 +481,7 @@ def test_unreachable_hub_falls_back_without_touching_the_network(monkeypatch: py
 
 
 def test_counting_helpers() -> None:
+    assert output_lengths([[5, 2, 7, 2], [1, 1, 1], [2, 9]], {2}) == (2, 3, 1)
     assert count_output_tokens([[5, 2, 7, 2], [1, 1, 1]], {2}) == 2 + 3
     assert left_pad([[4, 5, 6], [7]], pad_id=0) == ([[4, 5, 6], [0, 0, 7]], [[1, 1, 1], [0, 0, 1]])
 
@@ -491,3 +494,62 @@ def test_versions_report_the_installed_packages() -> None:
     assert versions["transformers"] == transformers.__version__
     assert set(versions) == {"torch", "transformers", "cuda_runtime"}
     assert TransformersBackend("gpt2").versions() == versions
+
+
+# ---------------------------------------------------------------- the model's shape from its config alone
+
+_SHIPPED_ARCHITECTURES = sorted(
+    {json.dumps(shipped_config(name), sort_keys=True) for name in shipped_models()}
+)
+_TINY = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4}
+
+
+def _meta_model(config: Any) -> Any:
+    """The architecture on the meta device: every parameter's shape, no memory, no init."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+@pytest.mark.parametrize(
+    "config_json", _SHIPPED_ARCHITECTURES, ids=lambda text: json.loads(text)["model_type"]
+)
+def test_config_shape_equals_the_module_walk_for_every_shipped_config(config_json: str) -> None:
+    config = config_from_dict(json.loads(config_json))
+    assert config_shape(config) == model_shape(_meta_model(config))
+
+
+@pytest.mark.parametrize("model", ["llem/tiny-gpt2", "llem/tiny-llama"])
+def test_config_shape_equals_the_module_walk_on_a_random_weight_build(model: str) -> None:
+    backend = loaded(model, weights="random")
+    assert config_shape(backend.model.config) == model_shape(backend.model)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "extra"),
+    [
+        ("llama", {"num_key_value_heads": 2, "tie_word_embeddings": True, "attention_bias": True}),
+        ("mistral", {"num_key_value_heads": 1}),
+        ("qwen2", {"num_key_value_heads": 2}),
+        ("qwen3", {"num_key_value_heads": 2, "head_dim": 32}),
+        ("gpt2", {"n_inner": 100}),
+    ],
+)
+def test_config_shape_knows_each_listed_family(model_type: str, extra: dict[str, Any]) -> None:
+    from transformers import AutoConfig
+
+    settings = _TINY if model_type != "gpt2" else {"n_embd": 64, "n_layer": 2, "n_head": 4}
+    config = AutoConfig.for_model(model_type, vocab_size=300, **settings, **extra)
+    assert config_shape(config) == model_shape(_meta_model(config))
+
+
+def test_an_unknown_family_has_no_config_shape_and_the_backend_walks_its_modules() -> None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(
+        "opt", hidden_size=32, ffn_dim=48, num_hidden_layers=2, num_attention_heads=4
+    )
+    model = _meta_model(config)
+    assert config_shape(config) is None
+    assert TransformersBackend("llem/tiny-gpt2")._shape(model) == model_shape(model)

@@ -283,7 +283,7 @@ def test_run_drives_the_progress_and_prints_the_summary(
 ) -> None:
     seen: list[ExperimentConfig] = []
 
-    def fake_execute(cfg: ExperimentConfig, *, progress: Any) -> Any:
+    def fake_execute(cfg: ExperimentConfig, *, progress: Any, startup_s: float | None) -> Any:
         seen.append(cfg)
         progress.stage("loading gpt2 (auto weights)")
         progress.batch("warm-up", 1, 1)
@@ -305,7 +305,7 @@ def test_tracking_failure_after_the_run_exits_1_after_the_summary(
     message = "MLflow store unreachable. The result is saved; log it later with: llem-mlflow log X"
     monkeypatch.setattr(
         "llem_mlflow.runner.execute",
-        lambda cfg, progress: _outcome(tmp_path, run_id=None, tracking_error=message),
+        lambda cfg, progress, startup_s: _outcome(tmp_path, run_id=None, tracking_error=message),
     )
     result = invoke("run")
     assert result.exit_code == 1

@@ -17,21 +17,21 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 
-from llem_mlflow import backend as backend_module  # noqa: E402
-from llem_mlflow.backend import (  # noqa: E402
-    StepTimer,
-    TransformersBackend,
-    _config_from_dict,
-    _skeleton,
+from llem_mlflow.backends import hf as backend_module  # noqa: E402
+from llem_mlflow.backends.hf import TransformersBackend  # noqa: E402
+from llem_mlflow.backends.hub import config_from_dict  # noqa: E402
+from llem_mlflow.backends.placement import (  # noqa: E402
     balanced_device_map,
-    cuda_available,
     decoder_layers,
     device_map_problems,
     gpu_index,
     input_device,
     layer_devices,
+    meta_skeleton,
     plan_placement,
 )
+from llem_mlflow.backends.runtime import cuda_available  # noqa: E402
+from llem_mlflow.backends.timing import StepTimer  # noqa: E402
 from llem_mlflow.catalogue import shipped_config  # noqa: E402
 from llem_mlflow.config import ExperimentConfig  # noqa: E402
 from llem_mlflow.errors import BackendError, ConfigError  # noqa: E402
@@ -55,7 +55,7 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathF
 def skeleton(model: str, **overrides: Any) -> Any:
     config = shipped_config(model)
     assert config is not None
-    return _skeleton(_config_from_dict({**config, **overrides}), torch.float32)
+    return meta_skeleton(config_from_dict({**config, **overrides}), torch.float32)
 
 
 def module_names(model: Any) -> list[str]:

@@ -22,8 +22,9 @@ def _hash(cfg: ExperimentConfig, **resolved: Any) -> str:
 
 def test_recipe_is_pinned_by_a_literal_hash() -> None:
     # If this fails, the hash recipe changed: bump HASH_RECIPE and update README and this literal.
-    assert HASH_RECIPE == 4
-    assert _hash(ExperimentConfig()) == "84e74c9d2c43b5b8"
+    assert HASH_RECIPE == 5
+    assert _hash(ExperimentConfig()) == "2a7cd6a1631116d3"
+    assert _hash(ExperimentConfig(), attention="sdpa") == "87d243e07c350db5"  # what a default run resolves
 
 
 def test_older_recipes_keep_their_hash() -> None:
@@ -32,6 +33,8 @@ def test_older_recipes_keep_their_hash() -> None:
     assert recipe_2.measurement_hash() == "1282dc0b043a5956"
     recipe_3 = resolve(ExperimentConfig(), **CPU_RANDOM).model_copy(update={"recipe": 3})
     assert recipe_3.measurement_hash() == "ce2fdafde6e58290"
+    recipe_4 = resolve(ExperimentConfig(), **CPU_RANDOM).model_copy(update={"recipe": 4})
+    assert recipe_4.measurement_hash() == "84e74c9d2c43b5b8"
     assert _hash(ExperimentConfig(cycles=5)) != _hash(ExperimentConfig())
     assert _hash(ExperimentConfig(cooldown_s=2)) != _hash(ExperimentConfig())
 
@@ -134,3 +137,15 @@ def test_recipe_4_names_methodology_prefill_settle_and_gpu_split() -> None:
     )
     assert _hash(ExperimentConfig(), **cuda, gpus=2) != _hash(ExperimentConfig(), **cuda, gpus=1)
     assert _hash(ExperimentConfig(), gpus=3) == base  # no GPU counted on CPU
+
+
+def test_recipe_5_names_cache_compile_and_the_attention_the_model_uses() -> None:
+    base = _hash(ExperimentConfig(), attention="sdpa")
+    static = ExperimentConfig(cache="static")
+    assert _hash(static, attention="sdpa") != base
+    assert _hash(ExperimentConfig(cache="static", compile="reduce-overhead"), attention="sdpa") != _hash(
+        static, attention="sdpa"
+    )
+    assert _hash(ExperimentConfig(), attention="eager") != base
+    assert _hash(ExperimentConfig(attention="sdpa"), attention="sdpa") == base  # auto resolved to sdpa
+    assert resolve(ExperimentConfig(attention="eager"), **CPU_RANDOM).attention == "eager"  # as asked

@@ -201,3 +201,15 @@ def test_no_settle_without_a_gpu_or_when_off(tmp_path: Path) -> None:
     device = FakeDevice(energy_script=[0.0, 5.0, 100.0, 500.0], power_w=80.0)
     off = _run(_cfg(tmp_path), device, FakeBackend(device="cuda", cuda_devices=[CUDA0])).result
     assert off.idle_settle is None
+
+
+def test_compile_warms_up_one_batch_per_size_outside_every_window(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    cfg = _cfg(tmp_path, n=5, cache="static", compile="reduce-overhead")
+    r = execute(cfg, backend=backend, store_probe=lambda c: None).result
+    assert r.warmup is not None and r.warmup.compile_batches == 2  # sizes 2 and 1 (5 = 2 + 2 + 1)
+    assert r.warmup.compile_s is not None and r.warmup.compile_s >= 0
+    assert [c[0] for c in backend.generate_calls] == [2, 1, 2, 2, 2, 1]  # compile, warm-up, 3 measured
+    assert "time/compile_s" in r.mlflow_metrics()
+    eager = execute(_cfg(tmp_path, n=5), backend=FakeBackend(), store_probe=lambda c: None).result
+    assert eager.warmup is not None and eager.warmup.compile_batches == 0 and eager.warmup.compile_s is None

@@ -11,7 +11,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from llem_mlflow import artifacts, recording
-from llem_mlflow.result import ExperimentResult
+from llem_mlflow.result import ExperimentResult, Timings
 from llem_mlflow.trace import PowerTrace
 
 Sample = tuple[ExperimentResult, PowerTrace]
@@ -36,6 +36,33 @@ METRICS = {
     "power/gpu1_w",
     "energy/gpu0_j",
     "energy/gpu1_j",
+}
+#: A result.json ``timings`` block as a CLI run on a GPU writes it (log_s is never in it).
+TIMINGS = Timings(
+    startup_s=1.0,
+    checks_s=0.8,
+    load_s=12.0,
+    import_wait_s=0.0,
+    warmup_s=3.0,
+    baseline_s=3.0,
+    measure_s=6.8,
+    idle_after_s=3.0,
+    derive_s=0.2,
+    write_s=0.05,
+    total_s=29.0,
+)
+TIMING_METRICS = {
+    "time/stage/startup_s",
+    "time/stage/checks_s",
+    "time/stage/load_s",
+    "time/stage/import_wait_s",
+    "time/stage/warmup_s",
+    "time/stage/baseline_s",
+    "time/stage/measure_s",
+    "time/stage/idle_after_s",
+    "time/stage/derive_s",
+    "time/stage/write_s",
+    "time/stage/total_s",
 }
 DOCUMENTED_TAGS = {
     "llem.config_hash",
@@ -80,6 +107,9 @@ CONFIG_PARAMS = {
     "idle_settle_max_s",
     "measurement_methodology",
     "isolated_prefill",
+    "cache",
+    "compile",
+    "attention",
 }
 RESOLVED_PARAMS = {  # prompt_field and tokenizer are null for synthetic prompts: not logged
     "resolved.recipe",
@@ -106,6 +136,9 @@ RESOLVED_PARAMS = {  # prompt_field and tokenizer are null for synthetic prompts
     "resolved.isolated_prefill",
     "resolved.idle_settle_max_s",
     "resolved.gpus",
+    "resolved.cache",
+    "resolved.compile",
+    "resolved.attention",
 }
 
 
@@ -133,6 +166,14 @@ def test_documented_keys_are_logged_literally(sample_result: Sample, tmp_path: P
     assert all(not a.is_dir for a in client.list_artifacts(run.info.run_id))
 
 
+def test_timings_add_time_stage_metrics(sample_result: Sample, tmp_path: Path) -> None:
+    result, trace = sample_result
+    timed = result.model_copy(update={"timings": TIMINGS})
+    metrics = MlflowClient().get_run(log_sample(timed, trace, tmp_path / "out")).data.metrics
+    assert set(metrics) == METRICS | TIMING_METRICS
+    assert metrics["time/stage/measure_s"] == 6.8 and metrics["time/stage/import_wait_s"] == 0.0
+
+
 def test_documented_values(sample_result: Sample, tmp_path: Path) -> None:
     result, trace = sample_result
     run = MlflowClient().get_run(log_sample(result, trace, tmp_path / "out"))
@@ -144,7 +185,7 @@ def test_documented_values(sample_result: Sample, tmp_path: Path) -> None:
     assert metrics["compute/flops"] == 32_000_000_000.0
     assert tags["llem.gpu.name"] == "NVIDIA H200" and tags["llem.gpu.count"] == "2"
     assert tags["llem.energy_source"] == "nvml" and tags["llem.schema_version"] == "2.0"
-    assert tags["llem.hash_recipe"] == "4"
+    assert tags["llem.hash_recipe"] == "5"
     assert params["resolved.backend_options"] == "{}"
     assert params["batch_size"] == "2" and params["resolved.precision"] == "bf16"
     assert run.info.run_name == "gpt2-bs2-bf16"

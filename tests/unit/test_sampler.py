@@ -136,3 +136,15 @@ def test_context_manager_and_injected_clock() -> None:
 def test_invalid_settings_are_rejected(interval_s: float, slow_every: int) -> None:
     with pytest.raises(ConfigError):
         PowerSampler([FakeDevice()], interval_s=interval_s, slow_every=slow_every)
+
+
+def test_thin_power_keeps_short_traces_and_buckets_long_ones() -> None:
+    from llem_mlflow.trace import TraceSample, thin_power
+
+    samples = [TraceSample(timestamp_s=i * 0.1, gpu=0, power_w=float(i)) for i in range(10)]
+    assert thin_power(samples, 10) == [(s.timestamp_s, s.power_w) for s in samples]
+    thinned = thin_power(samples, 4)  # buckets of ceil(10 / 4) = 3: [0,1,2] [3,4,5] [6,7,8] [9]
+    assert [p for _, p in thinned] == [1.0, 4.0, 7.0, 9.0]
+    assert [t for t, _ in thinned] == pytest.approx([0.0, 0.3, 0.6, 0.9])
+    with pytest.raises(ValueError):
+        thin_power(samples, 0)

@@ -87,6 +87,25 @@ def test_power_history_steps_are_ms_since_the_measured_window(sample_result: Sam
     assert 0 in [m.step for m in gpu0]
 
 
+def test_long_traces_log_a_thinned_power_history(
+    sample_result: Sample, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, _ = sample_result
+    monkeypatch.setattr(tracking, "MAX_POWER_POINTS", 4)
+    start = result.windows["measure"].start_s
+    samples = [
+        TraceSample(timestamp_s=start + i * 0.1, gpu=g, power_w=100.0 + i) for g in (0, 1) for i in range(10)
+    ]
+    trace = PowerTrace(0.1, samples)
+    files = write_files(result, trace, tmp_path)
+    run_id = log(result, files, trace)
+    for gpu in (0, 1):
+        history = sorted(MlflowClient().get_metric_history(run_id, f"power/gpu{gpu}_w"), key=lambda m: m.step)
+        assert [m.value for m in history] == [101.0, 104.0, 107.0, 109.0]  # bucket means of 3, 3, 3, 1
+        assert [m.step for m in history] == [0, 300, 600, 900]
+    assert len(artifacts.read_trace_parquet(files[1]).samples) == 20  # the Parquet file keeps every sample
+
+
 def test_power_values_are_rounded_to_milliwatts(sample_result: Sample, tmp_path: Path) -> None:
     result, _ = sample_result
     trace = PowerTrace(
@@ -237,9 +256,9 @@ def test_resolved_settings_are_params_and_recipe_is_a_tag(sample_result: Sample,
     assert run.data.params["resolved.device"] == "cuda"
     assert run.data.params["resolved.model_revision"] == "607a30d783dfa663caf39e06633721c8d4cfcd7e"
     assert run.data.params["resolved.backend_options"] == "{}"
-    assert run.data.params["resolved.recipe"] == "4"
+    assert run.data.params["resolved.recipe"] == "5"
     assert "resolved.tokenizer" not in run.data.params  # null: omitted
-    assert run.data.tags["llem.hash_recipe"] == "4"
+    assert run.data.tags["llem.hash_recipe"] == "5"
 
 
 def test_old_result_without_resolved_logs_no_resolved_keys(sample_result: Sample, tmp_path: Path) -> None:

@@ -1,0 +1,427 @@
+"""The transformers backend: ``TransformersBackend``, loading (pretrained or seeded-random) and generating.
+
+``TransformersBackend`` implements ``protocols.Backend`` on ``AutoModelForCausalLM`` and ``generate()``;
+torch and transformers are imported lazily (inside functions). Its helpers live beside it: ``hub`` (where
+files come from), ``runtime`` (device, precision, versions), ``shape`` (facts and FLOPs shape), ``placement``
+(several GPUs), ``tokens`` (padding and counting) and ``timing`` (step timings). Weight policy:
+
+* ``pretrained``: a local folder with weight files, else the local HF cache, else the hub
+  (skipped when ``HF_HUB_OFFLINE`` is set or the hub endpoint is unreachable: a cheap TCP check
+  replaces huggingface_hub's ~23 s of retries on a machine without network).
+* ``random``: seeded normal init of the architecture from the local folder's ``config.json``,
+  else the shipped catalogue, else the hub config.
+* ``auto``: pretrained when it can be had, else random from the shipped config with a loud
+  warning (logged and put in ``LoadedModel.warnings``).
+
+``inspect()`` reads the config alone (local folder ``config.json``, else the shipped catalogue, else
+the HF cache or hub) and keeps it, so ``load()`` does not fetch it again. Tokenizing needs no model:
+the model's own tokenizer (local folder, HF cache, or hub when reachable); when it cannot be had and
+weights are ``random`` or ``auto``, the byte-level fallback of ``llem_mlflow.tokenizers`` with a
+warning; with ``pretrained``, a ``BackendError``. Several GPUs (``device_map``, CUDA only, needs
+``accelerate``): see ``placement``. The loaded model's ``ModelShape`` comes from its config
+(``shape.config_shape``) when the architecture family is known there, else from walking its parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from llem_mlflow.backends import fastpath
+from llem_mlflow.backends.fastpath import FastPath
+from llem_mlflow.backends.hub import (
+    UNAVAILABLE,
+    find_config,
+    forced_hub_offline,
+    has_weight_files,
+    hub_call,
+    load_model_tokenizer,
+    local_model_folder,
+    one_line,
+    pretrained_revision,
+    unknown_model_error,
+)
+from llem_mlflow.backends.placement import (
+    ACCELERATE_HINT,
+    Placement,
+    cpu_build_warning,
+    device_map_request,
+    dispatch,
+    input_device,
+    meta_skeleton,
+    plan_placement,
+    random_build_device,
+    visible_gpus,
+)
+from llem_mlflow.backends.runtime import (
+    PRECISIONS,
+    backend_versions,
+    cuda_available,
+    cuda_device_ids,
+    dtype_kwargs,
+    resolve_device,
+    resolve_precision,
+    torch_dtype,
+)
+from llem_mlflow.backends.shape import config_facts, config_shape, model_shape
+from llem_mlflow.backends.timing import StepTimer, step_timings
+from llem_mlflow.backends.tokens import (
+    clean_generation_config,
+    greedy_generation_config,
+    left_pad,
+    output_lengths,
+    special_ids,
+)
+from llem_mlflow.catalogue import shipped_config
+from llem_mlflow.errors import BackendError, ConfigError
+from llem_mlflow.protocols import BatchStats, LoadedModel, ModelFacts, ModelShape
+from llem_mlflow.tokenizers import BYTE_FALLBACK_NAME, ByteTokenizer, TextTokenizer
+
+log = logging.getLogger(__name__)
+
+
+def _build_random(config: Any, dtype: Any, device: str, seed: int, **kwargs: Any) -> Any:
+    """Seeded normal init (config.initializer_range), built directly on ``device`` in ``dtype``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    auto_model: Any = AutoModelForCausalLM  # untyped vendor API
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return auto_model.from_config(config, **dtype_kwargs(dtype), **kwargs)
+
+
+def _load_pretrained(source: str, dtype: Any, **kwargs: Any) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(source, **dtype_kwargs(dtype), **kwargs)
+
+
+class TransformersBackend:
+    """``protocols.Backend`` on transformers' ``AutoModelForCausalLM`` and ``generate()``."""
+
+    def __init__(
+        self,
+        model: str,
+        weights: str = "auto",
+        precision: str | None = None,
+        device: str = "auto",
+        seed: int = 42,
+        device_map: str | dict[str, Any] | None = None,
+        fast: FastPath | None = None,
+    ) -> None:
+        if weights not in ("auto", "pretrained", "random"):
+            raise ConfigError(f"weights must be auto, pretrained or random, not {weights!r}")
+        if precision not in (None, "auto", *PRECISIONS):
+            raise ConfigError(f"precision must be auto or one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if device not in ("auto", "cuda", "cpu"):
+            raise ConfigError(f"device must be auto, cuda or cpu, not {device!r}")
+        self._device_map = device_map_request(device_map, device)
+        if self._device_map is not None and importlib.util.find_spec("accelerate") is None:
+            raise BackendError(f"device_map needs the accelerate package: {ACCELERATE_HINT}")
+        self.model_name = model
+        self._fast = fast or FastPath()
+        self._weights = weights
+        self._precision = precision
+        self._device_request = device
+        self._seed = seed
+        self._model: Any = None
+        self._device = "cpu"
+        self._cuda_indices: list[int] = []
+        self._placement: Placement | None = None  # the checked device_map, computed by load()
+        self._load_warnings: list[str] = []
+        self._config: tuple[Any, str] | None = None  # (transformers config, source), fetched once
+        self._tokenizer: TextTokenizer | None = None
+        self._tokenizer_error: str | None = None
+        self._tokenizer_warnings: list[str] = []
+        self._start_s = 0.0
+        self._step_timer: StepTimer | None = None  # kept across generate() calls (its CUDA events)
+
+    @property
+    def model(self) -> Any:
+        """The loaded torch model (None before ``load()``)."""
+        return self._model
+
+    # -- config
+
+    def _model_config(self) -> tuple[Any, str]:
+        if self._config is None:
+            self._config = find_config(self.model_name)
+        return self._config
+
+    def inspect(self) -> ModelFacts:
+        """Vocabulary size, context length and config source from the config alone (no weights, no GPU)."""
+        config, source = self._model_config()
+        return config_facts(config, source)
+
+    # -- loading
+
+    def load(self) -> LoadedModel:
+        """Load or build the model on its device(s) (see the module docstring for the weight policy)."""
+        self._device = self._resolve_device()
+        precision = resolve_precision(self._precision, self._device)
+        dtype = torch_dtype(precision)
+        self._start_s = time.perf_counter()
+        self._load_warnings = []
+        self._placement = self._plan(dtype)  # a wrong device_map fails here, before any weight loads
+        try:
+            model, weights, warnings = self._obtain(dtype)
+            if self._placement is None:
+                model = model.to(self._device)
+        except RuntimeError as exc:  # CUDA OOM, driver errors, bad checkpoints
+            raise BackendError(
+                f"loading {self.model_name!r} on {self._device} ({precision}) failed: {exc}"
+            ) from None
+        model.eval()
+        model.generation_config = clean_generation_config(model.generation_config)
+        self._load_warnings.extend(fastpath.prepare(model, self._fast))
+        self._model = model
+        cuda_ids = cuda_device_ids(model)
+        self._cuda_indices = [d.cuda_index for d in cuda_ids]
+        self.synchronize()
+        load_time_s = time.perf_counter() - self._start_s
+        folder = local_model_folder(self.model_name)
+        return LoadedModel(
+            weights=weights,
+            precision=precision,
+            device=self._device,
+            load_time_s=load_time_s,
+            shape=self._shape(model),
+            cuda_devices=cuda_ids,
+            warnings=[*warnings, *self._load_warnings, *self._tokenizer_warnings],
+            revision=pretrained_revision(self.model_name, folder, model) if weights == "pretrained" else None,
+            attention=fastpath.resolved_attention(model),
+        )
+
+    def _shape(self, model: Any) -> ModelShape:
+        """From the config when its family is known (as an out-of-process backend must), else the walk."""
+        return config_shape(model.config) or model_shape(model)
+
+    def _resolve_device(self) -> str:
+        if self._device_map is None:
+            return resolve_device(self._device_request)
+        if not cuda_available():
+            raise ConfigError(
+                "device_map splits the model over CUDA GPUs, but torch sees none (CPU-only torch build, "
+                "no GPU, or CUDA_VISIBLE_DEVICES hides them); run where torch sees the GPUs, or remove "
+                "device_map"
+            )
+        return "cuda"
+
+    def _plan(self, dtype: Any) -> Placement | None:
+        """The checked device_map over the visible GPUs, from the architecture on the meta device."""
+        if self._device_map is None:
+            return None
+        config, _ = self._model_config()
+        placement = plan_placement(meta_skeleton(config, dtype), self._device_map, len(visible_gpus()), dtype)
+        log.info("device_map %s: %s", self._device_map, placement.device_map)
+        return placement
+
+    def _obtain(self, dtype: Any) -> tuple[Any, str, list[str]]:
+        """(model, weights actually used, warnings)."""
+        folder = local_model_folder(self.model_name)
+        if self._weights == "random":
+            return self._random(dtype), "random", []
+        try:
+            return self._pretrained(folder, dtype), "pretrained", []
+        except BackendError as exc:
+            if self._weights == "pretrained":
+                raise
+            if folder is None and shipped_config(self.model_name) is None:
+                raise unknown_model_error(self.model_name, str(exc)) from None
+            warning = (
+                f"weights=auto: pretrained weights for {self.model_name!r} are not available ({exc}). "
+                "USING RANDOM WEIGHTS built from the model's config: energy and throughput reflect the "
+                "architecture, but the generated text is meaningless. Set weights=random to accept this, "
+                "or weights=pretrained to fail instead."
+            )
+            log.warning(warning)
+            return self._random(dtype), "random", [warning]
+
+    def _random(self, dtype: Any) -> Any:
+        self._start_s = time.perf_counter()  # load time excludes a failed pretrained lookup
+        config, _ = self._model_config()
+        if self._placement is None:
+            return _build_random(
+                copy.deepcopy(config), dtype, self._device, self._seed, **self._load_kwargs()
+            )
+        return self._random_split(config, dtype, self._placement)
+
+    def _random_split(self, config: Any, dtype: Any, placement: Placement) -> Any:
+        """Seeded weights built where a one-GPU run builds them when they fit there, then dispatched."""
+        import torch
+
+        build_on = random_build_device(placement.weight_bytes)
+        if build_on == "cpu":
+            self._load_warnings.append(cpu_build_warning(placement.weight_bytes))
+        model = _build_random(copy.deepcopy(config), dtype, build_on, self._seed, **self._load_kwargs())
+        model = dispatch(model, placement.device_map, visible_gpus())
+        if build_on == "cuda":
+            torch.cuda.empty_cache()  # hand back the build's copies of the modules that moved to other GPUs
+        return model
+
+    def _fetched_config(self) -> dict[str, Any]:
+        """``config=`` for from_pretrained when inspect() already read it from the folder, cache or hub."""
+        if self._config is None or self._config[1] == "shipped config":
+            return {}
+        return {"config": self._config[0]}
+
+    def _load_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for from_config/from_pretrained from the fast-path options (attention)."""
+        return fastpath.load_kwargs(self._fast)
+
+    def _pretrained(self, folder: Path | None, dtype: Any) -> Any:
+        kwargs = {**self._fetched_config(), **self._load_kwargs()}
+        if self._placement is not None:
+            devices = visible_gpus()
+            kwargs["device_map"] = {name: devices[i] for name, i in self._placement.device_map.items()}
+        remedy = "use weights=random" if self._weights == "pretrained" else None  # auto falls back itself
+        if folder is not None:
+            if not has_weight_files(folder):
+                raise BackendError(
+                    f"model folder {folder} has no weight files (*.safetensors or *.bin); add them "
+                    f"(save_pretrained){f' or {remedy}' if remedy else ''}"
+                )
+            try:
+                with forced_hub_offline():
+                    return _load_pretrained(str(folder), dtype, **kwargs)
+            except UNAVAILABLE as exc:
+                raise BackendError(f"could not load the weights in {folder}: {one_line(exc)}") from None
+        name = self.model_name
+        load = lambda **kw: _load_pretrained(name, dtype, **kwargs, **kw)  # noqa: E731
+        model, _ = hub_call(load, name, "pretrained weights", remedy)
+        return model
+
+    # -- tokenizing (needs no model: works before load())
+
+    def _get_tokenizer(self) -> TextTokenizer:
+        if self._tokenizer is None and self._tokenizer_error is None:
+            try:
+                self._tokenizer = self._resolve_tokenizer()
+            except BackendError as exc:
+                self._tokenizer_error = str(exc)
+        if self._tokenizer is None:
+            raise BackendError(str(self._tokenizer_error))
+        return self._tokenizer
+
+    def _resolve_tokenizer(self) -> TextTokenizer:
+        """The model's own tokenizer, else (weights random or auto) the byte-level fallback."""
+        name = self.model_name
+        try:
+            return load_model_tokenizer(name)
+        except BackendError as exc:
+            reason = str(exc)
+        if self._weights == "pretrained":
+            raise BackendError(
+                f"no tokenizer for model {name!r}: {reason}. Use dataset=synthetic (token ids, no tokenizer "
+                "needed), provide the tokenizer files, or use weights=random (byte-level fallback tokenizer)"
+            )
+        try:
+            fallback = ByteTokenizer(self.inspect().vocab_size)
+        except BackendError as exc:
+            raise BackendError(
+                f"no tokenizer for model {name!r} ({reason}), and {exc}; use dataset=synthetic "
+                "(token ids, no tokenizer needed) or provide the model's tokenizer files"
+            ) from None
+        warning = (
+            f"no tokenizer for model {name!r} ({reason}); weights={self._weights}: using the "
+            f"{BYTE_FALLBACK_NAME}, no special tokens. Prompt token counts are UTF-8 byte counts, "
+            "not what the model's own tokenizer would give."
+        )
+        log.warning(warning)
+        self._tokenizer_warnings.append(warning)
+        return fallback
+
+    def tokenizer_name(self) -> str:
+        """Which tokenizer ``tokenize`` uses, e.g. ``"gpt2 (HF cache)"`` or the byte-level fallback's name."""
+        return self._get_tokenizer().name
+
+    def tokenize(self, prompts: list[str], max_input_tokens: int) -> list[list[int]]:
+        """Token ids of prompts, truncated to ``max_input_tokens``; works before ``load()``.
+
+        The model's tokenizer adds its special tokens; the byte-level fallback adds none.
+        """
+        rows = self._get_tokenizer().encode(prompts, max_input_tokens)
+        for index, row in enumerate(rows):
+            if not row:
+                raise BackendError(f"prompt {index} is empty after tokenization; remove empty prompts")
+        return rows
+
+    # -- generating
+
+    def _require_model(self) -> Any:
+        if self._model is None:
+            raise BackendError("the model is not loaded; call load() before generate()")
+        return self._model
+
+    def generate(self, batch: list[list[int]], max_output_tokens: int) -> BatchStats:
+        """Greedy, left-padded generation of exactly ``max_output_tokens`` new tokens per row.
+
+        The prefill and every decode step are timed by a ``StepTimer`` (CUDA events, no host sync per
+        token) into ``BatchStats.prefill_s`` and ``decode_step_s``.
+        """
+        import torch
+        from transformers import LogitsProcessorList
+
+        model = self._require_model()
+        if not batch or any(not row for row in batch):
+            raise BackendError("generate() needs a non-empty batch of non-empty token id lists")
+        tokenizer_pad = self._tokenizer.pad_token_id if self._tokenizer is not None else None
+        pad_id, eos_ids = special_ids(model, tokenizer_pad)
+        ids, mask = left_pad(batch, pad_id)
+        device = input_device(model)
+        input_ids = torch.tensor(ids, dtype=torch.long, device=device)
+        attention_mask = torch.tensor(mask, dtype=torch.long, device=device)
+        config = greedy_generation_config(max_output_tokens, pad_id, eos_ids)
+        for key, value in fastpath.generate_kwargs(self._fast).items():
+            setattr(config, key, value)  # static cache and compile settings (fastpath)
+        processors: Any = LogitsProcessorList  # untyped vendor API
+        if self._step_timer is None or self._step_timer.device != device:
+            self._step_timer = StepTimer(device)
+        timer = self._step_timer
+        timer.reserve(max_output_tokens + 1)  # CUDA events made once (warm-up), reused per batch
+        with torch.inference_mode():
+            timer.start()
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=config,
+                logits_processor=processors([timer]),
+            )
+        padded_len = input_ids.shape[1]
+        new_rows = out[:, padded_len:].tolist()  # waits for the device: every timing event is done
+        new_tokens = int(out.shape[1] - padded_len)
+        prefill_s, decode_step_s = step_timings(timer.intervals_s(), new_tokens)
+        if prefill_s is None and new_tokens > 0:
+            log.warning("%d step marks for %d new tokens: step timings dropped", timer.marks - 1, new_tokens)
+        output_lens = output_lengths(new_rows, eos_ids)
+        return BatchStats(
+            input_tokens=sum(len(row) for row in batch),
+            output_tokens=sum(output_lens),
+            padded_input_len=int(padded_len),
+            new_tokens=new_tokens,
+            batch_size=len(batch),
+            prefill_s=prefill_s,
+            decode_step_s=decode_step_s,
+            input_lens=tuple(len(row) for row in batch),
+            output_lens=output_lens,
+        )
+
+    # -- housekeeping
+
+    def synchronize(self) -> None:
+        """Wait for queued CUDA work on every device the model uses; no-op on CPU."""
+        if not self._cuda_indices:
+            return
+        import torch
+
+        for index in self._cuda_indices:
+            torch.cuda.synchronize(index)
+
+    def versions(self) -> dict[str, str | None]:
+        """torch, transformers and CUDA runtime versions."""
+        return backend_versions()

@@ -1,0 +1,121 @@
+"""The torch runtime: which packages are installed, the device and precision, CUDA device identities.
+
+Owns ``cuda_available``, ``backend_versions``, ``resolve_device``/``resolve_precision`` (what ``auto``
+becomes), the torch dtype of a precision (and the ``dtype=``/``torch_dtype=`` spelling of the installed
+transformers), and ``cuda_device_ids`` (the GPUs holding a model, as NVML spells them). torch is imported
+lazily, inside functions.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+from llem_mlflow.errors import BackendError
+from llem_mlflow.protocols import CudaDeviceId
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def cuda_available() -> bool:
+    """True when torch is installed and sees at least one CUDA device."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def backend_versions() -> dict[str, str | None]:
+    """torch, transformers and CUDA runtime versions (None for what is not installed)."""
+    cuda_runtime: str | None = None
+    try:
+        import torch
+
+        cuda_runtime = torch.version.cuda
+    except ImportError:
+        pass
+    return {
+        "torch": _package_version("torch"),
+        "transformers": _package_version("transformers"),
+        "cuda_runtime": cuda_runtime,
+    }
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "cpu":
+        return "cpu"
+    available = cuda_available()
+    if requested == "cuda" and not available:
+        raise BackendError(
+            "device=cuda was requested but torch sees no CUDA device (CPU-only torch build, no GPU, "
+            "or CUDA_VISIBLE_DEVICES hides it); install a CUDA build of torch or use device=cpu"
+        )
+    return "cuda" if available else "cpu"
+
+
+def resolve_precision(requested: str | None, device: str) -> str:
+    if requested not in (None, "auto"):
+        return requested
+    if device == "cpu":
+        return "fp32"
+    import torch
+
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def torch_dtype(precision: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def dtype_kwargs(dtype: Any) -> dict[str, Any]:
+    """``dtype=`` on transformers >= 4.56, ``torch_dtype=`` before."""
+    version = _major_minor(_package_version("transformers") or "0")
+    return {"dtype": dtype} if version >= (4, 56) else {"torch_dtype": dtype}
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    while len(parts) < 2:
+        parts.append(0)
+    return parts[0], parts[1]
+
+
+def _nvml_uuid(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    text = str(raw)
+    return text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
+
+
+def _pci_bus_id(props: Any) -> str | None:
+    bus = getattr(props, "pci_bus_id", None)
+    dev = getattr(props, "pci_device_id", None)
+    if bus is None or dev is None:
+        return None
+    domain = getattr(props, "pci_domain_id", 0) or 0
+    return f"{int(domain):08X}:{int(bus):02X}:{int(dev):02X}.0"
+
+
+def cuda_device_ids(model: Any) -> list[CudaDeviceId]:
+    """The CUDA devices holding ``model``'s parameters, identified as NVML spells them."""
+    import torch
+
+    indices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    ids = []
+    for index in indices:
+        props = torch.cuda.get_device_properties(index)
+        ids.append(CudaDeviceId(index, _nvml_uuid(getattr(props, "uuid", None)), _pci_bus_id(props)))
+    return ids
