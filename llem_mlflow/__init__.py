@@ -1,7 +1,8 @@
 """llem-mlflow: measure the GPU energy of LLM inference in-process and log it to MLflow.
 
-Importing the package is cheap: torch, transformers, pynvml, mlflow and pyarrow are
-imported only when an experiment runs.
+Importing the package is cheap: its public names (``run_experiment``, ``ExperimentConfig``,
+``ExperimentResult``) are imported on first use (PEP 562), so ``import llem_mlflow`` loads neither
+pydantic nor torch, transformers, pynvml, mlflow or pyarrow.
 """
 
 from __future__ import annotations
@@ -9,18 +10,31 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from llem_mlflow._version import __version__
-from llem_mlflow.config import ExperimentConfig
-from llem_mlflow.result import ExperimentResult
 
 if TYPE_CHECKING:
+    from llem_mlflow.config import ExperimentConfig
+    from llem_mlflow.result import ExperimentResult
     from llem_mlflow.runner import run_experiment
 
 __all__ = ["ExperimentConfig", "ExperimentResult", "__version__", "run_experiment"]
 
+_LAZY = {
+    "ExperimentConfig": "llem_mlflow.config",
+    "ExperimentResult": "llem_mlflow.result",
+    "run_experiment": "llem_mlflow.runner",
+}
+
 
 def __getattr__(name: str) -> Any:
-    if name == "run_experiment":
-        from llem_mlflow.runner import run_experiment
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llem_mlflow' has no attribute {name!r}")
+    import importlib
 
-        return run_experiment
-    raise AttributeError(f"module 'llem_mlflow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

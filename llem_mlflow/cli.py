@@ -121,7 +121,7 @@ def _cfg(field: str, help: str, *names: str, default_text: str | None = None) ->
 
 
 def _default_experiment() -> str:
-    from llem_mlflow.tracking import DEFAULT_EXPERIMENT
+    from llem_mlflow.config import DEFAULT_EXPERIMENT
 
     return DEFAULT_EXPERIMENT
 

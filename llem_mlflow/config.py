@@ -28,6 +28,9 @@ from pydantic import (
 from llem_mlflow.errors import ConfigError
 from llem_mlflow.secrets import scrub_secrets
 
+#: The MLflow experiment runs go to when none is named (CLI, API, examples, `mlflow run` docs).
+DEFAULT_EXPERIMENT = "llem-mlflow"
+
 
 class ExperimentConfig(BaseModel):
     """One experiment: model, workload, measurement settings and output/tracking settings."""

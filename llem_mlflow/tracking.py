@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
+from llem_mlflow.config import DEFAULT_EXPERIMENT
 from llem_mlflow.errors import TrackingError
 from llem_mlflow.result import ExperimentResult, mlflow_power_point
 from llem_mlflow.secrets import scrub_secrets
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXPERIMENT = "llem-mlflow"
 PARAM_CONFLICT_PREFIX = "cfg."
 LLEM_EXPERIMENT_TAG = "llem.experiment_id"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
