@@ -1,8 +1,8 @@
 """llem-mlflow: measure the GPU energy of LLM inference in-process and log it to MLflow.
 
-Importing the package is cheap: its public names (``run_experiment``, ``ExperimentConfig``,
-``ExperimentResult``) are imported on first use (PEP 562), so ``import llem_mlflow`` loads neither
-pydantic nor torch, transformers, pynvml, mlflow or pyarrow.
+Importing the package is cheap: its public names (``run_experiment``, ``run_sweep``,
+``ExperimentConfig``, ``ExperimentResult``) are imported on first use (PEP 562), so
+``import llem_mlflow`` loads neither pydantic nor torch, transformers, pynvml, mlflow or pyarrow.
 """
 
 from __future__ import annotations
@@ -15,13 +15,17 @@ if TYPE_CHECKING:
     from llem_mlflow.config import ExperimentConfig
     from llem_mlflow.result import ExperimentResult
     from llem_mlflow.runner import run_experiment
+    from llem_mlflow.sweep import run_sweep
+    from llem_mlflow.track import track
 
-__all__ = ["ExperimentConfig", "ExperimentResult", "__version__", "run_experiment"]
+__all__ = ["track", "ExperimentConfig", "ExperimentResult", "__version__", "run_experiment", "run_sweep"]
 
 _LAZY = {
     "ExperimentConfig": "llem_mlflow.config",
     "ExperimentResult": "llem_mlflow.result",
     "run_experiment": "llem_mlflow.runner",
+    "run_sweep": "llem_mlflow.sweep",
+    "track": "llem_mlflow.track",
 }
 
 

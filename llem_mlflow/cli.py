@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import inspect
 import logging
 import os
 import sys
@@ -237,15 +238,20 @@ def _same_options_as(command: Callable[..., Any]) -> Callable[[F], F]:
 
 def _load(flags: dict[str, Any]) -> ExperimentConfig:
     """The config from the YAML path and flags of ``run``/``config``; invalid: exit 2 with one line."""
-    not_fields = ("config", "config_file", "no_mlflow")
-    overrides = {k: (None if v == "" else v) for k, v in flags.items() if k not in not_fields}
-    if flags.get("no_mlflow"):
-        overrides["mlflow"] = False
     try:
-        return load_config(_config_path(flags.get("config"), flags.get("config_file")), **overrides)
+        return load_config(_config_path(flags.get("config"), flags.get("config_file")), **_overrides(flags))
     except ConfigError as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
+
+
+def _overrides(flags: dict[str, Any]) -> dict[str, Any]:
+    """The config fields among ``run``'s flags (None: unset; ``--no-mlflow``: ``mlflow=False``)."""
+    not_fields = ("config", "config_file", "no_mlflow", "gpus")
+    overrides = {k: (None if v == "" else v) for k, v in flags.items() if k not in not_fields}
+    if flags.get("no_mlflow"):
+        overrides["mlflow"] = False
+    return overrides
 
 
 def _config_path(argument: str | None, option: str | None) -> str | None:
@@ -416,6 +422,98 @@ def _setup_logging() -> None:
     logging.basicConfig(
         level=logging.WARNING, format="[llem] %(levelname)s: %(message)s", handlers=[_CurrentStderr()]
     )
+
+
+# ---------------------------------------------------------------- sweep
+
+
+def _sweep_only(
+    gpus: Annotated[
+        str | None,
+        Opt(metavar="0,1", help="Not available yet: points run one after the other on the visible GPUs."),
+    ] = None,
+) -> None:
+    """The options ``sweep`` has beyond ``run``'s."""
+
+
+def _options_of(*commands: Callable[..., Any]) -> Callable[[F], F]:
+    """Give the decorated command the parameters of ``commands``, in order (typer reads the signature)."""
+    params = [p for c in commands for p in inspect.signature(c, eval_str=True).parameters.values()]
+
+    def decorate(func: F) -> F:
+        func.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        return func
+
+    return decorate
+
+
+@app.command("sweep", cls=_Command)
+@_options_of(run, _sweep_only)
+def sweep_points(**flags: Any) -> None:
+    """Measure each point of a sweep file: one MLflow parent run, a nested child run per point.
+
+    The file holds the usual config fields plus `sweep:` (field: list of values, or a list of variants).
+
+    Flags override the base config. Running the same sweep again measures only what is not FINISHED.
+    """
+    from llem_mlflow.sweep import load_sweep
+
+    if flags.get("gpus"):
+        _err("--gpus is not available yet; run without it (points then run one after the other)")
+        raise typer.Exit(2)
+    try:
+        path = _config_path(flags.get("config"), flags.get("config_file"))
+        if not path:
+            raise ConfigError("sweep needs a sweep file: llem-mlflow sweep FILE.yaml")
+        plan = load_sweep(path, **_overrides(flags))
+    except ConfigError as exc:
+        _err(str(exc))
+        raise typer.Exit(2) from None
+    _run_sweep(plan)
+
+
+def _run_sweep(plan: Any) -> None:
+    from llem_mlflow.console import ConsoleProgress
+    from llem_mlflow.sweep import Parts, markdown_table, run_sweep
+
+    _setup_logging()
+    typer.echo(
+        f"[llem] sweep {plan.sweep_id}: {len(plan.points)} points over {', '.join(plan.fields)}", err=True
+    )
+    try:
+        with ConsoleProgress() as progress:
+            outcome = run_sweep(plan, Parts(progress=progress, report=_report_point))
+    except ConfigError as exc:
+        _err(str(exc))
+        raise typer.Exit(2) from None
+    except LlemError as exc:
+        _err(str(exc))
+        raise typer.Exit(1) from None
+    typer.echo(markdown_table(outcome.rows))
+    typer.echo(_line("summary", str(outcome.summary_files[0].parent)))
+    typer.echo(_line("mlflow parent", outcome.parent_run_id or "not logged (--no-mlflow)"))
+    if outcome.failed:
+        _err(f"{len(outcome.failed)} point(s) failed; run the same sweep again to measure only those")
+        raise typer.Exit(1)
+
+
+def _report_point(row: Any) -> None:
+    """One line per point as it is settled (stderr, beside the progress display)."""
+    run = f"  run {row.run_id}" if row.run_id else ""
+    note = f"  ({row.note})" if row.status in ("invalid", "failed", "not logged") else ""
+    typer.echo(f"[llem] point {row.point.label}: {row.status}{run}{note}", err=True)
+
+
+# ---------------------------------------------------------------- compare
+
+
+def _register_compare() -> None:
+    from llem_mlflow.cli_compare import compare
+
+    app.command("compare", cls=_Command)(compare)
+
+
+_register_compare()
 
 
 # ---------------------------------------------------------------- log

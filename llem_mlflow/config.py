@@ -11,6 +11,7 @@ whose message names the field and what is allowed.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -159,7 +160,8 @@ def format_validation_error(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds; a ConfigError when it is missing or not a mapping."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -173,8 +175,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(source: str | Path | ExperimentConfig | None = None, **overrides: Any) -> ExperimentConfig:
-    """Build a config from a YAML path, an existing config or defaults, then apply overrides.
+def load_config(
+    source: str | Path | ExperimentConfig | Mapping[str, Any] | None = None, **overrides: Any
+) -> ExperimentConfig:
+    """Build a config from a YAML path, an existing config, a mapping or defaults, then apply overrides.
 
     Overrides whose value is None are ignored (unset CLI flags).
 
@@ -183,10 +187,12 @@ def load_config(source: str | Path | ExperimentConfig | None = None, **overrides
     """
     if isinstance(source, ExperimentConfig):
         base: dict[str, Any] = dict(source)  # field values as they are (model_dump scrubs credentials)
+    elif isinstance(source, Mapping):
+        base = dict(source)
     elif source is None or str(source) == "":
         base = {}
     else:
-        base = _read_yaml(Path(source))
+        base = read_yaml(Path(source))
     base.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return ExperimentConfig.model_validate(base)

@@ -30,8 +30,11 @@ def log_folder(
     experiment_name: str | None,
     run_name: str | None,
     loaded: tuple[ExperimentResult, PowerTrace] | None = None,
+    child_of: tracking.ChildOf | None = None,
 ) -> LoggedRun:
     """Log a result folder (result.json + trace) to MLflow unless a FINISHED run already holds it.
+
+    ``child_of``: a new run nested under that parent receives it (a sweep's point).
 
     Returns:
         The run; ``already_logged`` is True when it was found in the store and nothing was logged.
@@ -51,11 +54,12 @@ def log_folder(
             result.experiment_id, tracking_uri=tracking_uri, run_id_hint=record["run_id"] if record else None
         ) or tracking.record_result(
             result,
-            [json_path, trace_path],
+            [json_path, trace_path, *_extra_files(folder)],
             trace,
             tracking_uri=tracking_uri,
             experiment_name=experiment_name,
             run_name=run_name,
+            child_of=child_of,
         )
     except TrackingError as exc:
         raise TrackingError(
@@ -78,3 +82,10 @@ def _remember(folder: Path, logged: LoggedRun) -> None:
         )
     except TrackingError as exc:
         log.warning("MLflow run %s holds the result, but %s", logged.run_id, exc)
+
+
+def _extra_files(folder: Path) -> list[Path]:
+    """Files logged beside result.json and the trace when the folder has them (``power.png``)."""
+    from llem_mlflow.plots import POWER_FILE
+
+    return [path for path in (folder / POWER_FILE,) if path.is_file()]

@@ -129,6 +129,7 @@ def execute(
     progress: Progress | None = None,
     store_probe: preflight.StoreProbe | None = None,
     startup_s: float | None = None,
+    child_of: tracking.ChildOf | None = None,
 ) -> Outcome:
     """Run ``cfg`` with injectable parts: checks, load, measure, write files, then log to MLflow.
 
@@ -137,7 +138,8 @@ def execute(
     ``Outcome.tracking_error`` instead of raised, so the measurement is never lost. MLflow is
     imported in the background while the model loads (``tracking.prefetch``), and that import has
     ended before the GPU works. ``startup_s``: seconds from process start to this call, when the
-    caller knows them (the CLI); they go into the timings block.
+    caller knows them (the CLI); they go into the timings block. ``child_of``: log into a new run
+    nested under that parent (a sweep's point; see ``tracking``).
     """
     clock = Stopwatch()
     if startup_s is not None:
@@ -170,7 +172,8 @@ def execute(
     context = _Context(cfg, start, experiment_id, resolved, loaded, gpu_set, plan)
     with clock.lap("derive"):
         result = _build_result(context, measurement, backend)
-    outcome = _record(cfg, result, measurement, folder, probe if plan.store_warning else None, show, clock)
+    reprobe = probe if plan.store_warning else None
+    outcome = _record(cfg, result, measurement, folder, _Logging(reprobe, child_of), show, clock)
     return replace(outcome, timings=_timings(clock))
 
 
@@ -318,6 +321,8 @@ def _build_result(c: _Context, m: measure.Measurement, backend: Backend) -> Expe
         windows["idle"] = Window(start_s=m.idle.start_s, end_s=m.idle.end_s)
     if m.idle_after is not None:
         windows["idle_after"] = Window(start_s=m.idle_after[0], end_s=m.idle_after[1])
+    if m.prefill is not None:
+        windows["prefill_isolated"] = Window(start_s=m.prefill.window.start_s, end_s=m.prefill.window.end_s)
     return ExperimentResult(
         experiment_id=c.experiment_id,
         measurement_config_hash=c.resolved.measurement_hash(),
@@ -476,8 +481,26 @@ def _carbon(cfg: ExperimentConfig, gross: float | None, cpu: CpuEnergy | None) -
     return carbon.carbon_g(gross + cpu_j, cfg.carbon_intensity_g_per_kwh, cfg.pue)
 
 
+def _write_power_png(folder: Path, result: ExperimentResult, m: measure.Measurement) -> None:
+    """power.png beside result.json (``plots``); a plotting failure only warns, never costs the run."""
+    from llem_mlflow import plots
+
+    try:
+        plots.write_power_png(folder, result, m.trace)
+    except Exception as exc:  # matplotlib missing or failing must not lose a measurement
+        log.warning("power.png not written: %s", exc)
+
+
 def _experiment_id(start: datetime, config_hash: str) -> str:
     return f"{start.strftime('%Y%m%dT%H%M%SZ')}-{config_hash[:8]}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class _Logging:
+    """How to log: ``reprobe`` the store (it was down at the start); nest under ``child_of``'s parent."""
+
+    reprobe: preflight.StoreProbe | None
+    child_of: tracking.ChildOf | None
 
 
 def _record(
@@ -485,11 +508,11 @@ def _record(
     result: ExperimentResult,
     m: measure.Measurement,
     folder: Path,
-    reprobe: preflight.StoreProbe | None,
+    how: _Logging,
     show: Progress,
     clock: Stopwatch,
 ) -> Outcome:
-    """Write the files, then log them; ``reprobe``: the store was down at the start, check it again.
+    """Write the files, then log them as ``how`` says.
 
     result.json gets the timings up to its own write: ``write_s`` is the trace file's, no ``log_s``.
     """
@@ -499,28 +522,25 @@ def _record(
     result = result.model_copy(update={"timings": _timings(clock)})
     with clock.lap("write"):
         json_path = artifacts.write_result_json(result, folder)
+        _write_power_png(folder, result, m)
     show.stage(f"wrote {json_path} and {trace_path.name}")
     if not cfg.mlflow:
         return Outcome(result=result, result_dir=folder, run_id=None)
     show.stage("logging to MLflow")
     with clock.lap("log"):
-        return _log(cfg, result, m, folder, reprobe)
+        return _log(cfg, result, m, folder, how)
 
 
 def _log(
-    cfg: ExperimentConfig,
-    result: ExperimentResult,
-    m: measure.Measurement,
-    folder: Path,
-    reprobe: preflight.StoreProbe | None,
+    cfg: ExperimentConfig, result: ExperimentResult, m: measure.Measurement, folder: Path, how: _Logging
 ) -> Outcome:
-    still_down = preflight.probe_now(cfg, reprobe) if reprobe is not None else None
+    still_down = preflight.probe_now(cfg, how.reprobe) if how.reprobe is not None else None
     if still_down:
         hint = f"The result is saved in {folder}; log it later with: llem-mlflow log {folder}"
         return Outcome(result=result, result_dir=folder, run_id=None, tracking_error=f"{still_down}\n{hint}")
     try:
         logged = recording.log_folder(
-            folder, cfg.tracking_uri, cfg.experiment_name, cfg.run_name, (result, m.trace)
+            folder, cfg.tracking_uri, cfg.experiment_name, cfg.run_name, (result, m.trace), how.child_of
         )
     except TrackingError as exc:
         return Outcome(result=result, result_dir=folder, run_id=None, tracking_error=str(exc))

@@ -4,12 +4,16 @@ This is the only module that imports mlflow: lazily, inside functions, or in ``p
 thread while the model loads. Keys and value rounding come from ``ExperimentResult``'s
 ``mlflow_params``/``mlflow_tags``/``mlflow_metrics``; this module keeps no key list of its own.
 
-Which run receives the result (never a second one):
-1. a fluent run is active (``mlflow.active_run()``): log into it and leave it open;
+Which run receives the result (one result per run: two measurements are never merged):
+0. a parent is named (``ChildOf``, a sweep's point): a new run nested under it, ended FINISHED;
+1. a fluent run is active (``mlflow.active_run()``) and holds no result yet (no ``llem.experiment_id``
+   tag): log into it and leave it open; if it already holds one: a new run nested under it
+   (tag ``mlflow.parentRunId``, as ``mlflow.start_run(nested=True)``), ended FINISHED;
 2. ``MLFLOW_RUN_ID`` is set (inside ``mlflow run``): resume that run, end it FINISHED;
 3. otherwise: a new run in ``resolve_experiment_name(experiment_name)``, ended FINISHED.
-In cases 2 and 3 a failure while logging ends the run FAILED. Runs we own carry the measurement's
-own times (``create_run(start_time=result.start_time)``, ``set_terminated(end_time=result.end_time)``).
+Every run this module creates or resumes is ended FAILED when logging fails. Runs we own carry
+the measurement's own times (``create_run(start_time=result.start_time)``,
+``set_terminated(end_time=result.end_time)``).
 A resumed run keeps the start time ``mlflow run`` gave it (MLflow has no API to change it), and
 ``mlflow run`` 3.17.2 re-terminates it once the entry point exits (``_maybe_set_run_terminated``
 tests a string status against int statuses), so its end time is when the entry point exited.
@@ -29,8 +33,8 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -49,10 +53,13 @@ if TYPE_CHECKING:
     from mlflow.entities import Metric, Param, Run, RunTag
     from mlflow.tracking import MlflowClient
 
+    from llem_mlflow.track import Tracked
+
 log = logging.getLogger(__name__)
 
 PARAM_CONFLICT_PREFIX = "cfg."
 LLEM_EXPERIMENT_TAG = "llem.experiment_id"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # what mlflow.start_run(nested=True) sets
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3.17 UI: "model training", the runs table
 MLFLOW_DEFAULT_EXPERIMENT_ID = "0"
@@ -84,6 +91,14 @@ class LoggedRun:
 
     def __str__(self) -> str:
         return self.run_id
+
+
+@dataclass(frozen=True)
+class ChildOf:
+    """Log into a new run nested under ``parent_run_id`` (its experiment), tagged with ``tags``."""
+
+    parent_run_id: str
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -202,6 +217,148 @@ def _yield_cpu() -> None:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
+# --- sweeps: a parent run per sweep, a nested child run per point ---------------------------------
+
+SWEEP_ID_TAG = "llem.sweep.id"  # hash of the sweep's base config and points: finds the parent again
+SWEEP_FIELDS_TAG = "llem.sweep.fields"
+SWEEP_POINT_TAG = "llem.sweep.point"  # a child's overrides, compact JSON
+SWEEP_POINT_HASH_TAG = "llem.sweep.point_hash"  # hash of a child's full requested config
+
+
+@dataclass(frozen=True)
+class DonePoint:
+    """A FINISHED child run of a sweep parent: its id, summary metrics and ``llem.config_hash``."""
+
+    run_id: str
+    metrics: Mapping[str, float]
+    config_hash: str | None
+
+
+@dataclass(frozen=True)
+class SweepParent:
+    """A sweep's parent run; ``done``: its FINISHED children by ``llem.sweep.point_hash``."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str  # without credentials
+    done: Mapping[str, DonePoint]
+    resumed: bool
+
+
+def open_sweep_parent(
+    sweep_id: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    *,
+    tracking_uri: str | None,
+    experiment_name: str | None,
+) -> SweepParent:
+    """The sweep's parent run, RUNNING: found again by ``llem.sweep.id = sweep_id``, else created.
+
+    Inside ``mlflow run`` (``MLFLOW_RUN_ID``) that run is the parent. With an active fluent run the
+    parent is looked up in its experiment and a new one is nested under it; otherwise in
+    ``resolve_experiment_name(experiment_name)``.
+
+    Raises:
+        TrackingError: one line; the store is unreachable or the parent cannot be made.
+    """
+    uri = target_tracking_uri(tracking_uri)
+    client = _client(uri)
+    import mlflow
+
+    active = mlflow.active_run()
+    env_run_id = os.environ.pop("MLFLOW_RUN_ID", None)
+
+    def parent() -> tuple[Run, bool]:
+        if env_run_id:
+            return _adopt_parent(client, env_run_id, run_name, tags), True
+        exp_id = (
+            active.info.experiment_id
+            if active
+            else _experiment_named(client, resolve_experiment_name(experiment_name))
+        )
+        found = _find_parent(client, exp_id, sweep_id)
+        if found is not None:
+            client.update_run(found.info.run_id, status="RUNNING")
+            return found, True
+        nest = {PARENT_RUN_TAG: active.info.run_id} if active else {}
+        return client.create_run(exp_id, run_name=run_name, tags={**_context_tags(), **tags, **nest}), False
+
+    run, resumed = _guarded(uri, "open the sweep's parent run", parent)
+    done = _guarded(uri, "list the sweep's finished points", lambda: _finished_children(client, run))
+    return SweepParent(run.info.run_id, run.info.experiment_id, scrub_uri(uri), done, resumed)
+
+
+def close_sweep_parent(
+    parent: SweepParent,
+    tags: Mapping[str, str],
+    files: Sequence[Path],
+    *,
+    tracking_uri: str | None,
+    failed: bool,
+) -> None:
+    """Tag the parent, log ``files`` at its artifact root and end it FINISHED (FAILED: ``failed``)."""
+    uri = target_tracking_uri(tracking_uri)
+    client = _client(uri)
+
+    def close() -> None:
+        client.log_batch(parent.run_id, tags=_tags(dict(tags)))
+        for path in files:
+            client.log_artifact(parent.run_id, str(path))
+        client.set_terminated(parent.run_id, status="FAILED" if failed else "FINISHED")
+
+    _guarded(uri, f"close the sweep's parent run {parent.run_id}", close)
+
+
+def _context_tags() -> dict[str, str]:
+    from mlflow.tracking.context.registry import resolve_tags
+
+    return dict(resolve_tags())
+
+
+def _adopt_parent(client: MlflowClient, run_id: str, run_name: str, tags: Mapping[str, str]) -> Run:
+    """The ``mlflow run`` run as the parent: RUNNING, tagged, named unless ``--run-name`` named it."""
+    run = client.get_run(run_id)
+    name = run_name if _is_generated_name(run.info.run_name or "") else None
+    client.update_run(run_id, status="RUNNING", name=name)
+    client.log_batch(run_id, tags=_tags(dict(tags)))
+    _ensure_kind(client, run.info.experiment_id)
+    return client.get_run(run_id)
+
+
+def _find_parent(client: MlflowClient, experiment_id: str, sweep_id: str) -> Run | None:
+    from mlflow.entities import ViewType
+
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}'",
+        run_view_type=ViewType.ACTIVE_ONLY,
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs[0] if runs else None
+
+
+def _finished_children(client: MlflowClient, parent: Run) -> dict[str, DonePoint]:
+    from mlflow.entities import ViewType
+
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent.info.run_id}' and attributes.status = 'FINISHED'",
+        run_view_type=ViewType.ACTIVE_ONLY,
+        max_results=10_000,
+        order_by=["attributes.start_time ASC"],
+    )
+    done: dict[str, DonePoint] = {}
+    for run in runs:
+        key = run.data.tags.get(SWEEP_POINT_HASH_TAG)
+        if key and LLEM_EXPERIMENT_TAG in run.data.tags:
+            done[key] = DonePoint(
+                run.info.run_id, dict(run.data.metrics), run.data.tags.get("llem.config_hash")
+            )
+    return done
+
+
 # --- logging -----------------------------------------------------------------------------------
 
 
@@ -231,17 +388,19 @@ def record_result(
     tracking_uri: str | None,
     experiment_name: str | None,
     run_name: str | None,
+    child_of: ChildOf | None = None,
 ) -> LoggedRun:
     """Log ``result``, its power ``trace`` and ``files`` (at the artifact root) to MLflow.
 
     ``run_name`` defaults to ``default_run_name(result)`` for a new run; a run ``mlflow run`` made
-    gets it only if MLflow gave that run a random name (no ``--run-name``).
+    gets it only if MLflow gave that run a random name (no ``--run-name``). ``child_of``: log into a
+    new run nested under that parent (see the module docstring for how the run is chosen otherwise).
 
     Raises:
         TrackingError: one line; the store is unreachable, the run cannot be created or resumed,
             or logging failed (a run this call created or resumed is then marked FAILED).
     """
-    target = _select_run(result, tracking_uri, experiment_name, run_name)
+    target = _select_run(result, tracking_uri, experiment_name, run_name, child_of)
     end_ms = _epoch_ms(result.end_time)
     try:
         _log_everything(target, result, files, trace)
@@ -343,17 +502,21 @@ def _active_experiment_ids(client: MlflowClient) -> list[str]:
 
 
 def _select_run(
-    result: ExperimentResult, tracking_uri: str | None, experiment_name: str | None, run_name: str | None
+    result: ExperimentResult,
+    tracking_uri: str | None,
+    experiment_name: str | None,
+    run_name: str | None,
+    child_of: ChildOf | None = None,
 ) -> _Target:
     uri = target_tracking_uri(tracking_uri)
     client = _client(uri)  # probes before mlflow is imported: a dead store fails at once
     import mlflow
 
+    if child_of is not None:
+        return _child_target(client, uri, child_of, result, run_name)
     active = mlflow.active_run()
     if active is not None:
-        exp_id = active.info.experiment_id
-        _guarded(uri, "tag the active run's experiment", lambda: _ensure_kind(client, exp_id))
-        return _Target(client, uri, active.info.run_id, exp_id, owned=False)
+        return _active_target(client, uri, active.info.run_id, result, run_name)
     env_run_id = os.environ.pop("MLFLOW_RUN_ID", None)  # like mlflow.start_run(): consume it once
     if env_run_id:
         what = f"resume run {env_run_id} from MLFLOW_RUN_ID"
@@ -364,6 +527,43 @@ def _select_run(
         uri, f"create a run in experiment {name!r}", lambda: _new_run(client, name, result, run_name)
     )
     return _Target(client, uri, new_run.info.run_id, new_run.info.experiment_id, owned=True)
+
+
+def _active_target(
+    client: MlflowClient, uri: str, run_id: str, result: ExperimentResult, run_name: str | None
+) -> _Target:
+    """The active run while it holds no result; once it holds one, a new run nested under it."""
+    run = _guarded(uri, f"read the active run {run_id}", lambda: client.get_run(run_id))
+    if LLEM_EXPERIMENT_TAG in run.data.tags:
+        return _child_target(client, uri, ChildOf(run_id), result, run_name)
+    exp_id = run.info.experiment_id
+    _guarded(uri, "tag the active run's experiment", lambda: _ensure_kind(client, exp_id))
+    return _Target(client, uri, run_id, exp_id, owned=False)
+
+
+def _child_target(
+    client: MlflowClient, uri: str, child_of: ChildOf, result: ExperimentResult, run_name: str | None
+) -> _Target:
+    """A new run in the parent's experiment, tagged ``mlflow.parentRunId`` (owned: ended here)."""
+    what = f"create a run nested under run {child_of.parent_run_id}"
+    child = _guarded(uri, what, lambda: _new_child(client, child_of, result, run_name))
+    return _Target(client, uri, child.info.run_id, child.info.experiment_id, owned=True)
+
+
+def _new_child(
+    client: MlflowClient, child_of: ChildOf, result: ExperimentResult, run_name: str | None
+) -> Run:
+    from mlflow.tracking.context.registry import resolve_tags
+
+    experiment_id = client.get_run(child_of.parent_run_id).info.experiment_id
+    _ensure_kind(client, experiment_id)
+    tags = {**resolve_tags(), **child_of.tags, PARENT_RUN_TAG: child_of.parent_run_id}
+    return client.create_run(
+        experiment_id,
+        start_time=_epoch_ms(result.start_time),
+        run_name=run_name or default_run_name(result),
+        tags=tags,
+    )
 
 
 def _client(uri: str) -> MlflowClient:
@@ -446,23 +646,26 @@ def _new_run(
 ) -> Run:
     from mlflow.tracking.context.registry import resolve_tags
 
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        experiment_id = client.create_experiment(experiment_name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-    elif experiment.lifecycle_stage != "active":
-        raise TrackingError(
-            f"MLflow experiment {experiment_name!r} is deleted; restore it "
-            f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or pick another name"
-        )
-    else:
-        experiment_id = experiment.experiment_id
-        _ensure_kind(client, experiment_id, experiment.tags)
     return client.create_run(
-        experiment_id,
+        _experiment_named(client, experiment_name),
         start_time=_epoch_ms(result.start_time),
         run_name=run_name or default_run_name(result),
         tags=resolve_tags(),
     )
+
+
+def _experiment_named(client: MlflowClient, experiment_name: str) -> str:
+    """The id of the active experiment ``experiment_name``, created (and kind-tagged) when missing."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return str(client.create_experiment(experiment_name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
+    if experiment.lifecycle_stage != "active":
+        raise TrackingError(
+            f"MLflow experiment {experiment_name!r} is deleted; restore it "
+            f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or pick another name"
+        )
+    _ensure_kind(client, experiment.experiment_id, experiment.tags)
+    return str(experiment.experiment_id)
 
 
 def _ensure_kind(client: MlflowClient, experiment_id: str, tags: dict[str, str] | None = None) -> None:
@@ -589,3 +792,174 @@ def _end_quietly(target: _Target, status: str, end_ms: int) -> None:
 
 def _end(target: _Target, status: str, end_ms: int) -> None:
     target.client.set_terminated(target.run_id, status=status, end_time=end_ms)
+
+
+# ---- reading runs (compare)
+# Appended for ``llem-mlflow compare`` (cli_compare.py): which runs hold llem results, and their result.json.
+
+PARENT_RUN_TAG = "mlflow.parentRunId"
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """One MLflow run holding an llem result, read back from its ``result.json`` artifact."""
+
+    run_id: str
+    run_name: str
+    result: ExperimentResult
+
+
+def read_results(
+    tracking_uri: str | None,
+    *,
+    run_ids: Sequence[str] = (),
+    experiment_name: str | None = None,
+    parent: str | None = None,
+) -> list[StoredResult]:
+    """The llem results of ``run_ids``, else of ``parent``'s child runs, else of every FINISHED run of
+    the experiment (``resolve_experiment_name(experiment_name)``) tagged ``llem.experiment_id``.
+
+    Runs come in the order given, or by start time. Each run's ``result.json`` artifact is downloaded
+    into a temporary folder and validated.
+
+    Raises:
+        ConfigError: a run id or the experiment is not in the store, or a named run holds no llem result.
+        TrackingError: one line; the store is unreachable, or a search or download failed.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    client = _client(uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per result.json otherwise
+    if run_ids:
+        runs = [_named_run(client, uri, run_id) for run_id in run_ids]
+    elif parent:
+        runs = _child_runs(client, uri, parent)
+    else:
+        runs = _experiment_runs(client, uri, resolve_experiment_name(experiment_name))
+    return [_stored(client, uri, run) for run in runs]
+
+
+def _named_run(client: MlflowClient, uri: str, run_id: str) -> Run:
+    from llem_mlflow.errors import ConfigError
+
+    run = _guarded(uri, f"read run {run_id}", lambda: _run_or_none(client, run_id))
+    if run is None:
+        raise ConfigError(f"run {run_id} is not in the MLflow store {scrub_uri(uri)}")
+    if LLEM_EXPERIMENT_TAG not in run.data.tags:
+        raise ConfigError(f"run {run_id} holds no llem result (no {LLEM_EXPERIMENT_TAG} tag)")
+    return run
+
+
+def _child_runs(client: MlflowClient, uri: str, parent: str) -> list[Run]:
+    parent_run = _named_parent(client, uri, parent)
+    where = f"tags.`{PARENT_RUN_TAG}` = '{parent}'"
+    runs = _guarded(
+        uri,
+        f"list the child runs of {parent}",
+        lambda: _search_all(client, parent_run.info.experiment_id, where),
+    )
+    return [run for run in runs if LLEM_EXPERIMENT_TAG in run.data.tags]
+
+
+def _named_parent(client: MlflowClient, uri: str, parent: str) -> Run:
+    from llem_mlflow.errors import ConfigError
+
+    run = _guarded(uri, f"read run {parent}", lambda: _run_or_none(client, parent))
+    if run is None:
+        raise ConfigError(f"parent run {parent} is not in the MLflow store {scrub_uri(uri)}")
+    return run
+
+
+def _experiment_runs(client: MlflowClient, uri: str, name: str) -> list[Run]:
+    from llem_mlflow.errors import ConfigError
+
+    experiment = _guarded(uri, f"find experiment {name!r}", lambda: client.get_experiment_by_name(name))
+    if experiment is None:
+        raise ConfigError(f"no MLflow experiment named {name!r} in the store {scrub_uri(uri)}")
+    where = "attributes.status = 'FINISHED'"
+    runs = _guarded(
+        uri,
+        f"list the runs of experiment {name!r}",
+        lambda: _search_all(client, experiment.experiment_id, where),
+    )
+    return [run for run in runs if LLEM_EXPERIMENT_TAG in run.data.tags]
+
+
+def _search_all(client: MlflowClient, experiment_id: str, where: str) -> list[Run]:
+    """Every active run of the experiment matching ``where``, oldest first (all pages)."""
+    from mlflow.entities import ViewType
+
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=where,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _stored(client: MlflowClient, uri: str, run: Run) -> StoredResult:
+    import tempfile
+
+    from llem_mlflow.artifacts import RESULT_FILE, read_result_json
+
+    run_id = run.info.run_id
+    with tempfile.TemporaryDirectory(prefix="llem-compare-") as tmp:
+        local = _guarded(
+            uri,
+            f"download {RESULT_FILE} of run {run_id}",
+            lambda: client.download_artifacts(run_id, RESULT_FILE, tmp),
+        )
+        result = read_result_json(Path(local))
+    return StoredResult(run_id, run.info.run_name or run_id, result)
+
+
+# ---- tracked blocks (``llem_mlflow.track``)
+
+
+def log_tracked(tracked: Tracked) -> str:
+    """Log a ``track.Tracked`` block into the active MLflow run (a new run named after it when none is).
+
+    Metrics ``track/<name>/duration_s``, ``energy_j``, ``avg_power_w``, ``gpu{i}_j`` (counter, at the
+    block's end time) and the power history ``track/<name>/power/gpu{i}_w`` (thinned like a run's; step
+    = ms since the block started); tag ``track/<name>/status`` (ok or failed). Returns the run id.
+    """
+    import mlflow
+
+    _prepare_mlflow(mlflow.get_tracking_uri())
+    metrics = _tracked_metrics(tracked)
+    active = mlflow.active_run()
+    run = active or mlflow.start_run(run_name=tracked.name)
+    try:
+        client = mlflow.tracking.MlflowClient()
+        for i in range(0, len(metrics), 1000):  # MLflow's log_batch limit
+            client.log_batch(run.info.run_id, metrics=metrics[i : i + 1000])
+        mlflow.set_tag(f"track/{tracked.name}/status", "failed" if tracked.failed else "ok")
+    finally:
+        if active is None:
+            mlflow.end_run()
+    return str(run.info.run_id)
+
+
+def _tracked_metrics(tracked: Tracked) -> list[Metric]:
+    from mlflow.entities import Metric
+
+    prefix, end_ms = f"track/{tracked.name}", int(tracked.end_s * 1000)
+    values = {"duration_s": tracked.duration_s, "energy_j": tracked.total_energy_j}
+    values["avg_power_w"] = tracked.avg_power_w
+    values.update({f"gpu{gpu}_j": joules for gpu, joules in (tracked.energy_j or {}).items()})
+    metrics = [Metric(f"{prefix}/{k}", round(v, 6), end_ms, 0) for k, v in values.items() if v is not None]
+    if tracked.trace is not None:
+        start_ms = int(tracked.start_s * 1000)
+        for gpu in tracked.trace.gpus():
+            for at_s, power_w in thin_power(tracked.trace.for_gpu(gpu), MAX_POWER_POINTS):
+                at_ms = int(at_s * 1000)
+                key = f"{prefix}/power/gpu{gpu}_w"
+                metrics.append(Metric(key, round(power_w, 3), at_ms, at_ms - start_ms))
+    return metrics

@@ -119,3 +119,40 @@ def cuda_device_ids(model: Any) -> list[CudaDeviceId]:
         props = torch.cuda.get_device_properties(index)
         ids.append(CudaDeviceId(index, _nvml_uuid(getattr(props, "uuid", None)), _pci_bus_id(props)))
     return ids
+
+
+def free_memory() -> None:
+    """After the last reference to a model is dropped (``del``): collect it and return cached CUDA memory.
+
+    The sweep calls this between models, so the next one loads into freed GPU memory.
+    """
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")  # no torch imported: nothing of torch's to free
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def visible_cuda_ids() -> list[CudaDeviceId]:
+    """Every CUDA device this process sees, identified as NVML spells them; [] without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    ids = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        ids.append(CudaDeviceId(index, _nvml_uuid(getattr(props, "uuid", None)), _pci_bus_id(props)))
+    return ids
+
+
+def synchronize_all() -> None:
+    """Wait for queued work on every CUDA device, if this process has started CUDA (never starts it)."""
+    import torch
+
+    cuda: Any = torch.cuda  # is_initialized is untyped
+    if cuda.is_available() and cuda.is_initialized():
+        for index in range(cuda.device_count()):
+            cuda.synchronize(index)

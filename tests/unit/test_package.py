@@ -16,6 +16,7 @@ OWNERS = {
     "pynvml": "device.py",
     "mlflow": "tracking.py",
     "pyarrow": "artifacts.py",
+    "matplotlib": "plots.py",
 }
 
 
