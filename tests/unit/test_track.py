@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import pytest
 
@@ -104,11 +103,10 @@ def test_a_name_is_required() -> None:
         track("  ")
 
 
-def test_logged_into_the_active_run_or_a_new_one(tmp_path: Path) -> None:
-    import mlflow
+def test_logged_into_the_active_run_or_a_new_one() -> None:
+    import mlflow  # the store: the test's own sqlite file (conftest's isolated_mlflow)
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     gpu = FakeDevice(0, energy_script=[0.0, 12.0, 20.0, 23.0], power_w=150.0)
     opened = _gpus(gpu)
     with (
