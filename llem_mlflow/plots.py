@@ -139,10 +139,18 @@ def compare_figure(rows: Sequence[Row], field: str, path: Path) -> Path:
     xs, ticks = _positions([row.value_of(field) for row in rows])
     _panel(left, rows, xs, lambda row: row.j_per_token, "J per output token", energy=True)
     _panel(right, rows, xs, lambda row: row.tokens_per_s, "output tokens / s", energy=False)
+    panels = ((left, [r.j_per_token.value for r in rows]), (right, [r.tokens_per_s.value for r in rows]))
+    for ax, values in panels:
+        known = [v for v in values if v is not None]
+        if len(known) == len(values) and _spans_decades(known):
+            ax.set_yscale("log")  # J/token moves 10x+ with batch size: keep every point readable
     for ax in (left, right):
         ax.set_xlabel(field)
         if ticks is None:
-            ax.set_xticks(sorted(set(xs)))
+            if _spans_decades(xs):
+                ax.set_xscale("log")  # batch sizes 1..64: equal steps per doubling, not crowded at the left
+            ax.set_xticks(sorted(set(xs)), [f"{x:g}" for x in sorted(set(xs))])
+            ax.minorticks_off()
         else:
             ax.set_xticks(range(len(ticks)), ticks, rotation=20 if len(ticks) > 3 else 0, ha="right")
     fig.suptitle(
@@ -151,6 +159,11 @@ def compare_figure(rows: Sequence[Row], field: str, path: Path) -> Path:
         fontsize=10.5,
     )
     return _save(fig, Path(path))
+
+
+def _spans_decades(xs: list[float]) -> bool:
+    """Whether a numeric axis is better read on a log scale: all positive and max / min >= 10."""
+    return bool(xs) and min(xs) > 0 and max(xs) / min(xs) >= 10
 
 
 def _positions(values: list[Any]) -> tuple[list[float], list[str] | None]:
