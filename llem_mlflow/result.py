@@ -313,7 +313,7 @@ class ExperimentResult(_Model):
         return params
 
     def mlflow_tags(self) -> dict[str, str]:
-        """llem.* tags: identity, provenance and environment."""
+        """llem.* tags (identity, provenance, environment) and the run description ``mlflow.note.content``."""
         env = self.environment_snapshot
         tags: dict[str, str | None] = {
             "llem.config_hash": self.measurement_config_hash,
@@ -335,8 +335,34 @@ class ExperimentResult(_Model):
             "llem.env.python": env.python_version,
             "llem.git.commit": env.git_commit,
             **{f"llem.quality.{name}": message[:500] for name, message in self.quality_flags.items()},
+            "mlflow.note.content": self.description(),
         }
         return {k: v for k, v in tags.items() if v is not None}
+
+    def description(self) -> str:
+        """One Markdown paragraph for the MLflow run page: what ran, what it cost, how far to trust it."""
+        cycles = self.cycles.n if self.cycles else 1
+        plural = "s" if cycles != 1 else ""
+        parts = [
+            f"**{self.model}** ({self.weights} weights, {self.precision}, {self.device}), "
+            f"{self.config.n} prompts x {self.config.max_output_tokens} new tokens at batch "
+            f"{self.config.batch_size}, {cycles} cycle{plural} ({self.measurement_methodology}):",
+            f"{self.avg_tokens_per_second:,.1f} output tok/s",
+        ]
+        if self.avg_energy_per_token_j is not None and self.total_energy_j is not None:
+            gpus = len(self.energy.per_gpu) if self.energy else 0
+            parts.append(
+                f"{self.avg_energy_per_token_j:.4g} J per output token ({self.total_energy_j:,.0f} J on "
+                f"{gpus} GPU{'s' if gpus != 1 else ''}, NVML energy counter)"
+            )
+        else:
+            parts.append("energy not measured (no NVIDIA GPU)")
+        flags = ", ".join(self.quality_flags) or "none"
+        return (
+            " ".join([parts[0], "; ".join(parts[1:]) + "."])
+            + f" Quality flags: {flags}. Hash "
+            + (f"`{self.measurement_config_hash}`; details in result.json.")
+        )
 
     def mlflow_metrics(self) -> dict[str, float]:
         """Summary metrics, each rounded by its rule (below); energy ones only when energy was measured."""

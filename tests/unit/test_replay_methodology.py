@@ -87,3 +87,11 @@ def test_brief_sw_power_cap_flicker_is_not_a_throttling_flag() -> None:
     capped = [m for m in inside if m is not None and m & quality.SW_POWER_CAP]
     assert 0 < len(capped) < 0.01 * len([m for m in inside if m is not None])
     assert quality.check_throttling(inside) is None
+
+
+def test_the_run_description_summarises_the_result() -> None:
+    r = _load(SPLIT)
+    note = r.mlflow_tags()["mlflow.note.content"]
+    assert note.startswith("**TinyLlama/TinyLlama-1.1B-Chat-v1.0**") and "batch 64, 3 cycles" in note
+    assert "0.1205 J per output token" in note and "2 GPUs" in note and "Quality flags: none" in note
+    assert r.measurement_config_hash in note
