@@ -27,6 +27,7 @@ first without MLflow, and MLflow's HTTP retries and SQL engine retries are bound
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import logging
 import os
@@ -50,7 +51,7 @@ from llem_mlflow.store_probe import one_line as _one_line
 from llem_mlflow.trace import PowerTrace, thin_power
 
 if TYPE_CHECKING:
-    from mlflow.entities import Metric, Param, Run, RunTag
+    from mlflow.entities import DatasetInput, Metric, Param, Run, RunTag
     from mlflow.tracking import MlflowClient
 
     from llem_mlflow.track import Tracked
@@ -702,10 +703,30 @@ def _log_everything(
         params=_params(result.mlflow_params(), existing),
         tags=_tags(result.mlflow_tags()),
     )
+    client.log_inputs(run_id, datasets=[_prompt_dataset(result)])
     for path in files:
         if not Path(path).is_file():
             raise FileNotFoundError(f"artifact file {path} does not exist")
         client.log_artifact(run_id, str(path))
+
+
+def _prompt_dataset(result: ExperimentResult) -> DatasetInput:
+    """The prompt set as an MLflow dataset input (name, digest, source), context ``measurement``.
+
+    A .jsonl file: its name, the first 16 hex digits of its SHA-256 (``resolved.dataset``), source = the
+    path as configured. Synthetic prompts: ``synthetic``, digested from what decides them (seed, n, length).
+    """
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    cfg = result.config
+    if cfg.dataset == "synthetic" or result.resolved is None:
+        spec = f"synthetic seed={cfg.seed} n={cfg.n} max_input_tokens={cfg.max_input_tokens}"
+        digest = hashlib.sha256(spec.encode()).hexdigest()[:16]
+        dataset = Dataset(name="synthetic", digest=digest, source_type="code", source=spec)
+    else:
+        digest = result.resolved.dataset.split(":")[-1][:16]
+        dataset = Dataset(name=Path(cfg.dataset).name, digest=digest, source_type="local", source=cfg.dataset)
+    return DatasetInput(dataset=dataset, tags=[InputTag(key="mlflow.data.context", value="measurement")])
 
 
 def _params(ours: dict[str, str], existing: dict[str, str]) -> list[Param]:

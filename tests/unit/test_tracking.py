@@ -66,6 +66,19 @@ def test_new_run_has_everything(tmp_path: Path, sample_result: Sample) -> None:
     assert not any(k.startswith("system/") for k in run.data.metrics)
 
 
+def test_the_prompt_set_is_the_run_dataset_input(tmp_path: Path, sample_result: Sample) -> None:
+    result, trace = sample_result
+    run = MlflowClient().get_run(log(result, write_files(result, trace, tmp_path / "out"), trace))
+    (entry,) = run.inputs.dataset_inputs
+    cfg = result.config
+    assert entry.dataset.name == cfg.dataset == "synthetic" and len(entry.dataset.digest) == 16
+    spec = f"synthetic seed={cfg.seed} n={cfg.n} max_input_tokens={cfg.max_input_tokens}"
+    assert entry.dataset.source == spec
+    assert [(t.key, t.value) for t in entry.tags] == [("mlflow.data.context", "measurement")]
+    other = result.model_copy(update={"config": cfg.model_copy(update={"seed": cfg.seed + 1})})
+    assert tracking._prompt_dataset(other).dataset.digest != entry.dataset.digest
+
+
 def test_owned_run_spans_the_measurement_not_the_logging(sample_result: Sample, tmp_path: Path) -> None:
     result, trace = sample_result
     run = MlflowClient().get_run(log(result, write_files(result, trace, tmp_path), trace))
