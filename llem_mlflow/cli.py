@@ -430,7 +430,11 @@ def _setup_logging() -> None:
 def _sweep_only(
     gpus: Annotated[
         str | None,
-        Opt(metavar="0,1", help="Not available yet: points run one after the other on the visible GPUs."),
+        Opt(
+            metavar="0,1",
+            help="Run points in parallel, one worker process per GPU (indices as nvidia-smi shows them); "
+            "each worker sees and measures only its GPU.",
+        ),
     ] = None,
 ) -> None:
     """The options ``sweep`` has beyond ``run``'s."""
@@ -457,32 +461,36 @@ def sweep_points(**flags: Any) -> None:
     Flags override the base config. Running the same sweep again measures only what is not FINISHED.
     """
     from llem_mlflow.sweep import load_sweep
+    from llem_mlflow.sweep_parallel import check_points, resolve_gpus
 
-    if flags.get("gpus"):
-        _err("--gpus is not available yet; run without it (points then run one after the other)")
-        raise typer.Exit(2)
     try:
         path = _config_path(flags.get("config"), flags.get("config_file"))
         if not path:
             raise ConfigError("sweep needs a sweep file: llem-mlflow sweep FILE.yaml")
         plan = load_sweep(path, **_overrides(flags))
+        gpus = resolve_gpus(flags["gpus"]) if flags.get("gpus") else ()
+        if gpus:
+            check_points(plan.points)
     except ConfigError as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
-    _run_sweep(plan)
+    _run_sweep(plan, gpus)
 
 
-def _run_sweep(plan: Any) -> None:
+def _run_sweep(plan: Any, gpus: tuple[str, ...] = ()) -> None:
     from llem_mlflow.console import ConsoleProgress
     from llem_mlflow.sweep import Parts, markdown_table, run_sweep
 
     _setup_logging()
+    where = f" on GPUs {','.join(gpus)}, one worker each" if gpus else ""
     typer.echo(
-        f"[llem] sweep {plan.sweep_id}: {len(plan.points)} points over {', '.join(plan.fields)}", err=True
+        f"[llem] sweep {plan.sweep_id}: {len(plan.points)} points over {', '.join(plan.fields)}{where}",
+        err=True,
     )
     try:
         with ConsoleProgress() as progress:
-            outcome = run_sweep(plan, Parts(progress=progress, report=_report_point))
+            parts = Parts(progress=None if gpus else progress, report=_report_point, gpu_ids=gpus)
+            outcome = run_sweep(plan, parts)
     except ConfigError as exc:
         _err(str(exc))
         raise typer.Exit(2) from None

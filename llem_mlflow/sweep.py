@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from llem_mlflow.config import ExperimentConfig, load_config, read_yaml
 from llem_mlflow.errors import ConfigError, LlemError
 from llem_mlflow.protocols import Backend, BatchStats, LoadedModel, ModelFacts
+from llem_mlflow.store_probe import one_line
 
 if TYPE_CHECKING:
     from llem_mlflow.preflight import StoreProbe
@@ -335,6 +336,10 @@ class Parts:
     store_probe: StoreProbe | None = None
     gpus: GpuProvider | None = None
     report: Callable[[Row], None] = lambda row: None  # called as each point is settled
+    #: ``CUDA_VISIBLE_DEVICES`` of one worker process per GPU (``sweep_parallel``); empty: this process.
+    gpu_ids: tuple[str, ...] = ()
+    #: Builds the parts inside each worker (module level, to cross the spawn); None: the real parts.
+    worker_parts: Callable[[], Parts] | None = None
 
 
 def run_sweep(config: str | Path | SweepPlan, parts: Parts | None = None, **overrides: Any) -> SweepOutcome:
@@ -348,6 +353,10 @@ def run_sweep(config: str | Path | SweepPlan, parts: Parts | None = None, **over
     """
     plan = config if isinstance(config, SweepPlan) else load_sweep(config, **overrides)
     parts = parts or Parts()
+    if parts.gpu_ids:
+        from llem_mlflow.sweep_parallel import check_points
+
+        check_points(plan.points)
     parent = _open_parent(plan)
     rows: dict[int, Row] = {}
     try:
@@ -400,25 +409,43 @@ def _measure_all(
 ) -> Iterator[tuple[int, Row]]:
     index = {id(p): i for i, p in enumerate(plan.points)}
     todo = [p for i, p in enumerate(plan.points) if i not in skip]
-    make = parts.make_backend or _create_backend
+    parent_run_id = parent.run_id if parent is not None else None
+    if parts.gpu_ids:
+        from llem_mlflow.sweep_parallel import run_parallel
+
+        order = [index[id(p)] for group in run_groups(todo) for p in group]
+        yield from run_parallel(plan, order, parent_run_id, parts.gpu_ids, parts.worker_parts)
+        return
+    make = parts.make_backend or create_backend
     for group in run_groups(todo):
         assert group[0].config is not None  # run_groups keeps valid points only
         backend = LoadOnce(make(group[0].config))
         try:
             for p in group:
-                yield index[id(p)], _measure(p, backend, parent, parts)
+                yield index[id(p)], measure_point(p, backend, parent_run_id, parts)
         finally:
             del backend
-            (parts.free_memory or _free_memory)()
+            (parts.free_memory or free_memory)()
 
 
-def _measure(p: Point, backend: Backend, parent: SweepParent | None, parts: Parts) -> Row:
+def measure_point(
+    p: Point,
+    backend: Backend,
+    parent_run_id: str | None,
+    parts: Parts,
+    tags: Mapping[str, str] | None = None,
+) -> Row:
+    """Measure one valid point as a child of ``parent_run_id`` (None: no MLflow), tagged ``tags`` too."""
     from llem_mlflow import tracking
     from llem_mlflow.runner import execute
 
     assert p.config is not None and p.point_hash is not None
-    tags = {tracking.SWEEP_POINT_TAG: p.label, tracking.SWEEP_POINT_HASH_TAG: p.point_hash}
-    child_of = tracking.ChildOf(parent.run_id, tags) if parent is not None else None
+    point_tags = {
+        tracking.SWEEP_POINT_TAG: p.label,
+        tracking.SWEEP_POINT_HASH_TAG: p.point_hash,
+        **(tags or {}),
+    }
+    child_of = tracking.ChildOf(parent_run_id, point_tags) if parent_run_id is not None else None
     try:
         outcome = execute(
             p.config,
@@ -429,7 +456,7 @@ def _measure(p: Point, backend: Backend, parent: SweepParent | None, parts: Part
             child_of=child_of,
         )
     except LlemError as exc:
-        return Row(p, "failed", note=_one_line(str(exc)))
+        return Row(p, "failed", note=one_line(str(exc)))
     return outcome_row(p, outcome)
 
 
@@ -437,21 +464,17 @@ def outcome_row(p: Point, outcome: Outcome) -> Row:
     """The summary row of a point measured now."""
     r = outcome.result
     status = "not logged" if outcome.tracking_error else "measured"
-    note = _one_line(outcome.tracking_error or "") or str(outcome.result_dir)
+    note = one_line(outcome.tracking_error or "") or str(outcome.result_dir)
     return Row(p, status, outcome.run_id, r.mlflow_metrics(), r.measurement_config_hash, note)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _create_backend(cfg: ExperimentConfig) -> Backend:
+def create_backend(cfg: ExperimentConfig) -> Backend:
     from llem_mlflow.backends import create_backend
 
     return create_backend(cfg)
 
 
-def _free_memory() -> None:
+def free_memory() -> None:
     from llem_mlflow.backends.runtime import free_memory
 
     free_memory()

@@ -703,11 +703,24 @@ def _log_everything(
         params=_params(result.mlflow_params(), existing),
         tags=_tags(result.mlflow_tags()),
     )
-    client.log_inputs(run_id, datasets=[_prompt_dataset(result)])
+    _log_dataset(client, run_id, _prompt_dataset(result))
     for path in files:
         if not Path(path).is_file():
             raise FileNotFoundError(f"artifact file {path} does not exist")
         client.log_artifact(run_id, str(path))
+
+
+def _log_dataset(client: MlflowClient, run_id: str, dataset: DatasetInput) -> None:
+    """Log the dataset input; once more after a failure.
+
+    MLflow's SQL store looks the dataset up, then inserts it: two clients logging the same new dataset
+    at once (a sweep over two GPUs) race, and the loser fails on the unique key; its second try finds
+    the dataset the winner inserted (2 spawned processes x 20 new datasets on sqlite: 12 collisions).
+    """
+    try:
+        client.log_inputs(run_id, datasets=[dataset])
+    except Exception:
+        client.log_inputs(run_id, datasets=[dataset])
 
 
 def _prompt_dataset(result: ExperimentResult) -> DatasetInput:

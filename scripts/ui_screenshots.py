@@ -4,7 +4,8 @@
 
 Copies each result folder to a temp dir, logs it with the real `llem-mlflow log` into a fresh sqlite
 store, starts `mlflow server` on 127.0.0.1, and saves `runs.png` (the experiment's runs table) and
-`power.png` (the power trace chart of all runs) and `run.png` (the first run's page) into OUT_DIR. Needs Debian's `chromium`.
+`power.png` (the power trace chart of all runs) and `run.png` (the first run's page) into OUT_DIR.
+Needs Debian's `chromium`.
 """
 
 from __future__ import annotations
