@@ -548,6 +548,50 @@ def log_saved(
     typer.echo(_line("mlflow run", logged.run_id))
 
 
+@app.command("sync", cls=_Command)
+def sync_spool(
+    entries: Annotated[
+        list[str] | None, typer.Argument(help="Spool entries (folders or ids); default: every entry.")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, Opt(metavar="TEXT", help="Log to this store instead of each entry's own.")
+    ] = None,
+    dry_run: Annotated[bool, Opt("--dry-run", help="List what would be logged; log nothing.")] = False,
+) -> None:
+    """Upload results spooled when MLflow was unreachable, each once, to the store it was meant for.
+
+    The spool is LLEM_MLFLOW_SPOOL_DIR, else ~/.local/state/llem-mlflow/spool. Credentials come from the
+    environment (MLFLOW_TRACKING_USERNAME / PASSWORD / TOKEN) or --tracking-uri; the spool holds none.
+    """
+    from llem_mlflow import spool
+
+    _setup_logging()
+    try:
+        chosen = _spool_entries(entries)
+    except LlemError as exc:
+        _err(str(exc))
+        raise typer.Exit(2) from None
+    for folder in spool.broken():
+        _err(f"{folder} is not a readable spool entry; left alone (move it out of the spool)")
+    if not chosen:
+        typer.echo(f"[llem] nothing spooled in {spool.spool_dir()}", err=True)
+    rows = spool.sync(chosen, tracking_uri or None, dry_run)
+    for row in rows:
+        where = f" run {row.run_id}" if row.run_id else ""
+        note = f" ({row.note})" if row.note else ""
+        typer.echo(f"{row.entry.llem_id}  {row.status}{where} at {row.tracking_uri}{note}")
+    if any(r.status in ("failed", "busy") for r in rows):
+        raise typer.Exit(1)
+
+
+def _spool_entries(names: list[str] | None) -> list[Any]:
+    from llem_mlflow import spool
+
+    if not names:
+        return spool.pending()
+    return [spool.Entry.read(Path(n) if Path(n).is_dir() else spool.spool_dir() / n) for n in names]
+
+
 # ---------------------------------------------------------------- config
 
 

@@ -10,6 +10,7 @@ never rewritten.
 from __future__ import annotations
 
 import logging
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,10 +32,13 @@ def log_folder(
     run_name: str | None,
     loaded: tuple[ExperimentResult, PowerTrace] | None = None,
     child_of: tracking.ChildOf | None = None,
+    replace_unfinished: bool = False,
 ) -> LoggedRun:
     """Log a result folder (result.json + trace) to MLflow unless a FINISHED run already holds it.
 
     ``child_of``: a new run nested under that parent receives it (a sweep's point).
+    ``replace_unfinished``: first soft-delete runs of this result that a broken earlier try left
+    unfinished (``tracking.retire_unfinished``; the ``mlflow run`` run in ``MLFLOW_RUN_ID`` is kept).
 
     Returns:
         The run; ``already_logged`` is True when it was found in the store and nothing was logged.
@@ -52,25 +56,36 @@ def log_folder(
     try:
         logged = tracking.find_logged_run(
             result.experiment_id, tracking_uri=tracking_uri, run_id_hint=record["run_id"] if record else None
-        ) or tracking.record_result(
-            result,
-            [json_path, trace_path, *_extra_files(folder)],
-            trace,
-            tracking_uri=tracking_uri,
-            experiment_name=experiment_name,
-            run_name=run_name,
-            child_of=child_of,
         )
+        if logged is None:
+            if replace_unfinished:
+                _retire(result, folder, tracking_uri)
+            logged = tracking.record_result(
+                result,
+                [json_path, trace_path, *_extra_files(folder)],
+                trace,
+                tracking_uri=tracking_uri,
+                experiment_name=experiment_name,
+                run_name=run_name,
+                child_of=child_of,
+            )
     except TrackingError as exc:
         raise TrackingError(
             f"{exc}\nThe result is saved in {folder}; log it later with: llem-mlflow log {folder}"
         ) from None
     if record is None or (record["run_id"], record["tracking_uri"]) != (logged.run_id, logged.tracking_uri):
-        _remember(folder, logged)
+        remember(folder, logged)
     return logged
 
 
-def _remember(folder: Path, logged: LoggedRun) -> None:
+def _retire(result: ExperimentResult, folder: Path, tracking_uri: str | None) -> None:
+    """Soft-delete runs an earlier, broken try left unfinished (the ``mlflow run`` run is kept)."""
+    keep = os.environ.get("MLFLOW_RUN_ID")
+    for run_id in tracking.retire_unfinished(result.experiment_id, tracking_uri=tracking_uri, keep=keep):
+        log.warning("deleted run %s: an earlier, unfinished try at logging %s", run_id, folder.name)
+
+
+def remember(folder: Path, logged: LoggedRun) -> None:
     """Write ``mlflow_run.json``; a failure only warns (the run is logged either way)."""
     try:
         artifacts.write_run_record(

@@ -34,6 +34,7 @@ from llem_mlflow import (
     preflight,
     quality,
     recording,
+    spool,
     stats,
     steady,
     tracking,
@@ -534,14 +535,15 @@ def _record(
 def _log(
     cfg: ExperimentConfig, result: ExperimentResult, m: measure.Measurement, folder: Path, how: _Logging
 ) -> Outcome:
+    target = spool.target_now(cfg.tracking_uri, cfg.experiment_name, cfg.run_name, how.child_of)
     still_down = preflight.probe_now(cfg, how.reprobe) if how.reprobe is not None else None
-    if still_down:
-        hint = f"The result is saved in {folder}; log it later with: llem-mlflow log {folder}"
-        return Outcome(result=result, result_dir=folder, run_id=None, tracking_error=f"{still_down}\n{hint}")
     try:
+        if still_down:
+            raise TrackingError(still_down)
         logged = recording.log_folder(
             folder, cfg.tracking_uri, cfg.experiment_name, cfg.run_name, (result, m.trace), how.child_of
         )
-    except TrackingError as exc:
-        return Outcome(result=result, result_dir=folder, run_id=None, tracking_error=str(exc))
+    except TrackingError as exc:  # the files are written: spool them for `llem-mlflow sync`
+        message = spool.keep(folder, result.experiment_id, target, str(exc))
+        return Outcome(result=result, result_dir=folder, run_id=None, tracking_error=message)
     return Outcome(result=result, result_dir=folder, run_id=logged.run_id)

@@ -558,13 +558,66 @@ def _new_child(
 
     experiment_id = client.get_run(child_of.parent_run_id).info.experiment_id
     _ensure_kind(client, experiment_id)
-    tags = {**resolve_tags(), **child_of.tags, PARENT_RUN_TAG: child_of.parent_run_id}
+    tags = {
+        **resolve_tags(),
+        **child_of.tags,
+        PARENT_RUN_TAG: child_of.parent_run_id,
+        LLEM_EXPERIMENT_TAG: result.experiment_id,  # a half-logged run can be found (and retired) again
+    }
     return client.create_run(
         experiment_id,
         start_time=_epoch_ms(result.start_time),
         run_name=run_name or default_run_name(result),
         tags=tags,
     )
+
+
+def _create_experiment(client: MlflowClient, name: str) -> str | None:
+    """Create experiment ``name``; None when it already exists (several clients starting at once race)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+            return None
+        raise
+
+
+def retire_unfinished(
+    llem_experiment_id: str, *, tracking_uri: str | None, keep: str | None = None
+) -> list[str]:
+    """Soft-delete active runs tagged ``llem.experiment_id`` that are not FINISHED, except ``keep``.
+
+    Such a run is an earlier try whose logging broke half-way; ``sync`` logs the result afresh, so the
+    store ends with one active run per result. Deleted runs stay restorable (``mlflow gc`` removes them).
+
+    Raises:
+        TrackingError: one line; the store is unreachable or the search failed.
+    """
+    uri = target_tracking_uri(tracking_uri)
+    client = _client(uri)
+
+    def retire() -> list[str]:
+        from mlflow.entities import ViewType
+
+        experiment_ids = _active_experiment_ids(client)
+        runs = (
+            client.search_runs(
+                experiment_ids,
+                filter_string=f"tags.`{LLEM_EXPERIMENT_TAG}` = '{llem_experiment_id}' "
+                "and attributes.status != 'FINISHED'",
+                run_view_type=ViewType.ACTIVE_ONLY,
+            )
+            if experiment_ids
+            else []
+        )
+        gone = [r.info.run_id for r in runs if r.info.run_id != keep]
+        for run_id in gone:
+            client.delete_run(run_id)
+        return gone
+
+    return _guarded(uri, f"retire half-logged runs of {llem_experiment_id}", retire)
 
 
 def _client(uri: str) -> MlflowClient:
@@ -651,7 +704,7 @@ def _new_run(
         _experiment_named(client, experiment_name),
         start_time=_epoch_ms(result.start_time),
         run_name=run_name or default_run_name(result),
-        tags=resolve_tags(),
+        tags={**resolve_tags(), LLEM_EXPERIMENT_TAG: result.experiment_id},
     )
 
 
@@ -659,7 +712,12 @@ def _experiment_named(client: MlflowClient, experiment_name: str) -> str:
     """The id of the active experiment ``experiment_name``, created (and kind-tagged) when missing."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
-        return str(client.create_experiment(experiment_name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
+        created = _create_experiment(client, experiment_name)
+        if created is not None:
+            return created
+        experiment = client.get_experiment_by_name(experiment_name)  # another client created it just now
+        if experiment is None:
+            raise TrackingError(f"MLflow experiment {experiment_name!r} could be neither created nor found")
     if experiment.lifecycle_stage != "active":
         raise TrackingError(
             f"MLflow experiment {experiment_name!r} is deleted; restore it "

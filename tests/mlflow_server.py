@@ -42,14 +42,16 @@ def server_env(tmp_dir: Path) -> dict[str, str]:
     return env
 
 
-def start_server(tmp_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(tmp_dir: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """Launch a tracking server with its data under ``tmp_dir``; return (process, http URI).
+
+    ``port``: listen there (e.g. to restart a server where its clients expect it); default a free one.
 
     Raises:
         RuntimeError: the server exited or was not healthy within 60 s (message has its log).
     """
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     log_path = tmp_dir / "server.log"
     cmd = [sys.executable, "-m", "flask", "--app", "mlflow.server:app", "run"]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]

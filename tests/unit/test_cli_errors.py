@@ -109,7 +109,7 @@ def test_unreachable_tracking_server_keeps_files_and_log_recovers(tmp_path: Path
         cwd=tmp_path,
     )
     assert proc.returncode == 1
-    assert "log it later with: llem-mlflow log" in proc.stderr
+    assert "upload everything spooled with: llem-mlflow sync" in proc.stderr
     (folder,) = (tmp_path / "out").iterdir()
     assert (folder / "result.json").is_file() and (folder / "timeseries.parquet").is_file()
     uri = f"sqlite:///{tmp_path / 'later.db'}"

@@ -78,7 +78,7 @@ def test_unreachable_store_warns_up_front_and_the_run_keeps_its_files(tmp_path: 
     assert seen == ["probe", "probe"]  # up front, and once more before logging
     assert outcome.run_id is None and outcome.tracking_error is not None
     assert "store down" in outcome.tracking_error
-    assert f"llem-mlflow log {outcome.result_dir}" in outcome.tracking_error
+    assert f"The result is saved in {outcome.result_dir} and spooled" in outcome.tracking_error
     assert (outcome.result_dir / "result.json").is_file()
     assert any("store down" in w for w in outcome.result.warnings)
 
