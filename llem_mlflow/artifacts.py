@@ -47,29 +47,60 @@ _NULLABLE_FIELDS = (
 _ADDED_FIELDS = frozenset({"compute_processes"})
 
 
+class FolderTaken(TrackingError):
+    """The result folder exists already: another run (or process) holds it."""
+
+
 def result_dir(output_dir: Path, experiment_id: str) -> Path:
-    """Create and return ``output_dir/experiment_id``; refuse a folder that already holds files.
+    """Create ``output_dir/experiment_id`` and return it; it must not exist yet.
+
+    The last folder is created exclusively (``mkdir`` without ``exist_ok``): of several processes
+    claiming one name, exactly one gets it, so results never share a folder or overwrite each other.
 
     Raises:
-        TrackingError: the folder exists and is not empty, or is not a folder, or cannot be created.
+        FolderTaken: the folder exists (the caller may pick another name).
+        TrackingError: the folder cannot be created.
     """
     target = Path(output_dir) / experiment_id
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise TrackingError(
-            f"result folder {target} already exists and is not empty; refusing to overwrite results. "
-            "Choose another output_dir or move the old results away."
-        )
     try:
-        target.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.mkdir()
+    except FileExistsError:
+        raise FolderTaken(
+            f"result folder {target} already exists; refusing to overwrite results. "
+            "Choose another output_dir or move the old results away."
+        ) from None
     except OSError as exc:
         raise TrackingError(f"cannot create result folder {target}: {exc}; check output_dir") from exc
     return target
 
 
+def claim_result_dir(output_dir: Path, make_id: Callable[[], str], attempts: int = 5) -> tuple[Path, str]:
+    """A new result folder named ``make_id()`` (a fresh name when one is taken); (folder, name).
+
+    Raises:
+        TrackingError: ``attempts`` names were all taken, or the folder cannot be created.
+    """
+    for _ in range(attempts - 1):
+        name = make_id()
+        try:
+            return result_dir(output_dir, name), name
+        except FolderTaken:
+            continue
+    name = make_id()
+    return result_dir(output_dir, name), name
+
+
+def write_text_atomic(target: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``target`` atomically (see ``atomic_write``)."""
+    data = text.encode()
+    return atomic_write(Path(target), lambda f: f.write(data))
+
+
 def write_result_json(result: ExperimentResult, directory: Path) -> Path:
     """Write ``result.json`` (indented JSON of the model) atomically into ``directory``."""
     data = result.model_dump_json(indent=2).encode()
-    return _atomic_write(Path(directory) / RESULT_FILE, lambda f: f.write(data))
+    return atomic_write(Path(directory) / RESULT_FILE, lambda f: f.write(data))
 
 
 def read_result_json(path: Path) -> ExperimentResult:
@@ -102,7 +133,7 @@ def write_trace_parquet(
     def write(f: IO[bytes]) -> None:
         pq.write_table(table, f)
 
-    return _atomic_write(Path(directory) / TRACE_FILE, write)
+    return atomic_write(Path(directory) / TRACE_FILE, write)
 
 
 def read_trace_parquet(path: Path) -> PowerTrace:
@@ -151,7 +182,7 @@ def write_run_record(
         "logged_at": logged_at.astimezone(timezone.utc).isoformat(),
     }
     data = (json.dumps(record, indent=2) + "\n").encode()
-    return _atomic_write(Path(directory) / RUN_RECORD_FILE, lambda f: f.write(data))
+    return atomic_write(Path(directory) / RUN_RECORD_FILE, lambda f: f.write(data))
 
 
 def read_run_record(directory: Path) -> dict[str, str] | None:
@@ -210,7 +241,7 @@ def _phase(timestamp_s: float, windows: Mapping[str, tuple[float, float]]) -> st
     return OTHER_PHASE
 
 
-def _atomic_write(target: Path, write: Callable[[IO[bytes]], object]) -> Path:
+def atomic_write(target: Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Write via a temp file in the target's folder, fsync, then rename over ``target``."""
     tmp_name = str(target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:

@@ -11,6 +11,7 @@ refuses runs that measured differently unless ``--force``. Errors map to exit co
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from collections import Counter
@@ -185,11 +186,14 @@ def _guard(path: str, write: Callable[[Path], object]) -> None:
 
 def write_csv(comparison: Comparison, path: Path) -> None:
     """One line per run: the run, the differing settings, each figure and its interval, the n.s. mark."""
+    from llem_mlflow.artifacts import write_text_atomic
+
     rows = [row.flat() for row in comparison.rows]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
+    write_text_atomic(path, buffer.getvalue())
 
 
 def _csv_value(value: Any) -> Any:
@@ -199,4 +203,6 @@ def _csv_value(value: Any) -> Any:
 def write_json(comparison: Comparison, path: Path) -> None:
     """``{"differing": [setting, ...], "rows": [the CSV's rows as objects]}``."""
     data = {"differing": comparison.differing, "rows": [row.flat() for row in comparison.rows]}
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    from llem_mlflow.artifacts import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")

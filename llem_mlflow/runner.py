@@ -159,8 +159,10 @@ def execute(
     with clock.lap("load"):
         loaded = backend.load()
     resolved = _resolve(cfg, loaded, plan)
-    experiment_id = _experiment_id(start, resolved.measurement_hash())
-    folder = artifacts.result_dir(Path(cfg.output_dir), experiment_id)
+    config_hash = resolved.measurement_hash()
+    folder, experiment_id = artifacts.claim_result_dir(
+        Path(cfg.output_dir), lambda: _experiment_id(start, config_hash)
+    )
     gpu_set = (gpus or _nvml_gpus)(loaded.cuda_devices) if loaded.device == "cuda" else _no_gpu(loaded)
     _await(imports, clock)
     try:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import itertools
 import json
 import random
@@ -517,12 +518,14 @@ def best_rows(rows: Sequence[Row]) -> dict[str, Row]:
 def write_summary(rows: Sequence[Row], folder: Path) -> list[Path]:
     """``sweep_summary.csv`` (every column, raw values) and ``sweep_summary.md`` (for reading)."""
     folder.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = folder / SUMMARY_CSV, folder / SUMMARY_MD
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(r.cells() for r in rows)
-    md_path.write_text(markdown_table(rows) + "\n")
+    from llem_mlflow.artifacts import write_text_atomic
+
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(r.cells() for r in rows)
+    csv_path = write_text_atomic(folder / SUMMARY_CSV, buffer.getvalue())
+    md_path = write_text_atomic(folder / SUMMARY_MD, markdown_table(rows) + "\n")
     return [csv_path, md_path]
 
 

@@ -26,16 +26,26 @@ def test_result_dir_creates_nested_folder(tmp_path: Path) -> None:
     assert out.is_dir()
 
 
-def test_result_dir_accepts_existing_empty_folder(tmp_path: Path) -> None:
+def test_result_dir_refuses_even_an_empty_existing_folder(tmp_path: Path) -> None:
+    (tmp_path / "exp-1").mkdir()  # another process may have claimed it a moment ago
+    with pytest.raises(artifacts.FolderTaken, match="already exists"):
+        artifacts.result_dir(tmp_path, "exp-1")
+
+
+def test_a_taken_name_is_replaced_by_a_fresh_one(tmp_path: Path) -> None:
     (tmp_path / "exp-1").mkdir()
-    assert artifacts.result_dir(tmp_path, "exp-1").is_dir()
+    names = iter(["exp-1", "exp-1", "exp-2"])
+    folder, name = artifacts.claim_result_dir(tmp_path, lambda: next(names))
+    assert (folder, name) == (tmp_path / "exp-2", "exp-2")
+    with pytest.raises(artifacts.FolderTaken):
+        artifacts.claim_result_dir(tmp_path, lambda: "exp-1", attempts=3)
 
 
 def test_result_dir_refuses_non_empty_folder(tmp_path: Path) -> None:
     old = tmp_path / "exp-1"
     old.mkdir()
     (old / "result.json").write_text("old data")
-    with pytest.raises(TrackingError, match="not empty"):
+    with pytest.raises(TrackingError, match="already exists"):
         artifacts.result_dir(tmp_path, "exp-1")
     assert (old / "result.json").read_text() == "old data"
 
@@ -64,7 +74,7 @@ def test_failed_write_cleans_temp_file_and_keeps_old(tmp_path: Path) -> None:
         raise OSError("disk full")
 
     with pytest.raises(TrackingError, match="disk full"):
-        artifacts._atomic_write(target, boom)
+        artifacts.atomic_write(target, boom)
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
     assert target.read_text() == "previous"
 
