@@ -17,6 +17,11 @@ Readings and units:
 
 CUDA devices are matched to NVML by UUID, then by PCI bus id, never by index: CUDA_VISIBLE_DEVICES
 and CUDA_DEVICE_ORDER make the two index spaces differ.
+
+A read that NVML answers with ``NVML_ERROR_GPU_IS_LOST`` raises ``DeviceLostError`` (a ``DeviceError``):
+the GPU fell off the bus or needs a reset, so every later read fails too and callers stop retrying it
+(see docs/reliability/nvml-faults.md). MIG-enabled GPUs are refused when devices are opened: NVML
+reports power and energy per card, not per MIG instance.
 """
 
 from __future__ import annotations
@@ -33,7 +38,20 @@ from llem_mlflow.protocols import CudaDeviceId, GpuInfo, SlowReading
 T = TypeVar("T")
 
 _NVML_SUCCESS = 0
+_NVML_ERROR_GPU_IS_LOST = 15  # pynvml.NVML_ERROR_GPU_IS_LOST
 _NO_ENERGY = "GPU energy will not be measured"
+
+
+class DeviceLostError(DeviceError):
+    """NVML reports the GPU as lost (``NVML_ERROR_GPU_IS_LOST``): no later read of it can succeed."""
+
+
+def _read_error(nvml: Any, error: Exception, message: str) -> DeviceError:
+    """``DeviceLostError`` when NVML says the GPU is lost, else ``DeviceError``, with ``message``."""
+    lost = getattr(nvml, "NVML_ERROR_GPU_IS_LOST", _NVML_ERROR_GPU_IS_LOST)
+    if getattr(error, "value", None) == lost:
+        return DeviceLostError(f"{message} NVML reports the GPU as lost (fell off the bus or needs a reset).")
+    return DeviceError(message)
 
 
 def _text(value: Any) -> str:
@@ -76,9 +94,12 @@ class NvmlDevice:
         try:
             energy_mj = self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
         except self._nvml.NVMLError as e:
-            raise DeviceError(
+            raise _read_error(
+                self._nvml,
+                e,
                 f"Reading the energy counter of GPU {self._info.cuda_index} ({self._info.name}) failed: {e}. "
-                "The counter needs a Volta or newer GPU and a working driver; check `nvidia-smi -q -d POWER`."
+                "The counter needs a Volta or newer GPU and a working driver; check "
+                "`nvidia-smi -q -d POWER`.",
             ) from e
         return float(energy_mj) / 1000.0
 
@@ -91,9 +112,11 @@ class NvmlDevice:
         try:
             return float(self._nvml.nvmlDeviceGetPowerUsage(self._handle)) / 1000.0
         except self._nvml.NVMLError as e:
-            raise DeviceError(
+            raise _read_error(
+                self._nvml,
+                e,
                 f"Reading the power of GPU {self._info.cuda_index} ({self._info.name}) failed: {e}. "
-                "Check the driver with `nvidia-smi -q -d POWER`."
+                "Check the driver with `nvidia-smi -q -d POWER`.",
             ) from e
 
     def slow_reading(self) -> SlowReading:

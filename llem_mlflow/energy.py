@@ -14,15 +14,23 @@ the body land before the last read. The timestamps sit on the inner side of the 
 covers it with one read's cost (~3-4 ms per GPU) of idle-ish margin on each side, smaller than the
 100 ms update step. Counters are read in the same device order at both edges, so each GPU's span is
 offset equally.
+
+NVML faults (docs/reliability/nvml-faults.md): a counter read that fails is retried (``READ_ATTEMPTS``
+tries, a few ms apart; a lost GPU is not retried). A GPU whose delta cannot be taken (a read still
+failing, a lost GPU, a counter that went backwards) raises ``DeviceError`` by default; with
+``allow_unknown`` (the experiment) it goes to ``CounterWindow.unknown`` instead, the breakdown leaves it
+out and nulls net energy, and ``fault_warnings`` says so. A backwards step that is consistent with the
+counter's 2**64 mJ wrap is taken across the wrap.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
+from llem_mlflow.device import DeviceLostError
 from llem_mlflow.errors import DeviceError
 from llem_mlflow.protocols import GpuDevice, GpuInfo
 from llem_mlflow.result import EnergyBreakdown, GpuEnergy
@@ -33,14 +41,33 @@ T = TypeVar("T")
 _MIN_COUNTER_UPDATES = 10
 _MAX_TRACE_GAP_PCT = 10.0
 
+#: One counter read at a window edge is tried this often; the sleeps between tries (seconds).
+READ_ATTEMPTS = 3
+RETRY_SLEEPS_S = (0.002, 0.005)
+#: NVML's total-energy counter is an unsigned 64-bit count of millijoules: it wraps at 2**64 mJ.
+COUNTER_WRAP_J = 2**64 / 1000
+#: No board draws more: a delta taken across the wrap above this x (window + 1 s) is not a wrap.
+MAX_BOARD_POWER_W = 2000.0
+#: A window that should hold at least this many trace samples of a GPU ...
+TRACE_MIN_EXPECTED = 10
+#: ... and holds fewer than this fraction of them is too sparse for the counter vs trace cross-check.
+TRACE_MIN_COVERAGE = 0.5
+
 
 @dataclass(frozen=True)
 class CounterWindow:
-    """Counter deltas over one window; ``energy_j`` is keyed by CUDA index; times are Unix epoch seconds."""
+    """Counter deltas over one window; ``energy_j`` is keyed by CUDA index; times are Unix epoch seconds.
+
+    ``unknown``: GPUs whose delta could not be taken (a read failed, the GPU was lost, the counter went
+    backwards), with the reason; they have no entry in ``energy_j``. ``wrapped``: GPUs whose delta was
+    taken across the counter's 2**64 mJ wrap.
+    """
 
     start_s: float
     end_s: float
     energy_j: dict[int, float]
+    unknown: dict[int, str] = field(default_factory=dict)
+    wrapped: tuple[int, ...] = ()
 
     @property
     def duration_s(self) -> float:
@@ -48,20 +75,80 @@ class CounterWindow:
         return self.end_s - self.start_s
 
 
-def _read_counters(devices: Sequence[GpuDevice]) -> dict[int, float]:
-    return {device.info.cuda_index: device.energy_j() for device in devices}
+@dataclass(frozen=True)
+class CounterMark:
+    """Counters read at a CUDA-synced point inside a window: ``at_s`` is taken before the read.
+
+    ``failed``: GPUs whose counter could not be read (after ``READ_ATTEMPTS`` tries), with the reason.
+    """
+
+    at_s: float
+    energy_j: dict[int, float]
+    failed: dict[int, str] = field(default_factory=dict)
 
 
-def _deltas(before: dict[int, float], after: dict[int, float]) -> dict[int, float]:
-    deltas = {gpu: after[gpu] - before[gpu] for gpu in before}
-    for gpu, delta_j in deltas.items():
-        if delta_j < 0:
-            raise DeviceError(
-                f"The energy counter of GPU {gpu} went backwards by {-delta_j:.3f} J during the window "
-                "(counter reset, driver reload or GPU reset). Re-run the experiment; if it repeats, "
-                "check `nvidia-smi -q -d POWER` and the kernel log."
-            )
-    return deltas
+def _read_energy(device: GpuDevice) -> tuple[float | None, str | None]:
+    """(joules, None), or (None, why) once ``READ_ATTEMPTS`` tries failed; a lost GPU is not retried."""
+    error: DeviceError | None = None
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return device.energy_j(), None
+        except DeviceLostError as e:
+            return None, str(e)
+        except DeviceError as e:
+            error = e
+        if attempt < len(RETRY_SLEEPS_S):
+            time.sleep(RETRY_SLEEPS_S[attempt])
+    return None, f"{READ_ATTEMPTS} attempts failed, the last with: {error}"
+
+
+def _read_counters(devices: Sequence[GpuDevice]) -> tuple[dict[int, float], dict[int, str]]:
+    """Every device's counter in order: (joules by CUDA index, reasons of those that failed)."""
+    values: dict[int, float] = {}
+    failed: dict[int, str] = {}
+    for device in devices:
+        value, reason = _read_energy(device)
+        if value is None:
+            failed[device.info.cuda_index] = reason or "unknown error"
+        else:
+            values[device.info.cuda_index] = value
+    return values, failed
+
+
+def _delta(before: float, after: float, span_s: float) -> tuple[float | None, str | None, bool]:
+    """(joules, None, wrapped) or (None, why, False) for one GPU's two counter readings."""
+    if after >= before:
+        return after - before, None, False
+    across = COUNTER_WRAP_J - before + after
+    if across <= MAX_BOARD_POWER_W * (span_s + 1.0):
+        return across, None, True
+    return None, f"its energy counter went backwards by {before - after:.3f} J", False
+
+
+def _window(start: CounterMark, end: CounterMark, allow_unknown: bool) -> CounterWindow:
+    """The window from ``start`` to ``end``; GPUs without a usable delta go to ``unknown``."""
+    energy_j: dict[int, float] = {}
+    unknown: dict[int, str] = {}
+    wrapped: list[int] = []
+    for gpu in dict.fromkeys([*start.energy_j, *start.failed, *end.energy_j, *end.failed]):
+        if gpu not in start.energy_j or gpu not in end.energy_j:
+            edge, failed = ("start", start.failed) if gpu not in start.energy_j else ("end", end.failed)
+            unknown[gpu] = f"its energy counter could not be read at the {edge} edge: {failed.get(gpu)}"
+            continue
+        delta_j, reason, across = _delta(start.energy_j[gpu], end.energy_j[gpu], end.at_s - start.at_s)
+        if delta_j is None:
+            unknown[gpu] = reason or "unknown error"
+        else:
+            energy_j[gpu] = delta_j
+            if across:
+                wrapped.append(gpu)
+    if unknown and not allow_unknown:
+        gpu, reason = next(iter(unknown.items()))
+        raise DeviceError(
+            f"GPU {gpu}: {reason} (counter reset, driver reload, GPU reset or a lost GPU). Re-run the "
+            "experiment; if it repeats, check `nvidia-smi -q -d POWER` and the kernel log."
+        )
+    return CounterWindow(start.at_s, end.at_s, energy_j, unknown, tuple(wrapped))
 
 
 def measure_window(
@@ -69,10 +156,14 @@ def measure_window(
     sync: Callable[[], None],
     body: Callable[[], T],
     clock: Callable[[], float] = time.time,
+    *,
+    allow_unknown: bool = False,
 ) -> tuple[T, CounterWindow]:
     """Run ``body`` between two CUDA-synced counter reads; return its result and the counter window.
 
-    Raises ``DeviceError`` when a counter went backwards; a zero delta passes (see ``energy_warnings``).
+    A GPU whose delta cannot be taken (read failed after retries, GPU lost, counter went backwards and
+    not across its wrap) is put in ``CounterWindow.unknown`` with ``allow_unknown``, else raises
+    ``DeviceError``; a zero delta passes (see ``energy_warnings``).
     """
     sync()
     before = _read_counters(devices)
@@ -81,38 +172,54 @@ def measure_window(
     sync()
     end_s = clock()
     after = _read_counters(devices)
-    return out, CounterWindow(start_s=start_s, end_s=end_s, energy_j=_deltas(before, after))
+    return out, _window(CounterMark(start_s, *before), CounterMark(end_s, *after), allow_unknown)
 
 
-@dataclass(frozen=True)
-class CounterMark:
-    """Counters read at a CUDA-synced point inside a window: ``at_s`` is taken before the read."""
-
-    at_s: float
-    energy_j: dict[int, float]
+def _checked(mark: CounterMark, allow_unknown: bool) -> CounterMark:
+    """``mark``, or ``DeviceError`` when a read failed and failures are not allowed."""
+    if mark.failed and not allow_unknown:
+        gpu, reason = next(iter(mark.failed.items()))
+        raise DeviceError(f"GPU {gpu}: its energy counter could not be read: {reason}")
+    return mark
 
 
 def read_start(
-    devices: Sequence[GpuDevice], sync: Callable[[], None], clock: Callable[[], float] = time.time
+    devices: Sequence[GpuDevice],
+    sync: Callable[[], None],
+    clock: Callable[[], float] = time.time,
+    *,
+    allow_unknown: bool = False,
 ) -> CounterMark:
-    """Sync, read every counter, take the time (the start-edge order of ``measure_window``)."""
+    """Sync, read every counter, take the time (the start-edge order of ``measure_window``).
+
+    A read still failing after retries raises ``DeviceError``, or with ``allow_unknown`` is kept in
+    ``CounterMark.failed`` (the windows from this mark then have that GPU in ``unknown``).
+    """
     sync()
-    energy_j = _read_counters(devices)
-    return CounterMark(at_s=clock(), energy_j=energy_j)
+    energy_j, failed = _read_counters(devices)
+    return _checked(CounterMark(at_s=clock(), energy_j=energy_j, failed=failed), allow_unknown)
 
 
 def read_mark(
-    devices: Sequence[GpuDevice], sync: Callable[[], None], clock: Callable[[], float] = time.time
+    devices: Sequence[GpuDevice],
+    sync: Callable[[], None],
+    clock: Callable[[], float] = time.time,
+    *,
+    allow_unknown: bool = False,
 ) -> CounterMark:
-    """Sync, take the time, read every counter (the end-edge order of ``measure_window``)."""
+    """Sync, take the time, read every counter (the end-edge order of ``measure_window``).
+
+    Failed reads as in ``read_start``.
+    """
     sync()
     at_s = clock()
-    return CounterMark(at_s=at_s, energy_j=_read_counters(devices))
+    energy_j, failed = _read_counters(devices)
+    return _checked(CounterMark(at_s=at_s, energy_j=energy_j, failed=failed), allow_unknown)
 
 
-def window_between(start: CounterMark, end: CounterMark) -> CounterWindow:
-    """The counter window from one mark to a later one (``DeviceError`` if a counter went backwards)."""
-    return CounterWindow(start_s=start.at_s, end_s=end.at_s, energy_j=_deltas(start.energy_j, end.energy_j))
+def window_between(start: CounterMark, end: CounterMark, *, allow_unknown: bool = False) -> CounterWindow:
+    """The counter window from one mark to a later one (unknown deltas as in ``measure_window``)."""
+    return _window(start, end, allow_unknown)
 
 
 def measure_idle(
@@ -121,9 +228,11 @@ def measure_idle(
     duration_s: float,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.time,
+    *,
+    allow_unknown: bool = False,
 ) -> CounterWindow:
     """Counter window over ``duration_s`` of sleeping (model loaded, CUDA context alive), same edges."""
-    _, window = measure_window(devices, sync, lambda: sleep(duration_s), clock)
+    _, window = measure_window(devices, sync, lambda: sleep(duration_s), clock, allow_unknown=allow_unknown)
     return window
 
 
@@ -133,6 +242,24 @@ def _nearest_power_w(samples: list[TraceSample], at_s: float) -> float | None:
     return min(samples, key=lambda s: abs(s.timestamp_s - at_s)).power_w
 
 
+def _idle_power_w(gpu: int, idle: CounterWindow | None) -> float | None:
+    if idle is None or gpu not in idle.energy_j or idle.duration_s <= 0:
+        return None
+    return idle.energy_j[gpu] / idle.duration_s
+
+
+def trace_too_sparse(trace: PowerTrace, gpu: int, start_s: float, end_s: float) -> bool:
+    """True when the window should hold >= 10 samples of ``gpu`` and holds under half of them.
+
+    Power reads that failed (the sampler skips them) or a lost GPU leave such gaps; the counter vs
+    trace cross-check is then skipped rather than computed from a trace that misses part of the window.
+    """
+    expected = (end_s - start_s) / trace.interval_s
+    if expected < TRACE_MIN_EXPECTED:
+        return False
+    return len(trace.between(gpu, start_s, end_s)) < TRACE_MIN_COVERAGE * expected
+
+
 def _gpu_energy(
     gpu: GpuInfo, window: CounterWindow, idle: CounterWindow | None, trace: PowerTrace
 ) -> GpuEnergy:
@@ -140,10 +267,9 @@ def _gpu_energy(
     if index not in window.energy_j:
         raise DeviceError(f"No counter reading for GPU {index} in the measured window; this is a bug.")
     gross_j = window.energy_j[index]
-    idle_w = None
-    if idle is not None and index in idle.energy_j and idle.duration_s > 0:
-        idle_w = idle.energy_j[index] / idle.duration_s
-    trace_j = trace.integrate_j(index, window.start_s, window.end_s)
+    idle_w = _idle_power_w(index, idle)
+    sparse = trace_too_sparse(trace, index, window.start_s, window.end_s)
+    trace_j = None if sparse else trace.integrate_j(index, window.start_s, window.end_s)
     return GpuEnergy(
         cuda_index=index,
         uuid=gpu.uuid,
@@ -184,14 +310,20 @@ def build_breakdown(
     gpus: Sequence[GpuInfo],
     counter_update_s: float = 0.1,
 ) -> EnergyBreakdown:
-    """Gross, idle, net energy per GPU and summed, with the trace cross-check and edge uncertainty."""
-    per_gpu = [_gpu_energy(gpu, window, idle, trace) for gpu in gpus]
+    """Gross, idle, net energy per GPU and summed, with the trace cross-check and edge uncertainty.
+
+    A GPU in ``window.unknown`` is left out of ``per_gpu`` and of ``gross_j`` (which is then partial),
+    and ``net_j`` and ``edge_uncertainty_j`` are None: see docs/reliability/nvml-faults.md.
+    """
+    known = [gpu for gpu in gpus if gpu.cuda_index not in window.unknown]
+    per_gpu = [_gpu_energy(gpu, window, idle, trace) for gpu in known]
+    complete = len(known) == len(gpus)
     return EnergyBreakdown(
         gross_j=sum(g.gross_j for g in per_gpu),
-        idle_power_w=_sum_or_none([g.idle_power_w for g in per_gpu]),
+        idle_power_w=_sum_or_none([_idle_power_w(gpu.cuda_index, idle) for gpu in gpus]),
         idle_duration_s=None if idle is None else idle.duration_s,
-        net_j=_sum_or_none([g.net_j for g in per_gpu]),
-        edge_uncertainty_j=_edge_uncertainty_j(window, trace, gpus, counter_update_s),
+        net_j=_sum_or_none([g.net_j for g in per_gpu]) if complete else None,
+        edge_uncertainty_j=_edge_uncertainty_j(window, trace, gpus, counter_update_s) if complete else None,
         counter_update_s=counter_update_s,
         per_gpu=per_gpu,
     )
@@ -202,10 +334,12 @@ def sum_breakdowns(parts: Sequence[EnergyBreakdown]) -> EnergyBreakdown:
 
     Gross, net, trace integrals and edge uncertainties are sums (each window has its own two edges);
     idle power is the one baseline all windows share; counter vs trace is recomputed from the sums.
+    A GPU left out of some windows (unknown counter delta) has a partial gross and no net or trace sum.
     """
     if len(parts) == 1:
         return parts[0]
-    per_gpu = [_sum_gpu([p.per_gpu[i] for p in parts]) for i in range(len(parts[0].per_gpu))]
+    gpus = dict.fromkeys(g.cuda_index for p in parts for g in p.per_gpu)
+    per_gpu = [_sum_gpu([g for p in parts for g in p.per_gpu if g.cuda_index == i], len(parts)) for i in gpus]
     first = parts[0]
     return EnergyBreakdown(
         gross_j=sum(p.gross_j for p in parts),
@@ -218,15 +352,17 @@ def sum_breakdowns(parts: Sequence[EnergyBreakdown]) -> EnergyBreakdown:
     )
 
 
-def _sum_gpu(parts: Sequence[GpuEnergy]) -> GpuEnergy:
+def _sum_gpu(parts: Sequence[GpuEnergy], windows: int) -> GpuEnergy:
+    """One GPU over ``windows`` windows; ``parts`` are the windows where its counter delta is known."""
+    complete = len(parts) == windows
     gross_j = sum(g.gross_j for g in parts)
-    trace_j = _sum_or_none([g.trace_integral_j for g in parts])
+    trace_j = _sum_or_none([g.trace_integral_j for g in parts]) if complete else None
     return GpuEnergy(
         cuda_index=parts[0].cuda_index,
         uuid=parts[0].uuid,
         gross_j=gross_j,
         idle_power_w=parts[0].idle_power_w,
-        net_j=_sum_or_none([g.net_j for g in parts]),
+        net_j=_sum_or_none([g.net_j for g in parts]) if complete else None,
         trace_integral_j=trace_j,
         counter_vs_trace_pct=None if trace_j is None or gross_j <= 0 else (gross_j - trace_j) / gross_j * 100,
         samples_in_window=sum(g.samples_in_window for g in parts),
@@ -263,3 +399,44 @@ def energy_warnings(breakdown: EnergyBreakdown, window: CounterWindow) -> list[s
             "still hot or clocked up while idle was measured; report gross energy."
         )
     return warnings
+
+
+#: What an unknown counter delta does to the result, by the window it is in (see ``fault_warnings``).
+MEASURED_EFFECT = (
+    "its energy in this window is left out, so total_energy_j, energy.gross_j and the figures derived "
+    "from them (energy per token, phase energy, carbon) are too low (incomplete), and net energy and "
+    "the edge uncertainty are null"
+)
+IDLE_EFFECT = "its idle power is unknown, so energy.idle_power_w and net energy are null"
+PREFILL_EFFECT = (
+    "its energy in this window is left out, so prefill_isolated.gross_j and its per-pass and per-token "
+    "figures are too low (incomplete), and its net figures are null"
+)
+
+
+def fault_warnings(label: str, window: CounterWindow, effect: str) -> list[str]:
+    """One warning per GPU of ``window`` whose delta is unknown (stating ``effect``) or crossed the wrap."""
+    out = [f"GPU {gpu}, {label}: {reason.rstrip('.')}; {effect}." for gpu, reason in window.unknown.items()]
+    out += [
+        f"GPU {gpu}, {label}: the energy counter wrapped past 2^64 mJ; the delta was taken across the "
+        "wrap (exact to a few J)."
+        for gpu in window.wrapped
+    ]
+    return out
+
+
+def sparse_trace_warnings(
+    label: str, window: CounterWindow, trace: PowerTrace, gpus: Sequence[int]
+) -> list[str]:
+    """A warning per GPU whose trace in ``window`` is too sparse for the counter vs trace cross-check."""
+    out = []
+    for gpu in gpus:
+        if gpu in window.energy_j and trace_too_sparse(trace, gpu, window.start_s, window.end_s):
+            held = len(trace.between(gpu, window.start_s, window.end_s))
+            out.append(
+                f"GPU {gpu}, {label}: the power trace holds {held} samples where about "
+                f"{window.duration_s / trace.interval_s:.0f} were expected (power readings failed or the "
+                "GPU was lost); the counter vs trace cross-check is skipped for it (its trace_integral_j "
+                "and counter_vs_trace_pct are null). The energy is still the counter's."
+            )
+    return out

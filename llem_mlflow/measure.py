@@ -3,6 +3,11 @@
 Owns the order of GPU work and of counter reads (``energy.measure_window`` at CUDA-synced edges), the
 power sampler's lifetime, RAPL reads at each cycle's inner edges, and the warm-up rules. Returns a
 ``Measurement`` of raw windows, batch stats and the trace; ``runner`` derives every figure from it.
+
+NVML faults never end the run (docs/reliability/nvml-faults.md): windows are measured with
+``allow_unknown``, so a GPU whose counter delta cannot be taken is left out of that window, and
+``Measurement.warnings`` names each such GPU and window; a power reading failing during idle settle
+skips the settle.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from llem_mlflow import energy, rapl, settle, steady, workload
 from llem_mlflow.backends import fastpath
 from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.errors import DeviceError
 from llem_mlflow.progress import Progress
 from llem_mlflow.protocols import Backend, BatchStats, GpuDevice
 from llem_mlflow.result import CpuEnergy, WarmupRecord
@@ -111,7 +117,8 @@ def measure(
     cycles = done.cycles
     if cfg.measurement_methodology == "steady_state":
         cycles = [_trim_ramp(c, trace, devices) for c in cycles]
-    warnings = [w for w in [cpu_warning, *sampler.warnings, *_steady_warnings(cfg, cycles)] if w]
+    faults = [*done.faults, *_fault_warnings(done, cycles, trace, devices)]
+    warnings = [w for w in [cpu_warning, *sampler.warnings, *faults, *_steady_warnings(cfg, cycles)] if w]
     return Measurement(
         cycles=cycles,
         idle=done.idle,
@@ -135,6 +142,7 @@ class _Sampled:
     cycles: list[Cycle]
     prefill: PrefillWindow | None
     idle_after: tuple[float, float] | None
+    faults: list[str] = field(default_factory=list)  # device read errors outside counter windows
 
     def ran(self, laps: dict[str, float]) -> dict[str, float]:
         """The laps of the stages that ran."""
@@ -157,13 +165,14 @@ def _sampled_stages(
     clock: Stopwatch,
 ) -> _Sampled:
     """Idle settle, baseline, cycles (cool-downs included), isolated prefill and idle after, each a lap."""
+    faults: list[str] = []
     with clock.lap("idle_settle"):
-        settled = _settle(cfg, devices, backend, show)
+        settled = _settle(cfg, devices, backend, show, faults)
     idle = None
     with clock.lap("baseline"):
         if devices and cfg.baseline_s > 0:
             show.stage(f"idle baseline {cfg.baseline_s:g} s (model loaded)")
-            idle = energy.measure_idle(devices, backend.synchronize, cfg.baseline_s)
+            idle = energy.measure_idle(devices, backend.synchronize, cfg.baseline_s, allow_unknown=True)
     with clock.lap("measure"):
         cycles = [_measure_cycle(cfg, backend, devices, groups, i, show, cpu) for i in range(cfg.cycles)]
     prefill = None
@@ -172,18 +181,46 @@ def _sampled_stages(
             prefill = _isolated_prefill(cfg, backend, devices, groups, show)
     with clock.lap("idle_after"):
         idle_after = _idle_after(cfg, devices, backend, show)
-    return _Sampled(settled, idle, cycles, prefill, idle_after)
+    return _Sampled(settled, idle, cycles, prefill, idle_after, faults)
 
 
 def _settle(
-    cfg: ExperimentConfig, devices: Sequence[GpuDevice], backend: Backend, show: Progress
+    cfg: ExperimentConfig, devices: Sequence[GpuDevice], backend: Backend, show: Progress, faults: list[str]
 ) -> IdleSettle | None:
-    """Wait for idle power to stop drifting before the baseline (``idle_settle_max_s > 0``)."""
+    """Wait for idle power to stop drifting before the baseline (``idle_settle_max_s > 0``).
+
+    A power reading that fails ends the wait: the settle is skipped (None) and ``faults`` says why.
+    """
     if not devices or cfg.idle_settle_max_s <= 0 or cfg.baseline_s <= 0:
         return None
     show.stage(f"waiting up to {cfg.idle_settle_max_s:g} s for idle power to settle")
     backend.synchronize()
-    return settle.settle_idle(lambda: sum(d.power_w() for d in devices), cfg.idle_settle_max_s)
+    try:
+        return settle.settle_idle(lambda: sum(d.power_w() for d in devices), cfg.idle_settle_max_s)
+    except DeviceError as e:
+        faults.append(f"Idle settle skipped: a power reading failed ({e}); the baseline was taken at once.")
+        return None
+
+
+def _fault_warnings(
+    done: _Sampled, cycles: list[Cycle], trace: PowerTrace, devices: Sequence[GpuDevice]
+) -> list[str]:
+    """Each window's unknown or wrapped counter deltas, and trace gaps that skip the cross-check."""
+    out = energy.fault_warnings("idle baseline", done.idle, energy.IDLE_EFFECT) if done.idle else []
+    measured = [(f"cycle {c.index + 1}/{len(cycles)}", c.window, energy.MEASURED_EFFECT) for c in cycles]
+    if done.prefill:
+        measured.append(("isolated prefill", done.prefill.window, energy.PREFILL_EFFECT))
+    gpus = [d.info.cuda_index for d in devices]
+    for label, window, effect in measured:
+        out += energy.fault_warnings(label, window, effect)
+        out += energy.sparse_trace_warnings(label, window, trace, gpus)
+    full = "steady_state.full_window_gross_j leaves it out (too low)"
+    for c in cycles:  # steady state: the whole window, ramp included, feeds full_window_gross_j
+        if c.ramp is not None and set(c.ramp.full.unknown) - set(c.window.unknown):
+            out += energy.fault_warnings(
+                f"cycle {c.index + 1}/{len(cycles)} with its ramp", c.ramp.full, full
+            )
+    return out
 
 
 #: Isolated prefill: keep making passes until the window spans this many seconds (20 counter updates).
@@ -215,7 +252,7 @@ def _isolated_prefill(
             passes += 1
             backend.synchronize()
 
-    _, window = energy.measure_window(devices, backend.synchronize, body)
+    _, window = energy.measure_window(devices, backend.synchronize, body, allow_unknown=True)
     return PrefillWindow(
         passes=passes, batches_per_pass=len(groups), input_tokens_per_pass=tokens, window=window
     )
@@ -229,7 +266,7 @@ def _trim_ramp(cycle: Cycle, trace: PowerTrace, devices: Sequence[GpuDevice]) ->
     powers = steady.batch_power_w(trace, gpus, cycle.starts_s, cycle.window.end_s)
     cut = steady.ramp_batches(powers)
     ramp = Ramp(batches=cut, full=cycle.window, batch_power_w=powers)
-    window = energy.window_between(cycle.marks[cut], cycle.marks[-1])
+    window = energy.window_between(cycle.marks[cut], cycle.marks[-1], allow_unknown=True)
     return replace(cycle, stats=cycle.stats[cut:], starts_s=cycle.starts_s[cut:], window=window, ramp=ramp)
 
 
@@ -361,7 +398,7 @@ def _measure_cycle(
     steady_state = cfg.measurement_methodology == "steady_state"
 
     def mark() -> None:  # steady state: counters at every batch edge
-        marks.append(energy.read_mark(devices, backend.synchronize))
+        marks.append(energy.read_mark(devices, backend.synchronize, allow_unknown=True))
 
     def body() -> list[BatchStats]:
         reads.append(cpu.read() if cpu else None)  # CPU counters at the window's inner edges
@@ -372,12 +409,12 @@ def _measure_cycle(
         return out
 
     if steady_state:
-        marks.append(energy.read_start(devices, backend.synchronize))
+        marks.append(energy.read_start(devices, backend.synchronize, allow_unknown=True))
         stats = body()
-        marks.append(energy.read_mark(devices, backend.synchronize))
-        window = energy.window_between(marks[0], marks[-1])
+        marks.append(energy.read_mark(devices, backend.synchronize, allow_unknown=True))
+        window = energy.window_between(marks[0], marks[-1], allow_unknown=True)
     else:
-        stats, window = energy.measure_window(devices, backend.synchronize, body)
+        stats, window = energy.measure_window(devices, backend.synchronize, body, allow_unknown=True)
     start, end = reads
     cpu_j = cpu.delta_j(start, end) if cpu and start is not None and end is not None else None
     return Cycle(index=index, stats=stats, window=window, cpu_j=cpu_j, starts_s=starts_s, marks=marks)

@@ -41,11 +41,12 @@ Rules and thresholds:
   ``MAX_IDLE_DRIFT_FRACTION`` (10 %) of the before value AND by more than ``MAX_IDLE_DRIFT_W`` (5 W); the
   baseline subtracted for net energy was then not stable. Both must hold so that a few watts on a low
   idle, or a small percentage on a high one, do not fire.
-- ``energy_per_token_out_of_bounds``: energy per output token is not finite or is <= 0, or exceeds the
-  physical ceiling ``power_limit_w x window_s / output_tokens x ENERGY_CEILING_MARGIN`` (1.05) when the
-  power limit is known: the boards cannot draw more than their limit for the whole window (the 5 %
-  margin covers the limit being enforced on an average and the counter edges). ``power_limit_w`` is
-  the sum of the limits of every GPU whose energy is counted.
+- ``energy_per_token_out_of_bounds``: energy per output token is not finite or is <= 0 (e.g. every
+  GPU-window was left out because NVML could not read its counter, docs/reliability/nvml-faults.md),
+  or exceeds the physical ceiling ``power_limit_w x window_s / output_tokens x ENERGY_CEILING_MARGIN``
+  (1.05) when the power limit is known: the boards cannot draw more than their limit for the whole
+  window (the 5 % margin covers the limit being enforced on an average and the counter edges).
+  ``power_limit_w`` is the sum of the limits of every GPU whose energy is counted.
 """
 
 from __future__ import annotations
@@ -223,7 +224,8 @@ def check_energy_per_token(
     if not math.isfinite(energy_per_token_j) or energy_per_token_j <= 0:
         return QualityFlag(
             "energy_per_token_out_of_bounds",
-            f"Energy per output token is {energy_per_token_j} J; it must be a positive number.",
+            f"Energy per output token is {energy_per_token_j} J; it must be a positive number. If an NVML "
+            "read failed, the warnings name each GPU and window left out of the energy.",
         )
     if power_limit_w is None or output_tokens <= 0 or window_s <= 0:
         return None

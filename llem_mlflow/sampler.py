@@ -7,6 +7,11 @@ Scheduling: ticks sit on an absolute timeline ``t0 + k * interval_s`` (monotonic
 with ``threading.Event.wait`` so ``stop()`` interrupts at once; a late tick does not shift the ones
 after it, and ticks missed while overrunning are skipped rather than bunched. Timestamps come from
 ``clock`` (Unix epoch seconds) so they line up with the counter windows.
+
+NVML faults (docs/reliability/nvml-faults.md): a power reading that fails is left out of the trace
+and counted; ``warnings`` gives, per GPU, how many of its power readings failed and the first error.
+A GPU that NVML reports as lost (``DeviceLostError``) is not read again: the trace has no samples of
+it from then on. A failing slow reading keeps the power sample with those fields empty.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
+from llem_mlflow.device import DeviceLostError
 from llem_mlflow.errors import ConfigError
 from llem_mlflow.protocols import GpuDevice, SlowReading
 from llem_mlflow.trace import PowerTrace, TraceSample
@@ -26,8 +32,8 @@ class PowerSampler:
     """Samples every device's ``power_w()`` each ``interval_s``, ``slow_reading()`` each ``slow_every`` ticks.
 
     One sample is taken in ``start()`` and one in ``stop()``, so the trace brackets any window measured
-    between them. Construction starts nothing. A failing read is recorded once in ``warnings`` and the
-    loop goes on.
+    between them. Construction starts nothing. A failing read never stops the loop; ``warnings`` says
+    what failed (see the module docstring).
     """
 
     def __init__(
@@ -49,8 +55,10 @@ class PowerSampler:
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self._trace: PowerTrace | None = None
-        self._warned: set[tuple[int, str]] = set()
-        self.warnings: list[str] = []
+        self._first_error: dict[tuple[int, str], str] = {}  # (GPU, "power" | "slow") -> first error
+        self._power_reads: dict[int, int] = {}  # power readings tried, per GPU
+        self._power_failures: dict[int, int] = {}
+        self._lost: dict[int, str] = {}  # GPUs NVML reported lost, with the error; not read again
 
     def start(self) -> None:
         """Take the first sample (with slow readings) and start the sampling thread."""
@@ -72,6 +80,29 @@ class PowerSampler:
             self._sample(slow=True)
             self._trace = PowerTrace(interval_s=self.interval_s, samples=list(self._samples))
         return self._trace
+
+    @property
+    def warnings(self) -> list[str]:
+        """Per GPU: failed power readings (how many, first error), a lost GPU, a failed slow reading."""
+        out = []
+        for gpu, failures in list(self._power_failures.items()):
+            out.append(
+                f"Power sampler: {failures} of {self._power_reads[gpu]} power readings of GPU {gpu} failed "
+                f"(first error: {self._first_error[(gpu, 'power')]}); those samples are missing from the "
+                "trace."
+            )
+        for gpu, error in list(self._lost.items()):
+            out.append(
+                f"Power sampler: GPU {gpu} was lost ({error}); it was not sampled again, so the trace has no "
+                "samples of it from then on."
+            )
+        for (gpu, kind), error in list(self._first_error.items()):
+            if kind == "slow":
+                out.append(
+                    f"Power sampler: a slow reading of GPU {gpu} failed ({error}); those fields are left "
+                    "empty."
+                )
+        return out
 
     @property
     def trace(self) -> PowerTrace | None:
@@ -98,11 +129,18 @@ class PowerSampler:
     def _sample(self, slow: bool) -> None:
         for device in self._devices:
             gpu = device.info.cuda_index
+            if gpu in self._lost:
+                continue
+            self._power_reads[gpu] = self._power_reads.get(gpu, 0) + 1
             try:
                 timestamp_s = self._clock()
                 power_w = device.power_w()
+            except DeviceLostError as e:
+                self._lost[gpu] = str(e)
+                continue
             except Exception as e:  # any failure of one read must not end the trace
-                self._warn_once(gpu, "power", e)
+                self._first_error.setdefault((gpu, "power"), str(e))  # before the count: see warnings
+                self._power_failures[gpu] = self._power_failures.get(gpu, 0) + 1
                 continue
             reading = self._slow(device, gpu) if slow else None
             self._samples.append(_make_sample(timestamp_s, gpu, power_w, reading))
@@ -111,14 +149,8 @@ class PowerSampler:
         try:
             return device.slow_reading()
         except Exception as e:  # slow readings are optional; keep the power sample
-            self._warn_once(gpu, "slow", e)
+            self._first_error.setdefault((gpu, "slow"), str(e))
             return None
-
-    def _warn_once(self, gpu: int, kind: str, error: Exception) -> None:
-        if (gpu, kind) not in self._warned:
-            self._warned.add((gpu, kind))
-            effect = "those samples are missing" if kind == "power" else "those fields are left empty"
-            self.warnings.append(f"Power sampler: a {kind} reading of GPU {gpu} failed ({error}); {effect}.")
 
 
 def _make_sample(timestamp_s: float, gpu: int, power_w: float, reading: SlowReading | None) -> TraceSample:

@@ -2,6 +2,8 @@
 
 They script exact numbers so tests can assert exact energies and token counts, and they count calls
 so tests can assert what was (not) read, e.g. that the sampler never reads the energy counter.
+NVML faults are injected through the scripts (an exception in a scripted sequence is raised at that
+read) or with ``FakeDevice.lose()`` (every later read fails as NVML's GPU-is-lost does).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from llem_mlflow.device import DeviceLostError
 from llem_mlflow.protocols import (
     BatchStats,
     CudaDeviceId,
@@ -19,11 +22,14 @@ from llem_mlflow.protocols import (
     SlowReading,
 )
 
-Script = Iterable[float] | Callable[[], float]
+Script = Iterable[float | BaseException] | Callable[[], float]
 
 
 def _reader(script: float | Script, what: str) -> Callable[[], float]:
-    """A callable that returns a constant, the next scripted value, or calls the given function."""
+    """A callable that returns a constant, the next scripted value, or calls the given function.
+
+    A scripted exception is raised at its turn (e.g. ``[10.0, DeviceError("Unknown Error"), 12.0]``).
+    """
     if isinstance(script, (int, float)):
         value = float(script)
         return lambda: value
@@ -33,11 +39,14 @@ def _reader(script: float | Script, what: str) -> Callable[[], float]:
 
     def next_value() -> float:
         try:
-            return float(next(values))
+            value = next(values)
         except StopIteration:
             raise RuntimeError(
                 f"FakeDevice {what} script exhausted: the code read it more often than scripted"
             ) from None
+        if isinstance(value, BaseException):
+            raise value
+        return float(value)
 
     return next_value
 
@@ -48,7 +57,11 @@ DEFAULT_SLOW = SlowReading(
 
 
 class FakeDevice:
-    """A GpuDevice with a scripted energy counter (joules) and power (watts); counts every read."""
+    """A GpuDevice with a scripted energy counter (joules) and power (watts); counts every read.
+
+    After ``lose()``, energy and power reads raise ``DeviceLostError`` and slow readings are all None,
+    as ``NvmlDevice`` behaves once NVML reports the GPU lost (reads are still counted).
+    """
 
     def __init__(
         self,
@@ -77,25 +90,38 @@ class FakeDevice:
         self.energy_reads = 0
         self.power_reads = 0
         self.slow_reads = 0
+        self.lost = False
 
     @property
     def info(self) -> GpuInfo:
         """Static facts."""
         return self._info
 
+    def lose(self) -> None:
+        """From now on the GPU is lost (NVML_ERROR_GPU_IS_LOST)."""
+        self.lost = True
+
+    def _check_lost(self, what: str) -> None:
+        if self.lost:
+            raise DeviceLostError(f"Reading the {what} of GPU {self._info.cuda_index} failed: GPU is lost.")
+
     def energy_j(self) -> float:
         """The next scripted counter value."""
         self.energy_reads += 1
+        self._check_lost("energy counter")
         return self._energy()
 
     def power_w(self) -> float:
         """The scripted power."""
         self.power_reads += 1
+        self._check_lost("power")
         return self._power()
 
     def slow_reading(self) -> SlowReading:
         """The scripted slow reading (a callable may raise to simulate NVML failures)."""
         self.slow_reads += 1
+        if self.lost:
+            return SlowReading(None, None, None, None, None)
         return self._slow() if callable(self._slow) else self._slow
 
 
