@@ -21,14 +21,25 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from types import UnionType
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union, cast, get_args, get_origin
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    NoReturn,
+    TypeVar,
+    Union,
+    cast,
+    get_args,
+    get_origin,
+)
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 from llem_mlflow._version import __version__
 from llem_mlflow.config import ExperimentConfig, load_config
-from llem_mlflow.errors import ConfigError, LlemError
+from llem_mlflow.errors import ConfigError, LlemError, RunInterrupted
 
 if TYPE_CHECKING:
     from llem_mlflow.result import Timings
@@ -270,6 +281,10 @@ def _execute(cfg: ExperimentConfig) -> None:
     try:
         with ConsoleProgress() as progress:
             outcome = execute(cfg, progress=progress, startup_s=startup_s)
+    except RunInterrupted as exc:
+        _stopped(str(exc), exc.outcome is None)
+    except KeyboardInterrupt:
+        _stopped("interrupted before measuring began: nothing was measured, nothing kept", True)
     except ConfigError as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
@@ -280,6 +295,16 @@ def _execute(cfg: ExperimentConfig) -> None:
     if outcome.tracking_error:
         _err(outcome.tracking_error)
         raise typer.Exit(1)
+
+
+def _stopped(message: str, kill_mlflow_run: bool) -> NoReturn:
+    """One line saying what an interrupted run kept; the ``mlflow run`` run ends KILLED; exit 130."""
+    from llem_mlflow import interrupts, tracking
+
+    _err(message)
+    if kill_mlflow_run:
+        tracking.end_env_run("KILLED")
+    raise typer.Exit(interrupts.EXIT_CODE)
 
 
 # ---------------------------------------------------------------- the summary after a run
@@ -491,6 +516,10 @@ def _run_sweep(plan: Any, gpus: tuple[str, ...] = ()) -> None:
         with ConsoleProgress() as progress:
             parts = Parts(progress=None if gpus else progress, report=_report_point, gpu_ids=gpus)
             outcome = run_sweep(plan, parts)
+    except RunInterrupted as exc:
+        _stopped(f"{exc}; the sweep stopped (run it again to measure the rest)", False)
+    except KeyboardInterrupt:
+        _stopped("interrupted: the sweep stopped (run it again to measure the rest)", False)
     except ConfigError as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
@@ -720,9 +749,12 @@ def main() -> None:
     atexit handlers run, open files are flushed and closed, result files were fsync'ed when written,
     and MLflow was called synchronously (its async logging is not used).
     """
+    from llem_mlflow.interrupts import graceful
+
     _Process.is_cli = True
     try:
-        app()
+        with graceful():  # SIGTERM = Ctrl-C; a second one exits at once
+            app()
     finally:
         gc.freeze()
 

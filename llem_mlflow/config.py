@@ -5,7 +5,9 @@ and the ``measurement_config_hash`` over that, live in ``identity``.
 
 The config is inert: validating it touches no GPU, network or environment variable.
 ``load_config`` reads YAML and applies overrides; every failure is a ``ConfigError``
-whose message names the field and what is allowed.
+whose message (one line) names the field and what is allowed. Numbers are finite and bounded
+(no NaN/inf, no ``true`` for a number, no value so large that a later stage would overflow or
+never end), so a bad value is refused here, before any check or model load.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -21,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
@@ -31,23 +35,30 @@ from llem_mlflow.secrets import scrub_secrets
 
 #: The MLflow experiment runs go to when none is named (CLI, API, examples, `mlflow run` docs).
 DEFAULT_EXPERIMENT = "llem-mlflow"
+#: Upper bounds of numbers that would otherwise fail or never end after the model loaded.
+MAX_PROMPTS = 1_000_000
+MAX_TOKENS = 1_048_576  # 2**20 input or output tokens per prompt
+MAX_SEED = 2**64 - 1  # torch.manual_seed's range
+MAX_PAUSE_S = 3600.0  # time.sleep overflows past ~9.2e9 s
 
 
 class ExperimentConfig(BaseModel):
     """One experiment: model, workload, measurement settings and output/tracking settings."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     model: str = Field("gpt2", min_length=1, description="Hub id, shipped config name or local folder.")
     backend: Literal["pytorch"] = "pytorch"
-    n: int = Field(32, ge=1, description="Number of prompts.")
+    n: int = Field(32, ge=1, le=MAX_PROMPTS, description="Number of prompts.")
     batch_size: int = Field(8, ge=1, description="Prompts per generate() call.")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="fp32|fp16|bf16, or auto: bf16 on CUDA (fp16 without bf16), fp32 on CPU."
     )
-    max_input_tokens: int = Field(64, ge=1, description="Prompt length (synthetic) or truncation limit.")
+    max_input_tokens: int = Field(
+        64, ge=1, le=MAX_TOKENS, description="Prompt length (synthetic) or truncation limit."
+    )
     max_output_tokens: int = Field(
-        64, ge=1, description="Exactly this many new tokens per prompt (EOS ignored)."
+        64, ge=1, le=MAX_TOKENS, description="Exactly this many new tokens per prompt (EOS ignored)."
     )
     dataset: str = Field(
         "synthetic", min_length=1, description="'synthetic' or a path to a .jsonl of prompts."
@@ -57,15 +68,19 @@ class ExperimentConfig(BaseModel):
     )
     weights: Literal["auto", "pretrained", "random"] = "auto"
     device: Literal["auto", "cuda", "cpu"] = "auto"
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=MAX_SEED)
     warmup_batches: int = Field(1, ge=0, description="generate() calls before measuring.")
     warmup_settle_cv_pct: float | None = Field(
         None, gt=0.0, description="Keep warming up until the CV of the last 3 batch latencies is below this."
     )
     warmup_max_batches: int = Field(20, ge=1, description="Cap on warm-up batches when settling.")
     cycles: int = Field(1, ge=1, le=1000, description="Measured windows repeated with the model loaded once.")
-    cooldown_s: float = Field(0.0, ge=0.0, description="Pause between cycles in seconds (GPU idles).")
-    baseline_s: float = Field(3.0, ge=0.0, description="Idle-power baseline length in seconds; 0 disables.")
+    cooldown_s: float = Field(
+        0.0, ge=0.0, le=MAX_PAUSE_S, description="Pause between cycles in seconds (GPU idles)."
+    )
+    baseline_s: float = Field(
+        3.0, ge=0.0, le=MAX_PAUSE_S, description="Idle-power baseline length in seconds; 0 disables."
+    )
     idle_settle_max_s: float = Field(
         0.0,
         ge=0.0,
@@ -106,6 +121,14 @@ class ExperimentConfig(BaseModel):
     run_name: str | None = None
     mlflow: bool = Field(True, description="Log the result to MLflow.")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_not_booleans(cls, value: object, info: ValidationInfo) -> object:
+        # pydantic reads true/false as 1/0; `n: yes` in YAML would silently mean one prompt
+        if isinstance(value, bool) and info.field_name in _NUMBER_FIELDS:
+            raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
+
     @field_validator("precision", mode="before")
     @classmethod
     def _unset_precision_is_auto(cls, value: object) -> object:
@@ -129,6 +152,8 @@ class ExperimentConfig(BaseModel):
             except json.JSONDecodeError as exc:
                 msg = f"not valid JSON ({exc}); give auto, balanced, sequential or a JSON object"
                 raise ValueError(msg) from None
+            except RecursionError:
+                raise ValueError("JSON nested too deeply; give a flat JSON object {module: gpu}") from None
         return None if value in ("", "none", "null") else value
 
     @model_validator(mode="after")
@@ -147,11 +172,25 @@ class ExperimentConfig(BaseModel):
         return None if value is None else scrub_secrets(value)
 
 
+def _numeric(annotation: Any) -> bool:
+    members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    return any(m in (int, float) for m in members)
+
+
+#: Fields holding numbers (int or float, optional or not).
+_NUMBER_FIELDS = frozenset(n for n, f in ExperimentConfig.model_fields.items() if _numeric(f.annotation))
+
+
+def _loc_part(part: object) -> str:
+    text = str(part)
+    return text if text.isprintable() else repr(text)  # a YAML key holding a newline stays on one line
+
+
 def format_validation_error(err: ValidationError) -> str:
-    """One line per problem: ``field: message``."""
+    """``field: message`` per problem, joined by ``; `` (one line)."""
     parts = []
     for item in err.errors():
-        loc = ".".join(str(p) for p in item["loc"]) or "config"
+        loc = ".".join(_loc_part(p) for p in item["loc"]) or "config"
         msg = item["msg"]
         if item["type"] == "extra_forbidden":
             allowed = ", ".join(ExperimentConfig.model_fields)
@@ -161,18 +200,39 @@ def format_validation_error(err: ValidationError) -> str:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """The mapping a YAML config file holds; a ConfigError when it is missing or not a mapping."""
+    """The mapping a YAML config file holds (empty file: ``{}``).
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not UTF-8, not YAML or not a mapping (one line).
+    """
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to be a config") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    if data is None:  # empty, or only comments
+        return {}
     if not isinstance(data, dict):
         raise ConfigError(
             f"config file {path} must hold a mapping of field: value, not {type(data).__name__}"
         )
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """``<problem> at line L, column C`` (PyYAML's own text spans several lines)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{exc.problem}{where}"
+    return " ".join(str(exc).split())
 
 
 def load_config(

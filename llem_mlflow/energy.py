@@ -403,8 +403,8 @@ def energy_warnings(breakdown: EnergyBreakdown, window: CounterWindow) -> list[s
 
 #: What an unknown counter delta does to the result, by the window it is in (see ``fault_warnings``).
 MEASURED_EFFECT = (
-    "its energy in this window is left out, so total_energy_j, energy.gross_j and the figures derived "
-    "from them (energy per token, phase energy, carbon) are too low (incomplete), and net energy and "
+    "its energy in this window is left out: total_energy_j and the figures derived from it (energy per "
+    "token, phase energy, carbon) are null, energy.gross_j is too low (incomplete), and net energy and "
     "the edge uncertainty are null"
 )
 IDLE_EFFECT = "its idle power is unknown, so energy.idle_power_w and net energy are null"

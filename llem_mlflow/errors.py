@@ -23,5 +23,24 @@ class BackendError(LlemError):
     """The model could not be loaded or run."""
 
 
+class OutOfMemoryError(BackendError):
+    """Generating ran out of GPU (or host) memory; the message names the batch and what to lower.
+
+    A runtime failure (exit 1): the same config may fit on a larger GPU. By the time it is raised the
+    failed call's memory has been returned (``backends.runtime.free_memory``).
+    """
+
+
 class TrackingError(LlemError):
     """MLflow logging or result writing failed."""
+
+
+class RunInterrupted(LlemError):
+    """Ctrl-C or SIGTERM ended a run; the message says what was kept (the CLI exits 130).
+
+    ``outcome``: the run's files and MLflow run when cycles had completed (a ``runner.Outcome``), else None.
+    """
+
+    def __init__(self, message: str, outcome: object = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome

@@ -95,6 +95,29 @@ class Measurement:
         return sum(c.window.duration_s for c in self.cycles)
 
 
+class Interrupted(Exception):  # noqa: N818 - it names what happened, like KeyboardInterrupt
+    """Ctrl-C or SIGTERM stopped ``measure``.
+
+    ``stage``: where it stopped; ``partial``: the cycles completed until then as a ``Measurement``
+    (None when no cycle completed); ``trace``: the power samples taken (None before sampling began).
+    """
+
+    def __init__(self, stage: str, partial: Measurement | None, trace: PowerTrace | None) -> None:
+        super().__init__(f"interrupted during {stage}")
+        self.stage, self.partial, self.trace = stage, partial, trace
+
+
+@dataclass
+class _Progress:
+    """What the stages have produced so far (kept when a run is interrupted)."""
+
+    stage: str = "warm-up"
+    warmup: WarmupRecord | None = None
+    settled: IdleSettle | None = None
+    idle: energy.CounterWindow | None = None
+    cycles: list[Cycle] = field(default_factory=list)
+
+
 def measure(
     cfg: ExperimentConfig,
     backend: Backend,
@@ -102,18 +125,29 @@ def measure(
     prompts: list[list[int]],
     show: Progress,
 ) -> Measurement:
-    """Warm-up, idle baseline, ``cfg.cycles`` measured windows and idle after, with the sampler on."""
+    """Warm-up, idle baseline, ``cfg.cycles`` measured windows and idle after, with the sampler on.
+
+    Raises:
+        Interrupted: on KeyboardInterrupt (Ctrl-C, or SIGTERM under ``interrupts.graceful``), after the
+            sampler stopped, with the cycles completed so far.
+    """
     clock = Stopwatch()
     groups = workload.batches(prompts, cfg.batch_size)
-    with clock.lap("warmup"):
-        warmup = _warm_up(cfg, backend, groups, show)
-    cpu, cpu_warning = _open_rapl()
-    sampler = PowerSampler(devices, cfg.sampling_interval_s)
-    sampler.start()
+    progress = _Progress()
+    sampler, trace = None, None
     try:
-        done = _sampled_stages(cfg, backend, devices, groups, show, cpu, clock)
-    finally:
-        trace = sampler.stop()
+        with clock.lap("warmup"):
+            warmup = progress.warmup = _warm_up(cfg, backend, groups, show)
+        cpu, cpu_warning = _open_rapl()
+        sampler = PowerSampler(devices, cfg.sampling_interval_s)
+        sampler.start()
+        try:
+            done = _sampled_stages(cfg, backend, devices, groups, show, cpu, clock, progress)
+        finally:
+            trace = sampler.stop()
+    except KeyboardInterrupt:
+        warnings = sampler.warnings if sampler is not None else []
+        raise Interrupted(progress.stage, _partial(cfg, progress, trace, warnings, clock), trace) from None
     cycles = done.cycles
     if cfg.measurement_methodology == "steady_state":
         cycles = [_trim_ramp(c, trace, devices) for c in cycles]
@@ -130,6 +164,33 @@ def measure(
         idle_settle=done.settled,
         prefill=done.prefill,
         stage_s=done.ran(clock.laps),
+    )
+
+
+def _partial(
+    cfg: ExperimentConfig,
+    progress: _Progress,
+    trace: PowerTrace | None,
+    warnings: list[str],
+    clock: Stopwatch,
+) -> Measurement | None:
+    """The completed cycles of an interrupted run as a Measurement (None: no cycle completed)."""
+    if not progress.cycles or trace is None:
+        return None
+    done = len(progress.cycles)
+    note = (
+        f"Interrupted during {progress.stage}: {done} of {cfg.cycles} cycle(s) completed; every figure "
+        "comes from those (status: interrupted)."
+    )
+    return Measurement(
+        cycles=list(progress.cycles),
+        idle=progress.idle,
+        trace=trace,
+        warnings=[note, *warnings],
+        cpu_energy=_cpu_energy(progress.cycles),
+        warmup=progress.warmup,
+        idle_settle=progress.settled,
+        stage_s=dict(clock.laps),
     )
 
 
@@ -163,22 +224,34 @@ def _sampled_stages(
     show: Progress,
     cpu: rapl.RaplReader | None,
     clock: Stopwatch,
+    progress: _Progress,
 ) -> _Sampled:
-    """Idle settle, baseline, cycles (cool-downs included), isolated prefill and idle after, each a lap."""
+    """Idle settle, baseline, cycles (cool-downs included), isolated prefill and idle after, each a lap.
+
+    ``progress`` records each stage as it starts and each result as it is made.
+    """
     faults: list[str] = []
+    progress.stage = "idle settle"
     with clock.lap("idle_settle"):
-        settled = _settle(cfg, devices, backend, show, faults)
+        settled = progress.settled = _settle(cfg, devices, backend, show, faults)
     idle = None
+    progress.stage = "idle baseline"
     with clock.lap("baseline"):
         if devices and cfg.baseline_s > 0:
             show.stage(f"idle baseline {cfg.baseline_s:g} s (model loaded)")
             idle = energy.measure_idle(devices, backend.synchronize, cfg.baseline_s, allow_unknown=True)
+    progress.idle = idle
     with clock.lap("measure"):
-        cycles = [_measure_cycle(cfg, backend, devices, groups, i, show, cpu) for i in range(cfg.cycles)]
+        for i in range(cfg.cycles):
+            progress.stage = f"cycle {i + 1} of {cfg.cycles}"
+            progress.cycles.append(_measure_cycle(cfg, backend, devices, groups, i, show, cpu))
+    cycles = list(progress.cycles)
     prefill = None
+    progress.stage = "isolated prefill"
     with clock.lap("prefill_isolated"):
         if cfg.isolated_prefill:
             prefill = _isolated_prefill(cfg, backend, devices, groups, show)
+    progress.stage = "idle after"
     with clock.lap("idle_after"):
         idle_after = _idle_after(cfg, devices, backend, show)
     return _Sampled(settled, idle, cycles, prefill, idle_after, faults)

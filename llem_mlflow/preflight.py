@@ -3,9 +3,10 @@
 In order: the output folder is writable; the MLflow store answers within a few seconds
 (checked in a background thread while the rest runs; an unreachable store is a warning, not an
 error: the run still writes its files); the dataset parses; the model's config gives a
-vocabulary and a context length; text prompts tokenize; the longest prompt plus the new tokens
-fit the model's context. Each failure is one ``ConfigError`` (the user must change the config:
-exit 2) or another ``LlemError`` (the environment is at fault: exit 1) naming what to fix.
+vocabulary and a context length; synthetic prompts fit the context and a sane size before they
+are built; text prompts tokenize; the longest prompt plus the new tokens fit the model's context.
+Each failure is one ``ConfigError`` (the user must change the config: exit 2) or another
+``LlemError`` (the environment is at fault: exit 1) naming what to fix.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from llem_mlflow.store_probe import PROBE_TIMEOUT_S
 #: Answers None when the tracking store is reachable, else one line saying why not.
 StoreProbe = Callable[[ExperimentConfig], "str | None"]
 STORE_PROBE_TIMEOUT_S = PROBE_TIMEOUT_S  # the probe's own bound; the thread gets 1 s more
+#: Synthetic prompt tokens (n x max_input_tokens) built in memory at most: ~1.2 GB of Python ints.
+MAX_SYNTHETIC_TOKENS = 2**25
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ def check(cfg: ExperimentConfig, backend: Backend, probe: StoreProbe | None = No
     check_output_dir(Path(cfg.output_dir))
     texts = None
     if cfg.dataset != identity.SYNTHETIC:  # cheap file checks before anything imports torch
-        texts = workload.read_jsonl_prompts(Path(cfg.dataset), cfg.n, field=cfg.prompt_field)
+        texts = _read_dataset(cfg)
     store = _StoreCheck(cfg, probe) if cfg.mlflow and probe is not None else None
     facts = backend.inspect()  # on a failure the probe thread is abandoned, not waited for
     plan = _prompts(cfg, backend, facts, texts)
@@ -84,8 +87,8 @@ def check_output_dir(output_dir: Path) -> None:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
         probe.unlink()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte or an unencodable character
+        reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(
             f"output_dir: cannot write results to {output_dir} ({reason}); "
             "choose a writable folder with --output-dir"
@@ -100,7 +103,12 @@ def check_context(cfg: ExperimentConfig, facts: ModelFacts, prompts: list[list[i
     """
     if facts.context_length is None or not prompts:
         return
-    longest = max(len(p) for p in prompts)
+    _check_fits(cfg, facts, max(len(p) for p in prompts))
+
+
+def _check_fits(cfg: ExperimentConfig, facts: ModelFacts, longest: int) -> None:
+    if facts.context_length is None:
+        return
     needed = longest + cfg.max_output_tokens
     if needed > facts.context_length:
         raise ConfigError(
@@ -110,10 +118,39 @@ def check_context(cfg: ExperimentConfig, facts: ModelFacts, prompts: list[list[i
         )
 
 
+def check_synthetic_size(cfg: ExperimentConfig, facts: ModelFacts) -> None:
+    """Synthetic prompts (all ``max_input_tokens`` long) fit the context and are few enough to build.
+
+    Raises:
+        ConfigError: naming max_output_tokens (context) or n (n x max_input_tokens too large).
+    """
+    _check_fits(cfg, facts, cfg.max_input_tokens)
+    tokens = cfg.n * cfg.max_input_tokens
+    if tokens > MAX_SYNTHETIC_TOKENS:
+        raise ConfigError(
+            f"n: {cfg.n} synthetic prompts x max_input_tokens {cfg.max_input_tokens} = {tokens:,} prompt "
+            f"tokens, more than the {MAX_SYNTHETIC_TOKENS:,} that can be built; lower n or max_input_tokens"
+        )
+
+
+def _read_dataset(cfg: ExperimentConfig) -> workload.PromptFile:
+    """The dataset's prompts; a file that is not UTF-8 or holds absurdly nested JSON is a ConfigError."""
+    path = Path(cfg.dataset)
+    try:
+        return workload.read_jsonl_prompts(path, cfg.n, field=cfg.prompt_field)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"dataset: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise ConfigError(f"dataset: {path} holds JSON nested too deeply to be a prompt") from None
+    except OSError as exc:
+        raise ConfigError(f"dataset: {path} cannot be read ({exc.strerror or exc})") from None
+
+
 def _prompts(
     cfg: ExperimentConfig, backend: Backend, facts: ModelFacts, read: workload.PromptFile | None
 ) -> Plan:
     if read is None:
+        check_synthetic_size(cfg, facts)  # before building them: they can be too many to build
         prompts = workload.synthetic_prompts(facts.vocab_size, cfg.n, cfg.max_input_tokens, cfg.seed)
         return Plan(prompts=prompts, facts=facts, dataset=identity.SYNTHETIC, tokenizer=None)
     path = Path(cfg.dataset)

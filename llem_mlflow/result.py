@@ -248,6 +248,8 @@ class ExperimentResult(_Model):
     experiment_id: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     measurement_config_hash: str = Field(pattern=r"^[0-9a-f]{16}$")
     measurement_methodology: Literal["total", "steady_state"] = "total"
+    # "interrupted": Ctrl-C or SIGTERM ended the run early; every figure comes from the completed cycles.
+    status: Literal["completed", "interrupted"] = "completed"
     llem_version: str
     config: ExperimentConfig  # as requested (may say "auto")
     # What was measured, every "auto" resolved; measurement_config_hash is computed from it alone.
@@ -319,6 +321,7 @@ class ExperimentResult(_Model):
             "llem.config_hash": self.measurement_config_hash,
             "llem.hash_recipe": str(self.resolved.recipe) if self.resolved is not None else None,
             "llem.schema_version": self.schema_version,
+            "llem.status": self.status,
             "llem.version": self.llem_version,
             "llem.experiment_id": self.experiment_id,
             "llem.energy_source": self.energy_source,

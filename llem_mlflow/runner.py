@@ -10,6 +10,7 @@ the store probe and the progress display are injected, so tests run the whole se
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import uuid
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from llem_mlflow import (
     artifacts,
@@ -41,7 +42,7 @@ from llem_mlflow import (
 )
 from llem_mlflow._version import __version__
 from llem_mlflow.config import ExperimentConfig, load_config
-from llem_mlflow.errors import DeviceError, TrackingError
+from llem_mlflow.errors import BackendError, DeviceError, RunInterrupted, TrackingError
 from llem_mlflow.progress import LogProgress, Progress
 from llem_mlflow.protocols import Backend, CudaDeviceId, GpuDevice, GpuInfo, LoadedModel
 from llem_mlflow.result import (
@@ -60,6 +61,7 @@ from llem_mlflow.result import (
 )
 from llem_mlflow.stats import Interval
 from llem_mlflow.timings import Stopwatch
+from llem_mlflow.trace import PowerTrace
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +144,13 @@ def execute(
     caller knows them (the CLI); they go into the timings block. ``child_of``: log into a new run
     nested under that parent (a sweep's point; see ``tracking``).
     """
+    if backend is None:  # bad-input/OOM: a backend this run made is released when the run fails
+        kw = {"gpus": gpus, "progress": progress, "store_probe": store_probe, "startup_s": startup_s}
+        return _owning(cfg, _default_backend(cfg), child_of=child_of, **kw)
     clock = Stopwatch()
     if startup_s is not None:
         clock.laps["startup"] = startup_s  # before the stopwatch started: not part of total_s
     show = progress or LogProgress()
-    backend = backend or _default_backend(cfg)
     probe = store_probe or _probe_store
     start = datetime.now(timezone.utc)
     show.stage("checking output folder, dataset, context length and MLflow store")
@@ -167,6 +171,13 @@ def execute(
     _await(imports, clock)
     try:
         measurement = measure.measure(cfg, backend, gpu_set.devices, plan.prompts, show)
+    except BackendError:  # e.g. out of memory: nothing was written, leave no empty result folder
+        _remove_if_empty(folder)
+        raise
+    except measure.Interrupted as stop:
+        gpu_set.close()
+        context = _Context(cfg, start, experiment_id, resolved, loaded, gpu_set, plan)
+        _interrupted(context, stop, folder, backend, _Logging(None, child_of), show, clock)
     finally:
         gpu_set.close()
     clock.laps.update(measurement.stage_s)
@@ -178,6 +189,84 @@ def execute(
     reprobe = probe if plan.store_warning else None
     outcome = _record(cfg, result, measurement, folder, _Logging(reprobe, child_of), show, clock)
     return replace(outcome, timings=_timings(clock))
+
+
+def _interrupted(
+    context: _Context,
+    stop: measure.Interrupted,
+    folder: Path,
+    backend: Backend,
+    how: _Logging,
+    show: Progress,
+    clock: Stopwatch,
+) -> NoReturn:
+    """Keep what an interrupted run measured, then raise ``RunInterrupted`` saying what was kept.
+
+    Completed cycles: a result with ``status: interrupted`` from them, its files, and its MLflow run
+    ended KILLED (or spooled). None completed: the partial trace alone, no MLflow run.
+    """
+    if stop.partial is None:
+        kept = _keep_trace(stop.trace, folder)
+        raise RunInterrupted(f"interrupted during {stop.stage}: no cycle had completed; {kept}")
+    result = _build_result(context, stop.partial, backend).model_copy(update={"status": "interrupted"})
+    outcome = _record(context.cfg, result, stop.partial, folder, how, show, clock)
+    done = len(stop.partial.cycles)
+    if outcome.run_id:
+        logged = f"MLflow run {outcome.run_id} ended KILLED"
+    elif outcome.tracking_error:
+        logged = outcome.tracking_error.splitlines()[0]
+    else:
+        logged = "not logged (--no-mlflow)"
+    message = (
+        f"interrupted during {stop.stage}: kept {done} of {context.cfg.cycles} completed cycle(s) "
+        f"in {folder} (status: interrupted; {logged})"
+    )
+    raise RunInterrupted(message, outcome)
+
+
+def _keep_trace(trace: PowerTrace | None, folder: Path) -> str:
+    """Write the partial trace when it has samples (else remove the empty folder); say what was kept."""
+    if trace is None or not trace.samples:
+        _remove_if_empty(folder)
+        return "nothing was measured, nothing kept"
+    path = artifacts.write_trace_parquet(trace, folder, {})
+    return f"kept the partial power trace in {path}"
+
+
+def _gross(m: measure.Measurement, breakdown: EnergyBreakdown | None) -> tuple[float | None, list[str]]:
+    """The run's total energy, or None with a warning when a GPU's delta is unknown in a measured window.
+
+    A partial sum would be too low; the total (and J/token, carbon, MFU's energy figures) stays null
+    instead, while ``energy.per_gpu`` keeps the known deltas for inspection.
+    """
+    if breakdown is None:
+        return None, []
+    unknown = sorted({gpu for c in m.cycles for gpu in c.window.unknown})
+    if not unknown:
+        return breakdown.gross_j, []
+    gpus = ", ".join(map(str, unknown))
+    return None, [
+        f"Total energy not reported (null): the counter delta of GPU {gpus} is unknown in a measured "
+        "window (see the warnings above); energy.gross_j and energy.per_gpu hold only the known deltas."
+    ]
+
+
+def _owning(cfg: ExperimentConfig, backend: Backend, **kw: Any) -> Outcome:
+    """``execute`` with a backend it made: on any failure the model is released (``release()``, when
+    the backend has one), not kept alive by the traceback until the caller drops the exception."""
+    try:
+        return execute(cfg, backend=backend, **kw)
+    except BaseException:
+        release = getattr(backend, "release", None)
+        if callable(release):
+            release()
+        raise
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if it holds nothing; a folder with files is never touched (rmdir refuses)."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _await(imports: tracking.Prefetch | None, clock: Stopwatch) -> None:
@@ -310,7 +399,8 @@ def _build_result(c: _Context, m: measure.Measurement, backend: Backend) -> Expe
     in_tok = sum(s.input_tokens for s in m.stats)
     out_tok = sum(s.output_tokens for s in m.stats)
     seconds = m.seconds
-    gross = breakdown.gross_j if breakdown else None
+    gross, incomplete = _gross(m, breakdown)
+    energy_warnings += incomplete
     for w in [*m.warnings, *energy_warnings]:  # the backend already logged its own warnings
         log.warning(w)
     unc, flags = _assess(c, m, infos, breakdown, out_tok)

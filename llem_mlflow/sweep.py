@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llem_mlflow.config import ExperimentConfig, load_config, read_yaml
-from llem_mlflow.errors import ConfigError, LlemError
+from llem_mlflow.errors import ConfigError, LlemError, RunInterrupted
 from llem_mlflow.protocols import Backend, BatchStats, LoadedModel, ModelFacts
 from llem_mlflow.store_probe import one_line
 
@@ -456,6 +456,8 @@ def measure_point(
             store_probe=parts.store_probe,
             child_of=child_of,
         )
+    except RunInterrupted:
+        raise  # Ctrl-C stops the sweep, not just this point
     except LlemError as exc:
         return Row(p, "failed", note=one_line(str(exc)))
     return outcome_row(p, outcome)

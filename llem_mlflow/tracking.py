@@ -415,8 +415,29 @@ def record_result(
             + "Check the tracking server and the result files, then log again."
         ) from None  # the cause's text (scrubbed above) may hold credentials
     if target.owned:
-        _guarded(target.uri, f"mark run {target.run_id} FINISHED", lambda: _end(target, "FINISHED", end_ms))
+        final = end_status(result)
+        _guarded(target.uri, f"mark run {target.run_id} {final}", lambda: _end(target, final, end_ms))
     return LoggedRun(target.run_id, target.experiment_id, scrub_uri(target.uri))
+
+
+def end_env_run(status: str) -> str | None:
+    """End the run ``mlflow run`` made (``MLFLOW_RUN_ID``) with ``status``; its id, or None.
+
+    Best effort (an interrupted run must not hang on a dead store): any failure is ignored.
+    """
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    try:
+        _client(target_tracking_uri(None)).set_terminated(run_id, status=status)
+    except Exception:
+        return None
+    return run_id
+
+
+def end_status(result: ExperimentResult) -> str:
+    """How a run holding ``result`` ends: KILLED for an interrupted result, else FINISHED."""
+    return "KILLED" if result.status == "interrupted" else "FINISHED"
 
 
 def find_logged_run(
@@ -450,8 +471,9 @@ def _find_logged(client: MlflowClient, uri: str, llem_id: str, hint: str | None)
 def _holds(run: Run, llem_id: str) -> bool:
     """Whether ``run`` is a FINISHED, active run tagged with the llem experiment id."""
     info = run.info
+    interrupted = info.status == "KILLED" and run.data.tags.get("llem.status") == "interrupted"
     return (
-        info.status == "FINISHED"
+        (info.status == "FINISHED" or interrupted)
         and info.lifecycle_stage == "active"
         and run.data.tags.get(LLEM_EXPERIMENT_TAG) == llem_id
     )
@@ -481,9 +503,9 @@ def _search_tagged(client: MlflowClient, llem_id: str) -> list[Run]:
     return list(
         client.search_runs(
             experiment_ids,
-            filter_string=f"tags.`{LLEM_EXPERIMENT_TAG}` = '{llem_id}' and attributes.status = 'FINISHED'",
+            filter_string=f"tags.`{LLEM_EXPERIMENT_TAG}` = '{llem_id}'",
             run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1,
+            max_results=20,
             order_by=["attributes.start_time DESC"],
         )
     )
@@ -605,14 +627,13 @@ def retire_unfinished(
         runs = (
             client.search_runs(
                 experiment_ids,
-                filter_string=f"tags.`{LLEM_EXPERIMENT_TAG}` = '{llem_experiment_id}' "
-                "and attributes.status != 'FINISHED'",
+                filter_string=f"tags.`{LLEM_EXPERIMENT_TAG}` = '{llem_experiment_id}'",
                 run_view_type=ViewType.ACTIVE_ONLY,
             )
             if experiment_ids
             else []
         )
-        gone = [r.info.run_id for r in runs if r.info.run_id != keep]
+        gone = [r.info.run_id for r in runs if r.info.run_id != keep and not _holds(r, llem_experiment_id)]
         for run_id in gone:
             client.delete_run(run_id)
         return gone

@@ -3,7 +3,12 @@
 ``TransformersBackend`` implements ``protocols.Backend`` on ``AutoModelForCausalLM`` and ``generate()``;
 torch and transformers are imported lazily (inside functions). Its helpers live beside it: ``hub`` (where
 files come from), ``runtime`` (device, precision, versions), ``shape`` (facts and FLOPs shape), ``placement``
-(several GPUs), ``tokens`` (padding and counting) and ``timing`` (step timings). Weight policy:
+(several GPUs), ``tokens`` (padding and counting) and ``timing`` (step timings).
+
+Out of memory in ``generate()`` (warm-up, measurement, isolated prefill): the failed call's memory is
+returned (its tensors go with the exception, then ``free_memory``) and an ``errors.OutOfMemoryError``
+names the batch size and what to lower; the model stays loaded, so a sweep's next, smaller point can
+use it. ``release()`` drops the model itself (the runner calls it when a run it owns fails). Weight policy:
 
 * ``pretrained``: a local folder with weight files, else the local HF cache, else the hub
   (skipped when ``HF_HUB_OFFLINE`` is set or the hub endpoint is unreachable: a cheap TCP check
@@ -25,6 +30,7 @@ warning; with ``pretrained``, a ``BackendError``. Several GPUs (``device_map``, 
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import logging
 import time
@@ -63,6 +69,9 @@ from llem_mlflow.backends.runtime import (
     cuda_available,
     cuda_device_ids,
     dtype_kwargs,
+    free_memory,
+    is_out_of_memory,
+    out_of_memory_error,
     resolve_device,
     resolve_precision,
     torch_dtype,
@@ -384,15 +393,15 @@ class TransformersBackend:
             self._step_timer = StepTimer(device)
         timer = self._step_timer
         timer.reserve(max_output_tokens + 1)  # CUDA events made once (warm-up), reused per batch
-        with torch.inference_mode():
-            timer.start()
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=config,
-                logits_processor=processors([timer]),
-            )
+        generate = functools.partial(
+            model.generate,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=config,
+            logits_processor=processors([timer]),
+        )
         padded_len = input_ids.shape[1]
+        out = self._generate_or_free(generate, timer, len(batch), int(padded_len), max_output_tokens)
         new_rows = out[:, padded_len:].tolist()  # waits for the device: every timing event is done
         new_tokens = int(out.shape[1] - padded_len)
         prefill_s, decode_step_s = step_timings(timer.intervals_s(), new_tokens)
@@ -411,7 +420,33 @@ class TransformersBackend:
             output_lens=output_lens,
         )
 
+    def _generate_or_free(
+        self, generate: Any, timer: StepTimer, rows: int, width: int, max_output_tokens: int
+    ) -> Any:
+        """``generate()`` in inference mode; out of memory: free what it held, raise OutOfMemoryError."""
+        import torch
+
+        try:
+            with torch.inference_mode():
+                timer.start()
+                return generate()
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            detail = str(exc)  # text only: the exception holds the failed call's frames and tensors
+        # Here the exception is gone, and with it the activations and KV cache of the failed call.
+        free_memory()
+        raise out_of_memory_error(detail, self._device, rows, width, max_output_tokens)
+
     # -- housekeeping
+
+    def release(self) -> None:
+        """Drop the model and return its memory (``free_memory``); safe to repeat, ``load()`` may follow."""
+        self._model = None
+        self._step_timer = None
+        self._placement = None
+        self._cuda_indices = []
+        free_memory()
 
     def synchronize(self) -> None:
         """Wait for queued CUDA work on every device the model uses; no-op on CPU."""

@@ -8,10 +8,12 @@ lazily, inside functions.
 
 from __future__ import annotations
 
+import re
+import sys
 from importlib import metadata
 from typing import Any
 
-from llem_mlflow.errors import BackendError
+from llem_mlflow.errors import BackendError, OutOfMemoryError
 from llem_mlflow.protocols import CudaDeviceId
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -133,6 +135,46 @@ def free_memory() -> None:
     torch = sys.modules.get("torch")  # no torch imported: nothing of torch's to free
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's ``OutOfMemoryError`` (CUDA), torch's CPU allocator failing, or Python's ``MemoryError``."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if isinstance(oom, type) and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc)
+
+
+def out_of_memory_error(
+    detail: str, device: str, batch_size: int, input_tokens: int, output_tokens: int
+) -> OutOfMemoryError:
+    """The one-line error for a ``generate()`` that ran out of memory: the batch, the tokens, what to lower.
+
+    ``detail``: the original message (torch's spans a paragraph; its first facts are kept).
+    ``input_tokens``: the batch's padded prompt width.
+    """
+    what = "GPU memory" if device == "cuda" else "memory"
+    smaller = f"try --batch-size {batch_size // 2}, or " if batch_size > 1 else "try "
+    return OutOfMemoryError(
+        f"out of {what} at batch_size {batch_size} ({input_tokens} prompt tokens + max_output_tokens "
+        f"{output_tokens} per row) on {device}: {_memory_facts(detail)}; {smaller}fewer max_input_tokens or "
+        "max_output_tokens (a lower precision, or device_map over several GPUs, also needs less per GPU)"
+    )
+
+
+def _memory_facts(detail: str) -> str:
+    """``Tried to allocate 2.00 GiB; GPU 0 has 1.50 GiB free of 79.19 GiB`` from torch's text."""
+    flat = " ".join(detail.split())
+    facts = [m.group(0).rstrip(".") for m in re.finditer(r"Tried to allocate \S+ \S+", flat)]
+    free = re.search(r"(GPU \d+) has a total capacity of (\S+ \S+) of which (\S+ \S+) is free", flat)
+    if free:
+        facts.append(f"{free.group(1)} has {free.group(3)} free of {free.group(2)}")
+    if facts:
+        return "; ".join(facts)
+    return flat if len(flat) <= 160 else flat[:157] + "..."
 
 
 def visible_cuda_ids() -> list[CudaDeviceId]:

@@ -67,6 +67,7 @@ TIMING_METRICS = {
 DOCUMENTED_TAGS = {
     "llem.config_hash",
     "llem.schema_version",
+    "llem.status",
     "llem.version",
     "llem.energy_source",
     "llem.weights",

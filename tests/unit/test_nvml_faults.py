@@ -290,7 +290,10 @@ def test_run_with_a_counter_read_failing_at_a_cycle_edge(tmp_path: Path) -> None
     device = FakeDevice(energy_script=[10_000.0, 10_030.0, 10_100.0, 11_100.0, 11_200.0, *[UNKNOWN] * 3])
     r = run(tmp_path, [device], cuda_backend(), cycles=2)
     assert r.energy is not None and r.energy_source == "nvml"
-    assert r.total_energy_j == 1000.0  # cycle 1 only: incomplete, and the warning says so
+    assert r.total_energy_j is None and r.energy.gross_j == 1000.0  # cycle 1's delta kept, the total null
+    assert any(
+        w.startswith("Total energy not reported (null): the counter delta of GPU 0") for w in r.warnings
+    )
     assert r.energy.net_j is None and r.energy.edge_uncertainty_j is None
     (warning,) = [w for w in r.warnings if w.startswith("GPU 0, cycle 2/2:")]
     assert "could not be read at the end edge" in warning and "too low (incomplete)" in warning
@@ -316,7 +319,7 @@ def test_run_with_a_gpu_lost_mid_cycle(tmp_path: Path) -> None:
     gpu1 = FakeDevice(cuda_index=1, uuid="GPU-fake-1", energy_script=[20_000.0, 20_020.0, 20_100.0])
     r = run(tmp_path, [gpu0, gpu1], cuda_backend(2, on_generate=gpu1.lose))
     assert r.energy is not None and [g.cuda_index for g in r.energy.per_gpu] == [0]
-    assert r.total_energy_j == 1000.0 and r.energy.net_j is None
+    assert r.total_energy_j is None and r.energy.gross_j == 1000.0 and r.energy.net_j is None
     assert any(w.startswith("GPU 1, cycle 1/1: its energy counter could not be read") for w in r.warnings)
     assert any("GPU 1 was lost" in w for w in r.warnings)
     assert gpu1.energy_reads == 4  # the lost GPU's end read was not retried
@@ -325,8 +328,8 @@ def test_run_with_a_gpu_lost_mid_cycle(tmp_path: Path) -> None:
 def test_run_with_its_only_gpu_lost_is_flagged_not_silent(tmp_path: Path) -> None:
     device = FakeDevice(energy_script=[10_000.0, 10_030.0, 10_100.0])
     r = run(tmp_path, [device], cuda_backend(on_generate=device.lose))
-    assert r.total_energy_j == 0.0 and r.energy is not None and r.energy.per_gpu == []
-    assert "energy_per_token_out_of_bounds" in r.quality_flags
+    assert r.total_energy_j is None and r.energy is not None and r.energy.per_gpu == []
+    assert r.avg_energy_per_token_j is None
     assert any(w.startswith("GPU 0, cycle 1/1:") and "too low" in w for w in r.warnings)
 
 
@@ -334,7 +337,7 @@ def test_run_with_a_counter_going_backwards(tmp_path: Path) -> None:
     gpu0 = FakeDevice(cuda_index=0, energy_script=[10_000.0, 10_030.0, 10_100.0, 11_100.0])
     gpu1 = FakeDevice(cuda_index=1, uuid="GPU-fake-1", energy_script=[20_000.0, 20_020.0, 20_100.0, 7.0])
     r = run(tmp_path, [gpu0, gpu1], cuda_backend(2))
-    assert r.total_energy_j == 1000.0 and r.energy is not None and r.energy.net_j is None
+    assert r.total_energy_j is None and r.energy is not None and r.energy.net_j is None
     assert all(g.gross_j >= 0 for g in r.energy.per_gpu)
     backwards = "GPU 1, cycle 1/1: its energy counter went backwards by 20093.000 J"
     assert any(w.startswith(backwards) for w in r.warnings)
@@ -357,7 +360,7 @@ def test_steady_state_run_with_the_first_counter_mark_failing(tmp_path: Path) ->
     assert r.energy is not None and r.energy.net_j is None
     assert r.steady_state is not None and device.energy_reads == len(script)
     assert r.steady_state.trimmed_batches == [0]  # flat power: no ramp, the window starts at the failed mark
-    assert r.total_energy_j == 0.0 and "energy_per_token_out_of_bounds" in r.quality_flags
+    assert r.total_energy_j is None and r.avg_energy_per_token_j is None
     assert any(w.startswith("GPU 0, cycle 1/1") and "start edge" in w for w in r.warnings)
 
 
