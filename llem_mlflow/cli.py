@@ -167,6 +167,9 @@ def run(
     weights: Annotated[
         str | None, _cfg("weights", "auto: pretrained if they can be had, else random (with a warning).")
     ] = None,
+    trust_remote_code: Annotated[
+        str | None, _cfg("trust_remote_code", "true: run Python code from the model's repo (read it first).")
+    ] = None,
     device: Annotated[str | None, _cfg("device", "auto: cuda when torch sees a GPU, else cpu.")] = None,
     seed: Annotated[str | None, _cfg("seed", "Random seed (prompts, random weights).")] = None,
     warmup_batches: Annotated[

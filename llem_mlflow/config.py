@@ -67,6 +67,10 @@ class ExperimentConfig(BaseModel):
         "prompt", min_length=1, description="JSON key holding the prompt text in a .jsonl dataset."
     )
     weights: Literal["auto", "pretrained", "random"] = "auto"
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code from the model's hub repo (it runs with your rights): off unless asked.",
+    )
     device: Literal["auto", "cuda", "cpu"] = "auto"
     seed: int = Field(42, ge=0, le=MAX_SEED)
     warmup_batches: int = Field(1, ge=0, description="generate() calls before measuring.")

@@ -41,6 +41,7 @@ def _transformers(cfg: ExperimentConfig) -> Backend:
         seed=cfg.seed,
         device_map=cfg.device_map,
         fast=FastPath.of(cfg),
+        trust_remote_code=cfg.trust_remote_code,
     )
 
 

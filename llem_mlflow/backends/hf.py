@@ -122,6 +122,7 @@ class TransformersBackend:
         seed: int = 42,
         device_map: str | dict[str, Any] | None = None,
         fast: FastPath | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         if weights not in ("auto", "pretrained", "random"):
             raise ConfigError(f"weights must be auto, pretrained or random, not {weights!r}")
@@ -134,6 +135,7 @@ class TransformersBackend:
             raise BackendError(f"device_map needs the accelerate package: {ACCELERATE_HINT}")
         self.model_name = model
         self._fast = fast or FastPath()
+        self._remote_code = trust_remote_code  # passed to every transformers loader, False unless asked
         self._weights = weights
         self._precision = precision
         self._device_request = device
@@ -159,7 +161,7 @@ class TransformersBackend:
 
     def _model_config(self) -> tuple[Any, str]:
         if self._config is None:
-            self._config = find_config(self.model_name)
+            self._config = find_config(self.model_name, self._remote_code)
         return self._config
 
     def inspect(self) -> ModelFacts:
@@ -281,7 +283,7 @@ class TransformersBackend:
 
     def _load_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for from_config/from_pretrained from the fast-path options (attention)."""
-        return fastpath.load_kwargs(self._fast)
+        return {**fastpath.load_kwargs(self._fast), "trust_remote_code": self._remote_code}
 
     def _pretrained(self, folder: Path | None, dtype: Any) -> Any:
         kwargs = {**self._fetched_config(), **self._load_kwargs()}
@@ -321,7 +323,7 @@ class TransformersBackend:
         """The model's own tokenizer, else (weights random or auto) the byte-level fallback."""
         name = self.model_name
         try:
-            return load_model_tokenizer(name)
+            return load_model_tokenizer(name, self._remote_code)
         except BackendError as exc:
             reason = str(exc)
         if self._weights == "pretrained":

@@ -172,22 +172,27 @@ def hub_call(load: Any, model: str, what: str, remedy: str | None = None) -> tup
         ) from None
 
 
-def find_config(model: str) -> tuple[Any, str]:
-    """(transformers config, source): folder config.json, else shipped config, else HF cache / hub."""
+def find_config(model: str, trust_remote_code: bool = False) -> tuple[Any, str]:
+    """(transformers config, source): folder config.json, else shipped config, else HF cache / hub.
+
+    ``trust_remote_code``: let transformers run a config class from the model's repo (off by default).
+    """
     from transformers import AutoConfig
 
     folder = local_model_folder(model)
     if folder is not None:
         try:
             with forced_hub_offline():
-                return AutoConfig.from_pretrained(str(folder)), "local folder"
+                config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+                return config, "local folder"
         except UNAVAILABLE as exc:
-            raise BackendError(f"could not read {folder / 'config.json'}: {one_line(exc)}") from None
+            raise BackendError(f"could not read {folder / 'config.json'}: {_remote_hint(exc)}") from None
     shipped = shipped_config(model)
     if shipped is not None:
         return config_from_dict(shipped), "shipped config"
     try:
-        config, where = hub_call(lambda **kw: AutoConfig.from_pretrained(model, **kw), model, "the config")
+        load = lambda **kw: AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code, **kw)  # noqa: E731
+        config, where = hub_call(load, model, "the config")
     except BackendError as exc:
         raise unknown_model_error(model, str(exc)) from None
     return config, where
@@ -218,19 +223,32 @@ def pretrained_revision(model_name: str, folder: Path | None, model: Any) -> str
     return match.group(1) if match else None
 
 
-def load_model_tokenizer(model: str) -> ModelTokenizer:
+REMOTE_CODE_HINT = (
+    "this model ships its own Python code, which llem-mlflow runs only when asked: read the code in "
+    "its repo, then pass --trust-remote-code true (trust_remote_code: true in a config file)"
+)
+
+
+def _remote_hint(exc: BaseException) -> str:
+    """The error on one line; transformers' "pass trust_remote_code=True" becomes our option's name."""
+    text = one_line(exc)
+    return REMOTE_CODE_HINT if "trust_remote_code" in text else text
+
+
+def load_model_tokenizer(model: str, trust_remote_code: bool = False) -> ModelTokenizer:
     """The model's own tokenizer: the local folder's files, else the HF cache, else the hub if reachable."""
     from transformers import AutoTokenizer
 
     folder = local_model_folder(model)
     if folder is None:
-        load = lambda **kw: AutoTokenizer.from_pretrained(model, **kw)  # noqa: E731
+        load = lambda **kw: AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code, **kw)  # noqa: E731
         tokenizer, where = hub_call(load, model, "the tokenizer")
         return ModelTokenizer(tokenizer, f"{model} ({where})")
     if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
         raise BackendError(f"model folder {folder} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
     try:
         with forced_hub_offline():
-            return ModelTokenizer(AutoTokenizer.from_pretrained(str(folder)), f"{model} (local folder)")
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+            return ModelTokenizer(tokenizer, f"{model} (local folder)")
     except UNAVAILABLE as exc:
         raise BackendError(f"could not load the tokenizer in {folder}: {one_line(exc)}") from None

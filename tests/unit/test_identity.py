@@ -122,6 +122,8 @@ def test_every_config_field_is_hashed_or_declared_as_where_results_go() -> None:
     # A new config field must either enter ResolvedSettings (and bump HASH_RECIPE) or be listed here.
     where_results_go = {"output_dir", "tracking_uri", "experiment_name", "run_name", "mlflow"}
     where_results_go |= {"carbon_intensity_g_per_kwh", "pue", "gain_uncertainty_pct"}  # derived, not measured
+    # a permission, not a setting: a model needing remote code loads only with it, others ignore it
+    where_results_go |= {"trust_remote_code"}
     hashed = set(ResolvedSettings.model_fields)
     assert set(ExperimentConfig.model_fields) - where_results_go <= hashed
 

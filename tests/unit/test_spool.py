@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -194,3 +196,37 @@ def test_sync_to_another_store_and_a_broken_entry_is_left_alone(tmp_path: Path) 
 def test_a_missing_entry_name_is_exit_2() -> None:
     code, out = _sync("no-such-entry")
     assert code == 2 and "spool entry" in out
+
+
+class _Failing(BaseHTTPRequestHandler):
+    """A tracking server whose health check passes and whose API answers 503 to everything."""
+
+    def _answer(self) -> None:
+        healthy = self.path == "/health"
+        body = b"OK" if healthy else b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "overloaded"}'
+        self.send_response(200 if healthy else 503)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _answer  # noqa: N815 - http.server's names
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_store_answering_5xx_spools_the_result(tmp_path: Path, server: Server) -> None:
+    failing = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    threading.Thread(target=failing.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{failing.server_address[1]}"
+        outcome = _run(_cfg(tmp_path, uri))
+    finally:
+        failing.shutdown()
+    assert outcome.run_id is None and outcome.tracking_error is not None
+    assert "503" in outcome.tracking_error and "spooled in" in outcome.tracking_error
+    (entry,) = spool.pending()
+    server.start()
+    code, out = _sync("--tracking-uri", server.uri)
+    assert code == 0 and "logged" in out
+    assert [r.data.tags[LLEM_EXPERIMENT_TAG] for r in _runs(server.uri)] == [entry.llem_id]
