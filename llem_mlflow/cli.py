@@ -18,7 +18,8 @@ import logging
 import os
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import UnionType
 from typing import (
@@ -281,23 +282,31 @@ def _execute(cfg: ExperimentConfig) -> None:
 
     startup_s = process_age_s() if _Process.is_cli else None
     _setup_logging()
+    with _exit_codes():
+        try:
+            with ConsoleProgress() as progress:
+                outcome = execute(cfg, progress=progress, startup_s=startup_s)
+        except RunInterrupted as exc:
+            _stopped(str(exc), exc.outcome is None)
+        except KeyboardInterrupt:
+            _stopped("interrupted before measuring began: nothing was measured, nothing kept", True)
+    typer.echo(summary(outcome))
+    if outcome.tracking_error:
+        _err(outcome.tracking_error)
+        raise typer.Exit(1)
+
+
+@contextmanager
+def _exit_codes() -> Iterator[None]:
+    """A project error as its one line and exit code: ConfigError 2, any other LlemError 1."""
     try:
-        with ConsoleProgress() as progress:
-            outcome = execute(cfg, progress=progress, startup_s=startup_s)
-    except RunInterrupted as exc:
-        _stopped(str(exc), exc.outcome is None)
-    except KeyboardInterrupt:
-        _stopped("interrupted before measuring began: nothing was measured, nothing kept", True)
+        yield
     except ConfigError as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
     except LlemError as exc:
         _err(str(exc))
         raise typer.Exit(1) from None
-    typer.echo(summary(outcome))
-    if outcome.tracking_error:
-        _err(outcome.tracking_error)
-        raise typer.Exit(1)
 
 
 def _stopped(message: str, kill_mlflow_run: bool) -> NoReturn:
@@ -515,20 +524,15 @@ def _run_sweep(plan: Any, gpus: tuple[str, ...] = ()) -> None:
         f"[llem] sweep {plan.sweep_id}: {len(plan.points)} points over {', '.join(plan.fields)}{where}",
         err=True,
     )
-    try:
-        with ConsoleProgress() as progress:
-            parts = Parts(progress=None if gpus else progress, report=_report_point, gpu_ids=gpus)
-            outcome = run_sweep(plan, parts)
-    except RunInterrupted as exc:
-        _stopped(f"{exc}; the sweep stopped (run it again to measure the rest)", False)
-    except KeyboardInterrupt:
-        _stopped("interrupted: the sweep stopped (run it again to measure the rest)", False)
-    except ConfigError as exc:
-        _err(str(exc))
-        raise typer.Exit(2) from None
-    except LlemError as exc:
-        _err(str(exc))
-        raise typer.Exit(1) from None
+    with _exit_codes():
+        try:
+            with ConsoleProgress() as progress:
+                parts = Parts(progress=None if gpus else progress, report=_report_point, gpu_ids=gpus)
+                outcome = run_sweep(plan, parts)
+        except RunInterrupted as exc:
+            _stopped(f"{exc}; the sweep stopped (run it again to measure the rest)", False)
+        except KeyboardInterrupt:
+            _stopped("interrupted: the sweep stopped (run it again to measure the rest)", False)
     typer.echo(markdown_table(outcome.rows))
     typer.echo(_line("summary", str(outcome.summary_files[0].parent)))
     typer.echo(_line("mlflow parent", outcome.parent_run_id or "not logged (--no-mlflow)"))

@@ -8,7 +8,6 @@ from typing import Any
 
 import parallel_fakes
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -16,21 +15,7 @@ from llem_mlflow import sweep, sweep_parallel
 from llem_mlflow.cli import app
 from llem_mlflow.errors import ConfigError
 from llem_mlflow.tracking import PARENT_RUN_TAG
-
-BASE: dict[str, Any] = {"n": 4, "max_input_tokens": 4, "max_output_tokens": 3, "baseline_s": 0.0}
-
-
-def _file(tmp_path: Path, section: object, **extra: Any) -> Path:
-    path = tmp_path / "sweep.yaml"
-    data = {
-        **BASE,
-        "output_dir": str(tmp_path / "out"),
-        "experiment_name": "sweeps",
-        **extra,
-        "sweep": section,
-    }
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+from tests.unit.test_sweep import BASE, _file
 
 
 def _parts(gpus: tuple[str, ...]) -> sweep.Parts:
