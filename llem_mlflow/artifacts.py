@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from array import array
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,7 @@ from pydantic import ValidationError
 from llem_mlflow.errors import TrackingError
 from llem_mlflow.result import ExperimentResult
 from llem_mlflow.secrets import scrub_secrets
-from llem_mlflow.trace import PowerTrace, TraceSample
+from llem_mlflow.trace import FLOAT_FIELDS, INT_FIELDS, NO_INT, SLOW_FIELDS, GpuColumns, PowerTrace
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -35,13 +36,11 @@ _RUN_RECORD_KEYS = ("run_id", "experiment_id", "tracking_uri", "logged_at")
 OTHER_PHASE = "other"
 _META_INTERVAL = b"llem.interval_s"
 _META_WINDOWS = b"llem.windows"
-_NULLABLE_FIELDS = (
-    "temperature_c",
-    "sm_clock_mhz",
-    "utilization_pct",
-    "memory_used_b",
-    "throttle_reasons",
-    "compute_processes",
+#: Parquet metadata key of a note on the trace (set when it has no samples: ``EMPTY_TRACE_NOTE``).
+META_NOTE = b"llem.note"
+EMPTY_TRACE_NOTE = (
+    "no GPU power samples: energy not measured (the model ran on a CPU or other non-NVIDIA device, or "
+    "every power reading failed); result.json's warnings say which"
 )
 #: Nullable columns that older trace files lack; reading such a file leaves them None.
 _ADDED_FIELDS = frozenset({"compute_processes"})
@@ -124,11 +123,11 @@ def write_trace_parquet(
 
     ``phase`` names the first window ``(start_s, end_s)`` that contains the sample, else "other".
     The file metadata keeps ``interval_s`` and the windows as JSON. An empty trace writes a valid
-    file with the schema and zero rows.
+    file with the schema and zero rows, and the metadata key ``llem.note`` says why it is empty.
     """
     import pyarrow.parquet as pq
 
-    table = _trace_table(trace, windows)
+    table = _noted(_trace_table(trace, windows))
 
     def write(f: IO[bytes]) -> None:
         pq.write_table(table, f)
@@ -136,8 +135,17 @@ def write_trace_parquet(
     return atomic_write(Path(directory) / TRACE_FILE, write)
 
 
+def _noted(table: pa.Table) -> pa.Table:
+    """``table`` with ``EMPTY_TRACE_NOTE`` in its metadata (``llem.note``) when it has no rows."""
+    if table.num_rows:
+        return table
+    return table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), META_NOTE: EMPTY_TRACE_NOTE.encode()}
+    )
+
+
 def read_trace_parquet(path: Path) -> PowerTrace:
-    """Read a trace written by ``write_trace_parquet`` back into a PowerTrace (same sample order).
+    """Read a trace written by ``write_trace_parquet`` back into a PowerTrace (the same samples).
 
     A file without an ``_ADDED_FIELDS`` column (written by an older version) reads with those fields None.
 
@@ -155,17 +163,23 @@ def read_trace_parquet(path: Path) -> PowerTrace:
     missing = {f.name for f in _schema()} - _ADDED_FIELDS - set(table.column_names)
     if _META_INTERVAL not in meta or missing:
         raise TrackingError(f"{path} is not an llem power trace (missing {sorted(missing) or 'metadata'})")
-    rows = table.drop_columns(["phase"]).to_pylist()
-    return PowerTrace(interval_s=float(meta[_META_INTERVAL]), samples=[TraceSample(**r) for r in rows])
+    return _trace_from_table(table, float(meta[_META_INTERVAL]))
 
 
-def read_trace_windows(path: Path) -> dict[str, tuple[float, float]]:
-    """The phase windows stored in a trace file's metadata."""
-    import pyarrow.parquet as pq
-
-    meta = pq.read_schema(path).metadata or {}
-    raw: dict[str, list[float]] = json.loads(meta.get(_META_WINDOWS, b"{}"))
-    return {name: (float(w[0]), float(w[1])) for name, w in raw.items()}
+def _trace_from_table(table: pa.Table, interval_s: float) -> PowerTrace:
+    """The trace's columns, a batch of rows at a time (no per-row dicts or ``TraceSample`` objects)."""
+    trace = PowerTrace(interval_s=interval_s)
+    for batch in table.to_batches(max_chunksize=1 << 16):
+        n = batch.num_rows
+        names = batch.schema.names
+        t, g, p, *slow = (
+            batch.column(name).to_pylist() if name in names else [None] * n
+            for name in ("timestamp_s", "gpu", "power_w", *SLOW_FIELDS)
+        )
+        for row in zip(t, g, p, *slow, strict=True):
+            values = (row[3], row[4], row[5], row[6], row[7], row[8])
+            trace.add(row[0], row[1], row[2], None if all(v is None for v in values) else values)
+    return trace
 
 
 def write_run_record(
@@ -216,29 +230,56 @@ def _schema() -> pa.Schema:
 
 
 def _trace_table(trace: PowerTrace, windows: Mapping[str, tuple[float, float]]) -> pa.Table:
+    """One row per sample, GPU by GPU, each in time order; built from the trace's columns."""
     import pyarrow as pa
 
-    samples = trace.samples
-    columns: dict[str, list[Any]] = {
-        "timestamp_s": [s.timestamp_s for s in samples],
-        "gpu": [s.gpu for s in samples],
-        "power_w": [s.power_w for s in samples],
-    }
-    for name in _NULLABLE_FIELDS:
-        columns[name] = [getattr(s, name) for s in samples]
-    columns["phase"] = [_phase(s.timestamp_s, windows) for s in samples]
+    schema = _schema()
+    parts = [_gpu_arrays(trace.columns(gpu), gpu, windows) for gpu in trace.gpus()]
+    arrays = [
+        pa.concat_arrays([part[i] for part in parts]) if parts else pa.array([], type=field.type)
+        for i, field in enumerate(schema)
+    ]
     metadata = {
         _META_INTERVAL: repr(float(trace.interval_s)).encode(),
         _META_WINDOWS: json.dumps({k: [float(a), float(b)] for k, (a, b) in windows.items()}).encode(),
     }
-    return pa.Table.from_pydict(columns, schema=_schema().with_metadata(metadata))
+    return pa.Table.from_arrays(arrays, schema=schema.with_metadata(metadata))
 
 
-def _phase(timestamp_s: float, windows: Mapping[str, tuple[float, float]]) -> str:
-    for name, (start_s, end_s) in windows.items():
-        if start_s <= timestamp_s <= end_s:
-            return name
-    return OTHER_PHASE
+def _gpu_arrays(c: GpuColumns, gpu: int, windows: Mapping[str, tuple[float, float]]) -> list[pa.Array]:
+    """One GPU's columns as Arrow arrays in ``_schema`` order: a slow reading is null where absent."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n, schema = len(c.time_s), _schema()
+    time_s = _buffer(pa.float64(), c.time_s)
+    record = array("q", [-1]) * n  # per sample: its slow record, -1 for none
+    for j, i in enumerate(c.slow_at):
+        record[i] = j
+    at = _buffer(pa.int64(), record)
+    at = pc.if_else(pc.equal(at, -1), pa.scalar(None, pa.int64()), at)
+    slow = [_buffer(pa.float64(), c.floats[name]) for name in FLOAT_FIELDS]
+    slow = [pc.if_else(pc.is_nan(v), pa.scalar(None, pa.float64()), v) for v in slow]
+    ints = [_buffer(pa.int64(), c.ints[name]) for name in INT_FIELDS]
+    slow += [pc.if_else(pc.equal(v, NO_INT), pa.scalar(None, pa.int64()), v) for v in ints]
+    phase = pa.repeat(pa.scalar(OTHER_PHASE), n)
+    for name, (start_s, end_s) in reversed(list(windows.items())):  # the first window that holds it wins
+        inside = pc.and_(pc.greater_equal(time_s, start_s), pc.less_equal(time_s, end_s))
+        phase = pc.if_else(inside, pa.scalar(name), phase)
+    return [
+        time_s,
+        pa.repeat(pa.scalar(gpu, pa.int32()), n),
+        _buffer(pa.float64(), c.power_w),
+        *(pc.take(v, at).cast(schema.field(name).type) for name, v in zip(SLOW_FIELDS, slow, strict=True)),
+        phase,
+    ]
+
+
+def _buffer(kind: pa.DataType, values: array[Any]) -> pa.Array:
+    """An Arrow array over a copy of an ``array`` column's bytes (no per-value Python objects)."""
+    import pyarrow as pa
+
+    return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(values.tobytes())])
 
 
 def atomic_write(target: Path, write: Callable[[IO[bytes]], object]) -> Path:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from llem_mlflow import quality
 from llem_mlflow.protocols import GpuInfo
 from llem_mlflow.result import EnergyBreakdown, Uncertainty
-from llem_mlflow.trace import PowerTrace, TraceSample
+from llem_mlflow.trace import IntField, PowerTrace
 
 Span = tuple[float, float]
 
@@ -34,10 +34,10 @@ def median_power_w(trace: PowerTrace, gpus: Sequence[int], span: Span | None) ->
         return None
     total = 0.0
     for gpu in gpus:
-        samples = [s.power_w for s in trace.between(gpu, span[0], span[1])]
-        if not samples:
+        powers = trace.powers_between(gpu, span[0], span[1])
+        if not powers:
             return None
-        total += statistics.median(samples)
+        total += statistics.median(powers)
     return total
 
 
@@ -49,16 +49,12 @@ def idle_edges_j(
         return None
     edges = 0.0
     for gpu in breakdown.per_gpu:
-        samples = trace.for_gpu(gpu.cuda_index)
-        if not samples:
-            return None
         for edge_s in idle:  # the power at each edge, as for the measured windows' edges
-            edges += _nearest(samples, edge_s).power_w
+            power_w = trace.nearest_power_w(gpu.cuda_index, edge_s)  # bisects: O(log n)
+            if power_w is None:
+                return None
+            edges += power_w
     return edges * breakdown.counter_update_s / breakdown.idle_duration_s * measured_s
-
-
-def _nearest(samples: Sequence[TraceSample], at_s: float) -> TraceSample:
-    return min(samples, key=lambda s: abs(s.timestamp_s - at_s))
 
 
 def uncertainty(
@@ -71,7 +67,8 @@ def uncertainty(
     """The uncertainty block of one result (all cycles together)."""
     window = breakdown.edge_uncertainty_j
     idle_j = idle_edges_j(breakdown, trace, idle, measured_s)
-    gross_bound = None if window is None else window + gain_pct / 100 * breakdown.gross_j
+    gross = breakdown.gross_j
+    gross_bound = None if window is None or gross is None else window + gain_pct / 100 * gross
     net_bound = None
     if breakdown.net_j is not None and window is not None and idle_j is not None:
         net_bound = window + idle_j + gain_pct / 100 * abs(breakdown.net_j)
@@ -99,30 +96,41 @@ def quality_inputs(
 ) -> quality.QualityInputs:
     """What the quality rules read, from one run's pieces: all windows together (see ``flags``)."""
     gpus = [g.cuda_index for g in infos]
-    inside = [s for gpu in gpus for w in windows for s in trace.between(gpu, w[0], w[1])]
     limits = [g.power_limit_w for g in infos]
     return quality.QualityInputs(
         window_s=sum(w[1] - w[0] for w in windows),
         output_tokens=output_tokens,
         net_j=breakdown.net_j if breakdown else None,
         net_uncertainty_j=unc.net_j if unc else None,
-        throttle_reasons=[s.throttle_reasons for s in inside],
+        throttle_reasons=_inside(trace, gpus, windows, "throttle_reasons"),
         temperatures_c=_hottest_gpu_temperatures(trace, gpus, windows),
         idle_before_w=idle_before_w,
         idle_after_w=idle_after_w,
-        other_processes=_other_processes(inside),
-        energy_per_token_j=breakdown.gross_j / output_tokens if breakdown and output_tokens else None,
+        other_processes=_other_processes(_inside(trace, gpus, windows, "compute_processes")),
+        energy_per_token_j=_per_token(breakdown.gross_j if breakdown else None, output_tokens),
+        unknown_gpu_windows=breakdown.unknown_gpu_windows if breakdown else 0,
+        gpu_windows=len(gpus) * len(windows),
         power_limit_w=sum(x for x in limits if x is not None) if limits and None not in limits else None,
     )
 
 
-def _other_processes(samples: Sequence[TraceSample]) -> int | None:
+def _per_token(gross_j: float | None, output_tokens: int) -> float | None:
+    return gross_j / output_tokens if gross_j is not None and output_tokens else None
+
+
+def _inside(
+    trace: PowerTrace, gpus: Sequence[int], windows: Sequence[Span], name: IntField
+) -> list[int | None]:
+    """The known values of one int reading in the windows, every GPU (bisected: no walk of the trace)."""
+    return [v for gpu in gpus for w in windows for v in trace.readings_between(gpu, w[0], w[1], name)]
+
+
+def _other_processes(counts: Sequence[int | None]) -> int | None:
     """Most other compute processes any sample saw: NVML's count less this process (``quality`` docstring).
 
     None when no sample has a count; a count of 0 (NVML sees no process, e.g. in a container) is 0 others.
     """
-    counts = [s.compute_processes for s in samples if s.compute_processes is not None]
-    return max((max(count - 1, 0) for count in counts), default=None)
+    return max((max(count - 1, 0) for count in counts if count is not None), default=None)
 
 
 def flags(inputs: quality.QualityInputs, windows: Sequence[Span]) -> list[quality.QualityFlag]:
@@ -146,8 +154,9 @@ def _hottest_gpu_temperatures(
     best: list[float | None] = []
     best_rise = float("-inf")
     for gpu in gpus:
-        series = [s.temperature_c for s in trace.between(gpu, windows[0][0], windows[-1][1])]
-        valid = [t for t in series if t is not None]
+        known = trace.readings_between(gpu, windows[0][0], windows[-1][1], "temperature_c")  # no absent
+        series: list[float | None] = list(known)
+        valid = known
         rise = valid[-1] - valid[0] if len(valid) >= 2 else float("-inf")
         if rise > best_rise or not best:
             best, best_rise = series, rise

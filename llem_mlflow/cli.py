@@ -14,12 +14,14 @@ from __future__ import annotations
 import functools
 import gc
 import inspect
+import json
 import logging
 import os
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
 from typing import (
@@ -358,7 +360,9 @@ def summary(outcome: Outcome) -> str:
         ),
     ]
     e = r.energy
-    if r.total_energy_j is None or e is None:
+    if e is not None and e.unknown_gpu_windows:
+        lines.append(_line("energy", _incomplete_energy(e)))
+    elif r.total_energy_j is None or e is None:
         lines.append(_line("energy", f"not measured: {_not_measured_reason(r.warnings)}"))
     else:
         gpus = f"{len(e.per_gpu)} GPU" + ("s" if len(e.per_gpu) != 1 else "")
@@ -385,23 +389,42 @@ def summary(outcome: Outcome) -> str:
     return "\n".join(lines)
 
 
+def _why_no_bounds(n: int) -> str:
+    from llem_mlflow.stats import MIN_INTERVAL_N
+
+    return f"fewer than {MIN_INTERVAL_N} cycles" if n < MIN_INTERVAL_N else "a cycle's value is not positive"
+
+
+def _incomplete_energy(e: Any) -> str:
+    """The energy line when a GPU's counter delta is unknown: no total, the known part named as such."""
+    known = f"; the known part is {_joules(e.partial_gross_j)}" if e.partial_gross_j is not None else ""
+    return (
+        f"unknown: the counter delta of {e.unknown_gpu_windows} (GPU, window) pair(s) could not be "
+        f"taken (flag energy_incomplete, see the warnings){known}"
+    )
+
+
 def _cycle_lines(r: Any) -> list[str]:
-    """With 2+ cycles: each headline figure as mean [95% interval] and its CV over the cycles."""
+    """With 2+ cycles: each figure as mean [95% interval] and its CV (no bounds below 3 cycles)."""
+    from llem_mlflow.console import with_interval
+
     c = r.cycles
     if c is None or c.n < 2:
         return []
     figures = [
-        ("J/token", c.energy_per_output_token_j_ci95, "{:.4g}"),
-        ("net J/token", c.net_energy_per_output_token_j_ci95, "{:.4g}"),
-        ("tok/s", c.output_tokens_per_s_ci95, "{:,.1f}"),
+        ("J/token", c.energy_per_output_token_j_ci95, 4),
+        ("net J/token", c.net_energy_per_output_token_j_ci95, 4),
+        ("tok/s", c.output_tokens_per_s_ci95, 3),
     ]
     lines = [_line("cycles", f"{c.n} (mean [95% interval], CV across cycles)")]
-    for name, interval, fmt in figures:
-        if interval is None or interval.ci95_low is None:
+    for name, interval, digits in figures:
+        if interval is None or interval.n < 2:
             continue
-        low, mean, high = (fmt.format(v) for v in (interval.ci95_low, interval.mean, interval.ci95_high))
+        text = with_interval(interval.mean, interval.ci95_low, interval.ci95_high, digits)
         cv = f"{interval.cv_pct:.2f}%" if interval.cv_pct is not None else "n/a"
-        lines.append(_line(f"  {name}", f"{mean} [{low}, {high}], CV {cv}"))
+        rests = f", {interval.n} of {c.n} cycles" if interval.left_out else ""
+        bounds = "" if interval.ci95_low is not None else f" (no interval: {_why_no_bounds(interval.n)})"
+        lines.append(_line(f"  {name}", f"{text}{bounds}, CV {cv}{rests}"))
     return lines
 
 
@@ -409,8 +432,13 @@ def _method_lines(r: Any) -> list[str]:
     """Steady-state trimming, isolated prefill and idle settle, where they ran."""
     lines = []
     if r.steady_state is not None:
-        trimmed = ", ".join(str(t) for t in r.steady_state.trimmed_batches)
+        st = r.steady_state
+        trimmed = ", ".join(str(t) for t in st.trimmed_batches)
         lines.append(_line("steady state", f"ramp batches left out per cycle: {trimmed}"))
+        if st.in_window_read_s is not None and st.in_window_reads is not None and st.in_window_read_pct:
+            cost = f"{sum(st.in_window_reads)} in {sum(st.in_window_read_s) * 1000:,.1f} ms"
+            share = f"up to {max(st.in_window_read_pct):.2f}% of a window"
+            lines.append(_line("", f"counter reads inside the windows: {cost} ({share})"))
     p = r.prefill_isolated
     if p is not None:
         energy = f"{_joules(p.per_pass_j)} per pass, " if p.per_pass_j is not None else ""
@@ -634,16 +662,46 @@ def _spool_entries(names: list[str] | None) -> list[Any]:
 @app.command("config", cls=_Command)
 @_same_options_as(run)
 def show_config(**flags: Any) -> None:
-    """Show what a run here would use: versions, device, precision, energy source, MLflow store.
+    """Show what a run here would use: versions, device, precision, energy source, MLflow store, settings.
 
-    Takes the same config file and flags as `run` and shows how they resolve.
+    Takes the same config file and flags as `run` and shows how they resolve: every setting the config
+    hash covers and the hash (provisional where the model's load decides a setting). What `run` refuses
+    before loading the model (a bad value, a device_map where torch sees no GPU, an unreadable dataset)
+    is refused here with the same message and exit code.
     """
     cfg = _load(flags)
-    for label, value in _describe(cfg):
+    with _exit_codes():
+        planned = _plan(cfg)
+    for label, value in _describe(cfg, planned):
         typer.echo(_line(label, value))
 
 
-def _describe(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class _Planned:
+    """What `run`'s checks before loading settle: the device (None: torch failed) and the dataset."""
+
+    device: str | None
+    device_text: str
+    dataset: str  # "synthetic" or identity.dataset_digest of the file
+
+
+def _plan(cfg: ExperimentConfig) -> _Planned:
+    """`run`'s checks that need no model: the backend's own, the dataset file, the device load() takes.
+
+    Raises what `run` raises for them (``ConfigError``: exit 2; another ``LlemError``: exit 1).
+    """
+    from llem_mlflow import identity, preflight
+    from llem_mlflow.backends import create_backend
+
+    backend = create_backend(cfg)
+    dataset = identity.SYNTHETIC
+    if preflight.check_dataset(cfg) is not None:
+        dataset = identity.dataset_digest(Path(cfg.dataset))
+    device, text = _device(cfg.device, backend)
+    return _Planned(device, text, dataset)
+
+
+def _describe(cfg: ExperimentConfig, planned: _Planned) -> list[tuple[str, str]]:
     from llem_mlflow.backends.runtime import backend_versions
     from llem_mlflow.catalogue import shipped_models
     from llem_mlflow.tracking import mlflow_version
@@ -658,12 +716,13 @@ def _describe(cfg: ExperimentConfig) -> list[tuple[str, str]]:
         ("mlflow", mlflow_version() or "not installed"),
         ("model", cfg.model),
     ]
-    device, device_text = _device(cfg.device)
-    rows.append(("device", device_text))
+    device = planned.device
+    rows.append(("device", planned.device_text))
     rows.append(("precision", _precision(cfg.precision, device)))
     rows.extend(_energy_source(device))
     rows.extend(_tracking(cfg))
     rows.append(("output folder", str(Path(cfg.output_dir).resolve())))
+    rows.extend(_settings(cfg, planned))
     models = textwrap.fill(
         ", ".join(shipped_models()), width=100, subsequent_indent=" " * _LABEL, break_on_hyphens=False
     )
@@ -678,14 +737,18 @@ def _guarded(read: Callable[[], Any], fallback: Any) -> Any:
         return fallback
 
 
-def _device(requested: str) -> tuple[str | None, str]:
-    """(device a run would use or None, text) for ``requested``."""
+def _device(requested: str, backend: object) -> tuple[str | None, str]:
+    """(device a run would use or None, text); the backend's ``planned_device`` when it has one.
+
+    A refusal of the run's own (``LlemError``) propagates; a broken torch only shows as unavailable.
+    """
     from llem_mlflow.backends.runtime import resolve_device
 
+    planned = getattr(backend, "planned_device", None)
     try:
-        device = resolve_device(requested)
-    except LlemError as exc:
-        return None, f"unavailable: {exc}"
+        device = str(planned()) if callable(planned) else resolve_device(requested)
+    except LlemError:
+        raise
     except Exception as exc:
         return None, f"unavailable: torch failed ({type(exc).__name__}: {exc})"
     if requested != "auto":
@@ -695,15 +758,90 @@ def _device(requested: str) -> tuple[str | None, str]:
 
 
 def _precision(requested: str, device: str | None) -> str:
+    precision = _resolved_precision(requested, device)
+    if device is None:
+        return "unknown (no device)" if requested == "auto" else requested
+    if precision is None:
+        return "unknown: torch failed"
+    return f"{precision} (auto on {device})" if requested == "auto" else precision
+
+
+def _resolved_precision(requested: str, device: str | None) -> str | None:
+    """The precision a run on ``device`` takes; None without a device or when torch fails."""
     from llem_mlflow.backends.runtime import resolve_precision
 
     if device is None:
-        return "unknown (no device)" if requested == "auto" else requested
+        return None
     try:
-        precision = resolve_precision(requested, device)
-    except Exception as exc:
-        return f"unknown: torch failed ({type(exc).__name__}: {exc})"
-    return f"{precision} (auto on {device})" if requested == "auto" else precision
+        return resolve_precision(requested, device)
+    except Exception:  # a broken torch: shown as unknown, as the device is
+        return None
+
+
+#: What a setting the config hash covers is decided by, when only loading the model decides it.
+_AT_LOAD = "decided when the model loads"
+_SETTING = 34  # label width of the resolved.<field> rows (the longest is resolved.measurement_methodology)
+
+
+def _settings(cfg: ExperimentConfig, planned: _Planned) -> list[tuple[str, str]]:
+    """``resolved.<field>`` rows (the names MLflow params use) for every setting the hash covers, then the
+    hash: exact when nothing is left to the load, else provisional with placeholders for those settings."""
+    from llem_mlflow import identity
+
+    precision = _resolved_precision(cfg.precision, planned.device)
+    if planned.device is None or precision is None:
+        return [("config hash", "unknown (no device: torch failed)")]
+    at_load = _decided_at_load(cfg, planned)
+    resolved = identity.resolve(
+        cfg,
+        weights="random" if cfg.weights == "random" else "pretrained",
+        precision=precision,
+        device=planned.device,
+        revision=None,
+        dataset=planned.dataset,
+        tokenizer=None,
+        gpus=1,
+    )
+    values = resolved.model_dump(mode="json")
+    rows = [
+        (
+            f"resolved.{name}".ljust(_SETTING),
+            f"{_AT_LOAD} ({at_load[name]})" if name in at_load else _setting_text(values[name]),
+        )
+        for name in identity.RECIPE_FIELDS[resolved.recipe]
+        if name != "recipe"
+    ]
+    note = f" (provisional: {', '.join(at_load)} {_AT_LOAD}; a run's hash covers them)" if at_load else ""
+    return [*rows, ("config hash", f"{resolved.measurement_hash()}{note}")]
+
+
+def _decided_at_load(cfg: ExperimentConfig, planned: _Planned) -> dict[str, str]:
+    """Settings the hash covers that only loading the model (or its tokenizer) decides, with what decides."""
+    from llem_mlflow import identity
+
+    at_load = {}
+    if cfg.weights == "auto":
+        at_load["weights"] = "auto: pretrained if they can be had, else random"
+    if cfg.weights != "random":
+        at_load["model_revision"] = "the commit of the pretrained weights"
+    if cfg.dataset != identity.SYNTHETIC:
+        at_load["tokenizer"] = "the tokenizer of the text prompts"
+    if planned.device == "cuda" and cfg.device_map is not None:
+        at_load["gpus"] = "how many GPUs the device_map uses"
+    if cfg.attention == "auto":
+        at_load["attention"] = "the model's default kernel, e.g. sdpa"
+    return at_load
+
+
+def _setting_text(value: Any) -> str:
+    """A setting as `config` shows it: null as none, booleans lower-case, dicts and lists as JSON."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
 
 
 def _energy_source(device: str | None) -> list[tuple[str, str]]:

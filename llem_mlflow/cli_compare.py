@@ -22,7 +22,9 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from llem_mlflow.compare import Comparison, Estimate, Row, check_comparable, incomparable_reason
+from llem_mlflow.console import with_interval
 from llem_mlflow.errors import ConfigError, LlemError
+from llem_mlflow.stats import MIN_INTERVAL_N
 
 Opt = typer.Option
 
@@ -111,7 +113,10 @@ def render_table(comparison: Comparison) -> str:
     console = Console(width=_width(), no_color=True, force_terminal=False, highlight=False)
     with console.capture() as capture:
         console.print(table)
-    notes = ["J/token: gross, [95% interval over cycles]; vs best: n.s. = within the runs' intervals"]
+    notes = [
+        f"J/token: gross, [95% interval over cycles, from {MIN_INTERVAL_N} cycles on]; "
+        "vs best: n.s. = within the runs' intervals"
+    ]
     hidden = comparison.differing[MAX_SETTING_COLUMNS:]
     if hidden:
         notes.append(f"also differ (see --csv/--json): {', '.join(hidden)}")
@@ -125,9 +130,9 @@ _FIGURE_HEADERS = ("J/token", "net J/token", "tok/s", "TTFT p50", "ITL p50", "en
 
 def _cells(row: Row) -> list[str]:
     return [
-        _estimate(row.j_per_token, "{:.4g}"),
-        _estimate(row.net_j_per_token, "{:.4g}"),
-        _estimate(row.tokens_per_s, "{:,.0f}"),
+        _estimate(row.j_per_token, 4),
+        _estimate(row.net_j_per_token, 4),
+        _estimate(row.tokens_per_s, 3),
         _ms(row.ttft_p50_s),
         _ms(row.itl_p50_s),
         f"{row.energy_j:,.1f} J" if row.energy_j is not None else "-",
@@ -136,13 +141,9 @@ def _cells(row: Row) -> list[str]:
     ]
 
 
-def _estimate(e: Estimate, fmt: str) -> str:
-    if e.value is None:
-        return "-"
-    text = fmt.format(e.value)
-    if e.low is not None and e.high is not None:
-        text += f" [{fmt.format(e.low)}, {fmt.format(e.high)}]"
-    return text
+def _estimate(e: Estimate, digits: int) -> str:
+    """``value [low, high]`` to ``digits`` significant figures (tok/s 0.93 is ``0.930``, not ``1``)."""
+    return "-" if e.value is None else with_interval(e.value, e.low, e.high, digits)
 
 
 def _ms(seconds: float | None) -> str:

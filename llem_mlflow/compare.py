@@ -12,9 +12,14 @@ overrides):
   define a measurement changed between versions, so equal settings may not mean equal measurements;
 - a different energy source (``nvml`` or ``none``): a run without energy has nothing to compare.
 
+Intervals. Each figure's 95 % interval follows ``stats`` (docs/methodology.md): none below
+``stats.MIN_INTERVAL_N`` (3) cycles, log scale for positive figures (J/token, tok/s), linear for net
+J/token. The bounds are recomputed from the per-cycle values stored in each result, so a result written
+under an older rule (a linear interval from two cycles, bounds below zero) is shown under today's.
+
 Significance (the ``significance`` column). The best row is the one with the lowest gross J per output
-token; it is marked ``best``. Every other row gets a band around its J per output token: with 2 or more
-cycles, its 95 % interval over the cycles; with one cycle, its value +- the run's energy uncertainty per
+token; it is marked ``best``. Every other row gets a band around its J per output token: its 95 %
+interval over the cycles when it has one; otherwise its value +- the run's energy uncertainty per
 output token (``uncertainty.gross_j / output_tokens``: window edges plus sensor gain; results without
 that block use the counter's edge uncertainty ``energy.edge_uncertainty_j``). The best row gets its band
 the same way. When the two bands overlap, the difference is within what the runs can resolve and the row
@@ -31,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from llem_mlflow import stats
 from llem_mlflow.errors import ConfigError
 from llem_mlflow.result import ExperimentResult
 from llem_mlflow.stats import Interval
@@ -42,7 +48,7 @@ BEST, NOT_SIGNIFICANT, UNKNOWN = "best", "n.s.", "?"
 
 @dataclass(frozen=True)
 class Estimate:
-    """A figure's value and its 95 % interval over the cycles (both bounds None with one cycle)."""
+    """A figure's value and its 95 % interval over the cycles (both bounds None without an interval)."""
 
     value: float | None
     low: float | None = None
@@ -166,9 +172,9 @@ def _row(label: str, run_id: str | None, r: ExperimentResult, settings: dict[str
     return Row(
         label=label,
         run_id=run_id,
-        j_per_token=_figure(r.avg_energy_per_token_j, c.energy_per_output_token_j_ci95 if c else None),
-        net_j_per_token=_figure(net_per_token, c.net_energy_per_output_token_j_ci95 if c else None),
-        tokens_per_s=_figure(r.avg_tokens_per_second, c.output_tokens_per_s_ci95 if c else None),
+        j_per_token=_figure(r.avg_energy_per_token_j, c.energy_per_output_token_j_ci95 if c else None, True),
+        net_j_per_token=_figure(net_per_token, c.net_energy_per_output_token_j_ci95 if c else None, False),
+        tokens_per_s=_figure(r.avg_tokens_per_second, c.output_tokens_per_s_ci95 if c else None, True),
         ttft_p50_s=lat.ttft_p50_s if lat else None,
         itl_p50_s=lat.itl_p50_s if lat else None,
         energy_j=r.total_energy_j,
@@ -178,17 +184,29 @@ def _row(label: str, run_id: str | None, r: ExperimentResult, settings: dict[str
     )
 
 
-def _figure(value: float | None, interval: Interval | None) -> Estimate:
-    if interval is None or interval.ci95_low is None:
+def _figure(value: float | None, interval: Interval | None, positive: bool) -> Estimate:
+    bounds = interval_bounds(interval, positive=positive)
+    if value is None or bounds is None:
         return Estimate(value)
-    return Estimate(value, interval.ci95_low, interval.ci95_high)
+    return Estimate(value, *bounds)
+
+
+def interval_bounds(interval: Interval | None, *, positive: bool) -> tuple[float, float] | None:
+    """The 95 % bounds of ``interval`` under today's ``stats`` rules, recomputed from its values."""
+    if interval is None:
+        return None
+    again = stats.summarize(interval.values, positive=positive)
+    if again.ci95_low is None or again.ci95_high is None:
+        return None
+    return again.ci95_low, again.ci95_high
 
 
 def energy_band(r: ExperimentResult) -> tuple[float, float] | None:
     """The J/output-token band the significance rule compares (see the module docstring), or None."""
     interval = r.cycles.energy_per_output_token_j_ci95 if r.cycles else None
-    if interval is not None and interval.ci95_low is not None and interval.ci95_high is not None:
-        return interval.ci95_low, interval.ci95_high
+    bounds = interval_bounds(interval, positive=True) if r.avg_energy_per_token_j is not None else None
+    if bounds is not None:
+        return bounds
     value = r.avg_energy_per_token_j
     if value is None or not r.output_tokens:
         return None

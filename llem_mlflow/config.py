@@ -190,12 +190,21 @@ def _loc_part(part: object) -> str:
     return text if text.isprintable() else repr(text)  # a YAML key holding a newline stays on one line
 
 
+#: pydantic's prefix on the message of a ValueError / AssertionError raised in a validator, by error type.
+_PYDANTIC_PREFIXES = {"value_error": "Value error, ", "assertion_error": "Assertion failed, "}
+
+
+def _own_words(error_type: str, msg: str) -> str:
+    """A validator's own message without pydantic's "Value error, " style prefix."""
+    return msg.removeprefix(_PYDANTIC_PREFIXES.get(error_type, ""))
+
+
 def format_validation_error(err: ValidationError) -> str:
     """``field: message`` per problem, joined by ``; `` (one line)."""
     parts = []
     for item in err.errors():
         loc = ".".join(_loc_part(p) for p in item["loc"]) or "config"
-        msg = item["msg"]
+        msg = _own_words(item["type"], item["msg"])
         if item["type"] == "extra_forbidden":
             allowed = ", ".join(ExperimentConfig.model_fields)
             msg = f"unknown field; allowed fields are: {allowed}"

@@ -11,10 +11,15 @@ first call of a run (which starts rich's display, so a phase should be announced
 rich's lock: it never renders or writes. Rich's own refresh thread (a few times a second) draws
 the bars. When stderr is not a terminal (logs, CI, pipes) there are no bars and rich is not
 imported: ``stage`` writes one plain line and ``batch`` does nothing.
+
+It also owns how a figure and its 95 % interval are printed (the run summary, ``compare``):
+``significant`` keeps a number's significant figures (0.93 stays 0.930, never "1"; 1234.5 is 1,234),
+and ``with_interval`` writes ``value [low, high]``, each bound to the same significant figures.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from types import TracebackType
@@ -136,3 +141,30 @@ def _isatty(stream: TextIO | None) -> bool:
 def _write_line(stream: TextIO, line: str) -> None:
     stream.write(line + "\n")
     stream.flush()
+
+
+#: Most decimals ``significant`` writes in fixed notation; smaller values are written as 1.23e-13.
+_MAX_DECIMALS = 12
+
+
+def significant(value: float, digits: int = 3) -> str:
+    """``value`` with ``digits`` significant figures in fixed notation and thousands separators.
+
+    Integral digits are never rounded away: 1234.5 -> ``1,234`` (or ``1,235``); 0.93 -> ``0.930``.
+    """
+    if not math.isfinite(value):
+        return str(value)
+    size = abs(value)
+    exponent = math.floor(math.log10(size)) if size > 0 else 0
+    decimals = max(digits - 1 - exponent, 0)
+    if decimals > _MAX_DECIMALS:
+        return f"{value:.{digits - 1}e}"
+    return f"{value:,.{decimals}f}"
+
+
+def with_interval(value: float, low: float | None, high: float | None, digits: int = 3) -> str:
+    """``value [low, high]`` to ``digits`` significant figures each; the value alone without bounds."""
+    text = significant(value, digits)
+    if low is None or high is None:
+        return text
+    return f"{text} [{significant(low, digits)}, {significant(high, digits)}]"

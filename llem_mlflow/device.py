@@ -247,11 +247,6 @@ class NvmlSession:
         except self._nvml.NVMLError as e:
             raise DeviceError(f"NVML could not report the driver version: {e}. Check the driver.") from e
 
-    def nvml_version(self) -> str | None:
-        """The NVML library version, or None when unavailable."""
-        version = _optional(self._nvml, self._nvml.nvmlSystemGetNVMLVersion)
-        return None if version is None else _text(version)
-
     def all_gpus(self) -> list[GpuInfo]:
         """Every GPU NVML sees, in NVML order (``cuda_index`` is -1: the CUDA view is unknown here)."""
         nvml = self._nvml

@@ -18,8 +18,9 @@ offset equally.
 NVML faults (docs/reliability/nvml-faults.md): a counter read that fails is retried (``READ_ATTEMPTS``
 tries, a few ms apart; a lost GPU is not retried). A GPU whose delta cannot be taken (a read still
 failing, a lost GPU, a counter that went backwards) raises ``DeviceError`` by default; with
-``allow_unknown`` (the experiment) it goes to ``CounterWindow.unknown`` instead, the breakdown leaves it
-out and nulls net energy, and ``fault_warnings`` says so. A backwards step that is consistent with the
+``allow_unknown`` (the experiment) it goes to ``CounterWindow.unknown`` instead: the breakdown gives that
+GPU and the window's total a null gross (the known part goes to ``partial_gross_j``, never presented as a
+total) and nulls net energy, and ``fault_warnings`` says so. A backwards step that is consistent with the
 counter's 2**64 mJ wrap is taken across the wrap.
 """
 
@@ -34,7 +35,7 @@ from llem_mlflow.device import DeviceLostError
 from llem_mlflow.errors import DeviceError
 from llem_mlflow.protocols import GpuDevice, GpuInfo
 from llem_mlflow.result import EnergyBreakdown, GpuEnergy
-from llem_mlflow.trace import PowerTrace, TraceSample
+from llem_mlflow.trace import PowerTrace
 
 T = TypeVar("T")
 
@@ -236,10 +237,8 @@ def measure_idle(
     return window
 
 
-def _nearest_power_w(samples: list[TraceSample], at_s: float) -> float | None:
-    if not samples:
-        return None
-    return min(samples, key=lambda s: abs(s.timestamp_s - at_s)).power_w
+def _nearest_power_w(trace: PowerTrace, gpu: int, at_s: float) -> float | None:
+    return trace.nearest_power_w(gpu, at_s)  # bisects: O(log n) per edge
 
 
 def _idle_power_w(gpu: int, idle: CounterWindow | None) -> float | None:
@@ -257,7 +256,7 @@ def trace_too_sparse(trace: PowerTrace, gpu: int, start_s: float, end_s: float) 
     expected = (end_s - start_s) / trace.interval_s
     if expected < TRACE_MIN_EXPECTED:
         return False
-    return len(trace.between(gpu, start_s, end_s)) < TRACE_MIN_COVERAGE * expected
+    return trace.count_between(gpu, start_s, end_s) < TRACE_MIN_COVERAGE * expected
 
 
 def _gpu_energy(
@@ -278,7 +277,7 @@ def _gpu_energy(
         net_j=None if idle_w is None else gross_j - idle_w * window.duration_s,
         trace_integral_j=trace_j,
         counter_vs_trace_pct=None if trace_j is None or gross_j <= 0 else (gross_j - trace_j) / gross_j * 100,
-        samples_in_window=len(trace.between(index, window.start_s, window.end_s)),
+        samples_in_window=trace.count_between(index, window.start_s, window.end_s),
     )
 
 
@@ -288,9 +287,8 @@ def _edge_uncertainty_j(
     """Sum over GPUs of (power at start edge + power at end edge) x one counter update; None without trace."""
     total_j = 0.0
     for gpu in gpus:
-        samples = trace.for_gpu(gpu.cuda_index)
-        start_w = _nearest_power_w(samples, window.start_s)
-        end_w = _nearest_power_w(samples, window.end_s)
+        start_w = _nearest_power_w(trace, gpu.cuda_index, window.start_s)
+        end_w = _nearest_power_w(trace, gpu.cuda_index, window.end_s)
         if start_w is None or end_w is None:
             return None
         total_j += (start_w + end_w) * counter_update_s
@@ -303,6 +301,25 @@ def _sum_or_none(values: Sequence[float | None]) -> float | None:
     return sum(v for v in values if v is not None)
 
 
+def _unknown_gpu(gpu: GpuInfo, idle: CounterWindow | None) -> GpuEnergy:
+    """A GPU whose counter delta in the window is unknown: no gross, no net, no cross-check."""
+    return GpuEnergy(
+        cuda_index=gpu.cuda_index,
+        uuid=gpu.uuid,
+        gross_j=None,
+        unknown_windows=1,
+        idle_power_w=_idle_power_w(gpu.cuda_index, idle),
+    )
+
+
+def _partial_sum(known: Sequence[float | None], unknown: int) -> tuple[float | None, float | None]:
+    """(gross, partial): the sum as gross when nothing is unknown, else as partial (None if none known)."""
+    values = [v for v in known if v is not None]
+    if not unknown:
+        return sum(values), None
+    return None, (sum(values) if values else None)
+
+
 def build_breakdown(
     window: CounterWindow,
     idle: CounterWindow | None,
@@ -312,18 +329,24 @@ def build_breakdown(
 ) -> EnergyBreakdown:
     """Gross, idle, net energy per GPU and summed, with the trace cross-check and edge uncertainty.
 
-    A GPU in ``window.unknown`` is left out of ``per_gpu`` and of ``gross_j`` (which is then partial),
-    and ``net_j`` and ``edge_uncertainty_j`` are None: see docs/reliability/nvml-faults.md.
+    A GPU in ``window.unknown`` is listed in ``per_gpu`` with a null gross; the window's ``gross_j``,
+    ``net_j`` and ``edge_uncertainty_j`` are then null and ``partial_gross_j`` holds the known GPUs'
+    sum (docs/reliability/nvml-faults.md).
     """
-    known = [gpu for gpu in gpus if gpu.cuda_index not in window.unknown]
-    per_gpu = [_gpu_energy(gpu, window, idle, trace) for gpu in known]
-    complete = len(known) == len(gpus)
+    per_gpu = [
+        _unknown_gpu(gpu, idle) if gpu.cuda_index in window.unknown else _gpu_energy(gpu, window, idle, trace)
+        for gpu in gpus
+    ]
+    unknown = sum(g.unknown_windows for g in per_gpu)
+    gross_j, partial_j = _partial_sum([g.gross_j for g in per_gpu], unknown)
     return EnergyBreakdown(
-        gross_j=sum(g.gross_j for g in per_gpu),
+        gross_j=gross_j,
+        partial_gross_j=partial_j,
+        unknown_gpu_windows=unknown,
         idle_power_w=_sum_or_none([_idle_power_w(gpu.cuda_index, idle) for gpu in gpus]),
         idle_duration_s=None if idle is None else idle.duration_s,
-        net_j=_sum_or_none([g.net_j for g in per_gpu]) if complete else None,
-        edge_uncertainty_j=_edge_uncertainty_j(window, trace, gpus, counter_update_s) if complete else None,
+        net_j=None if unknown else _sum_or_none([g.net_j for g in per_gpu]),
+        edge_uncertainty_j=None if unknown else _edge_uncertainty_j(window, trace, gpus, counter_update_s),
         counter_update_s=counter_update_s,
         per_gpu=per_gpu,
     )
@@ -334,15 +357,22 @@ def sum_breakdowns(parts: Sequence[EnergyBreakdown]) -> EnergyBreakdown:
 
     Gross, net, trace integrals and edge uncertainties are sums (each window has its own two edges);
     idle power is the one baseline all windows share; counter vs trace is recomputed from the sums.
-    A GPU left out of some windows (unknown counter delta) has a partial gross and no net or trace sum.
+    A GPU whose counter delta is unknown in some window has a null gross (the known windows' sum in
+    ``partial_gross_j``) and no net or trace sum; so has the total.
     """
     if len(parts) == 1:
         return parts[0]
     gpus = dict.fromkeys(g.cuda_index for p in parts for g in p.per_gpu)
     per_gpu = [_sum_gpu([g for p in parts for g in p.per_gpu if g.cuda_index == i], len(parts)) for i in gpus]
     first = parts[0]
+    unknown = sum(p.unknown_gpu_windows for p in parts)
+    gross_j, partial_j = _partial_sum(
+        [p.partial_gross_j if p.gross_j is None else p.gross_j for p in parts], unknown
+    )
     return EnergyBreakdown(
-        gross_j=sum(p.gross_j for p in parts),
+        gross_j=gross_j,
+        partial_gross_j=partial_j,
+        unknown_gpu_windows=unknown,
         idle_power_w=first.idle_power_w,
         idle_duration_s=first.idle_duration_s,
         net_j=_sum_or_none([p.net_j for p in parts]),
@@ -353,18 +383,24 @@ def sum_breakdowns(parts: Sequence[EnergyBreakdown]) -> EnergyBreakdown:
 
 
 def _sum_gpu(parts: Sequence[GpuEnergy], windows: int) -> GpuEnergy:
-    """One GPU over ``windows`` windows; ``parts`` are the windows where its counter delta is known."""
-    complete = len(parts) == windows
-    gross_j = sum(g.gross_j for g in parts)
-    trace_j = _sum_or_none([g.trace_integral_j for g in parts]) if complete else None
+    """One GPU over ``windows`` windows; a window missing from ``parts`` counts as unknown."""
+    unknown = sum(g.unknown_windows for g in parts) + windows - len(parts)
+    gross_j, partial_j = _partial_sum([g.gross_j for g in parts], unknown)
+    trace_j = None if unknown else _sum_or_none([g.trace_integral_j for g in parts])
     return GpuEnergy(
         cuda_index=parts[0].cuda_index,
         uuid=parts[0].uuid,
         gross_j=gross_j,
+        partial_gross_j=partial_j,
+        unknown_windows=unknown,
         idle_power_w=parts[0].idle_power_w,
-        net_j=_sum_or_none([g.net_j for g in parts]) if complete else None,
+        net_j=None if unknown else _sum_or_none([g.net_j for g in parts]),
         trace_integral_j=trace_j,
-        counter_vs_trace_pct=None if trace_j is None or gross_j <= 0 else (gross_j - trace_j) / gross_j * 100,
+        counter_vs_trace_pct=(
+            None
+            if trace_j is None or gross_j is None or gross_j <= 0
+            else (gross_j - trace_j) / gross_j * 100
+        ),
         samples_in_window=sum(g.samples_in_window for g in parts),
     )
 
@@ -403,14 +439,15 @@ def energy_warnings(breakdown: EnergyBreakdown, window: CounterWindow) -> list[s
 
 #: What an unknown counter delta does to the result, by the window it is in (see ``fault_warnings``).
 MEASURED_EFFECT = (
-    "its energy in this window is left out: total_energy_j and the figures derived from it (energy per "
-    "token, phase energy, carbon) are null, energy.gross_j is too low (incomplete), and net energy and "
-    "the edge uncertainty are null"
+    "its energy in this window is unknown: total_energy_j, energy.gross_j and the figures derived from "
+    "them (energy per token, phase energy, carbon), this cycle's energy figures, and net energy and the "
+    "edge uncertainty are null; the known part is in energy.partial_gross_j and the per-GPU "
+    "partial_gross_j, and energy intervals rest on the other cycles"
 )
 IDLE_EFFECT = "its idle power is unknown, so energy.idle_power_w and net energy are null"
 PREFILL_EFFECT = (
-    "its energy in this window is left out, so prefill_isolated.gross_j and its per-pass and per-token "
-    "figures are too low (incomplete), and its net figures are null"
+    "its energy in this window is unknown, so prefill_isolated.gross_j and its per-pass, per-token and "
+    "net figures are null"
 )
 
 
@@ -432,7 +469,7 @@ def sparse_trace_warnings(
     out = []
     for gpu in gpus:
         if gpu in window.energy_j and trace_too_sparse(trace, gpu, window.start_s, window.end_s):
-            held = len(trace.between(gpu, window.start_s, window.end_s))
+            held = trace.count_between(gpu, window.start_s, window.end_s)
             out.append(
                 f"GPU {gpu}, {label}: the power trace holds {held} samples where about "
                 f"{window.duration_s / trace.interval_s:.0f} were expected (power readings failed or the "

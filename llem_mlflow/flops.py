@@ -72,11 +72,6 @@ def decode_pairs(padded_input_len: int, new_tokens: int) -> int:
     return steps * padded_input_len + steps * (steps + 1) // 2
 
 
-def attended_pairs(padded_input_len: int, new_tokens: int) -> int:
-    """(query, key) pairs attended in one layer for one row: causal prefill plus decode steps."""
-    return prefill_pairs(padded_input_len) + decode_pairs(padded_input_len, new_tokens)
-
-
 def _phase_ints(shape: ModelShape, stats: BatchStats) -> tuple[int, int]:
     """Exact (prefill, decode) FLOPs of one generate() call, as integers."""
     if stats.new_tokens <= 0:
@@ -92,12 +87,6 @@ def _phase_ints(shape: ModelShape, stats: BatchStats) -> tuple[int, int]:
         + per_pair * decode_pairs(length, stats.new_tokens)
     )
     return stats.batch_size * prefill, stats.batch_size * decode
-
-
-def batch_flops(shape: ModelShape, stats: BatchStats) -> float:
-    """Forward FLOPs of one generate() call (see the module docstring)."""
-    prefill, decode = _phase_ints(shape, stats)
-    return float(prefill + decode)
 
 
 def estimate_phase_flops(shape: ModelShape, batches: list[BatchStats]) -> PhaseFlops:

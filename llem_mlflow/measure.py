@@ -1,6 +1,6 @@
 """The measured part of one experiment: warm-up, idle baseline, cycles, idle after.
 
-Owns the order of GPU work and of counter reads (``energy.measure_window`` at CUDA-synced edges), the
+Owns the order of GPU work and of counter reads (``energy.measure_window``'s CUDA-synced edges), the
 power sampler's lifetime, RAPL reads at each cycle's inner edges, and the warm-up rules. Returns a
 ``Measurement`` of raw windows, batch stats and the trace; ``runner`` derives every figure from it.
 
@@ -8,6 +8,9 @@ NVML faults never end the run (docs/reliability/nvml-faults.md): windows are mea
 ``allow_unknown``, so a GPU whose counter delta cannot be taken is left out of that window, and
 ``Measurement.warnings`` names each such GPU and window; a power reading failing during idle settle
 skips the settle.
+
+Ctrl-C or SIGTERM inside a cycle abandons the running batch, syncs, reads the counters and keeps the
+cycle's completed batches as a cycle with ``Cut`` (see ``Interrupted``): nothing measured is lost.
 """
 
 from __future__ import annotations
@@ -43,6 +46,23 @@ class Cycle:
     starts_s: list[float] = field(default_factory=list)  # wall clock right before each generate()
     marks: list[energy.CounterMark] = field(default_factory=list)  # steady state: start, batch edges, end
     ramp: Ramp | None = None  # steady state only: the trimmed leading batches (window/stats: the rest)
+    read_s: list[float] = field(default_factory=list)  # steady state: each in-window mark's sync + read
+    cut: Cut | None = None  # Ctrl-C or SIGTERM cut the cycle short: only its completed batches are in it
+
+
+@dataclass(frozen=True)
+class Cut:
+    """How an interrupt cut a cycle short: ``completed`` of its ``batches`` batches ran to the end.
+
+    The batch running when the interrupt came was abandoned (its tokens are not counted). The window
+    ends at the last counter read: where that batch began when the counters were read there (steady
+    state) or when there is no counter to read (no GPU, no RAPL), else right after it stopped; then
+    ``abandoned_s`` of its work (its start to the end edge) are in the window's time and energy.
+    """
+
+    completed: int
+    batches: int
+    abandoned_s: float
 
 
 @dataclass(frozen=True)
@@ -98,8 +118,10 @@ class Measurement:
 class Interrupted(Exception):  # noqa: N818 - it names what happened, like KeyboardInterrupt
     """Ctrl-C or SIGTERM stopped ``measure``.
 
-    ``stage``: where it stopped; ``partial``: the cycles completed until then as a ``Measurement``
-    (None when no cycle completed); ``trace``: the power samples taken (None before sampling began).
+    ``stage``: where it stopped; ``partial``: what was measured until then as a ``Measurement``: the
+    completed cycles and, when it stopped inside a cycle, that cycle's completed batches as a last cycle
+    with ``cut`` set (None when no measured batch completed); ``trace``: the power samples taken (None
+    before sampling began).
     """
 
     def __init__(self, stage: str, partial: Measurement | None, trace: PowerTrace | None) -> None:
@@ -129,7 +151,8 @@ def measure(
 
     Raises:
         Interrupted: on KeyboardInterrupt (Ctrl-C, or SIGTERM under ``interrupts.graceful``), after the
-            sampler stopped, with the cycles completed so far.
+            sampler stopped, with the cycles and batches completed so far (inside a cycle: the running
+            batch is abandoned, the counters are read at once and the cycle keeps its completed batches).
     """
     clock = Stopwatch()
     groups = workload.batches(prompts, cfg.batch_size)
@@ -152,6 +175,7 @@ def measure(
     if cfg.measurement_methodology == "steady_state":
         cycles = [_trim_ramp(c, trace, devices) for c in cycles]
     faults = [*done.faults, *_fault_warnings(done, cycles, trace, devices)]
+    faults += cpu.warnings if cpu else []  # RAPL counters that wrapped inside a window
     warnings = [w for w in [cpu_warning, *sampler.warnings, *faults, *_steady_warnings(cfg, cycles)] if w]
     return Measurement(
         cycles=cycles,
@@ -174,24 +198,45 @@ def _partial(
     warnings: list[str],
     clock: Stopwatch,
 ) -> Measurement | None:
-    """The completed cycles of an interrupted run as a Measurement (None: no cycle completed)."""
+    """What an interrupted run measured as a Measurement: its completed cycles and, when the interrupt
+    came inside a cycle, that cycle's completed batches (a cycle with ``cut``); None when neither exists.
+    """
     if not progress.cycles or trace is None:
         return None
-    done = len(progress.cycles)
-    note = (
-        f"Interrupted during {progress.stage}: {done} of {cfg.cycles} cycle(s) completed; every figure "
-        "comes from those (status: interrupted)."
-    )
     return Measurement(
         cycles=list(progress.cycles),
         idle=progress.idle,
         trace=trace,
-        warnings=[note, *warnings],
+        warnings=[*interrupted_notes(progress.stage, progress.cycles, cfg.cycles), *warnings],
         cpu_energy=_cpu_energy(progress.cycles),
         warmup=progress.warmup,
         idle_settle=progress.settled,
         stage_s=dict(clock.laps),
     )
+
+
+def interrupted_notes(stage: str, cycles: Sequence[Cycle], of: int) -> list[str]:
+    """The warnings of an interrupted run: what it kept and, for a cut cycle, what its figures hold."""
+    whole = sum(1 for c in cycles if c.cut is None)
+    last = cycles[-1] if cycles else None
+    cut = last.cut if last is not None else None
+    kept = f"{whole} of {of} cycle(s) completed"
+    if last is None or cut is None:
+        return [f"Interrupted during {stage}: {kept}; every figure comes from those (status: interrupted)."]
+    notes = [
+        f"Interrupted during {stage}: {kept}, and {cut.completed} of {_count(cut.batches, 'batch')} of "
+        f"cycle {last.index + 1}, kept as a partial cycle (cycles.records[{last.index}].partial); every "
+        "figure comes from those batches (status: interrupted); the partial cycle is left out of the "
+        "intervals across cycles."
+    ]
+    share = cut.abandoned_s / last.window.duration_s if last.window.duration_s > 0 else 0.0
+    if 0 < share < 1:
+        notes.append(
+            f"The partial cycle's window holds {cut.abandoned_s:.3f} s ({share:.2%}) of the batch the "
+            "interrupt abandoned: its work is in the time and energy, its tokens are not, so its tok/s is "
+            f"{share:.2%} low and its J/token about {share / (1 - share):.2%} high (at even power)."
+        )
+    return notes
 
 
 @dataclass(frozen=True)
@@ -244,7 +289,11 @@ def _sampled_stages(
     with clock.lap("measure"):
         for i in range(cfg.cycles):
             progress.stage = f"cycle {i + 1} of {cfg.cycles}"
-            progress.cycles.append(_measure_cycle(cfg, backend, devices, groups, i, show, cpu))
+            try:
+                progress.cycles.append(_measure_cycle(cfg, backend, devices, groups, i, show, cpu))
+            except _CutShort as cut:  # keep the batches that completed, then stop
+                progress.cycles.extend([cut.cycle] if cut.cycle is not None else [])
+                raise
     cycles = list(progress.cycles)
     prefill = None
     progress.stage = "isolated prefill"
@@ -287,7 +336,7 @@ def _fault_warnings(
     for label, window, effect in measured:
         out += energy.fault_warnings(label, window, effect)
         out += energy.sparse_trace_warnings(label, window, trace, gpus)
-    full = "steady_state.full_window_gross_j leaves it out (too low)"
+    full = "steady_state.full_window_gross_j is null for this cycle"
     for c in cycles:  # steady state: the whole window, ramp included, feeds full_window_gross_j
         if c.ramp is not None and set(c.ramp.full.unknown) - set(c.window.unknown):
             out += energy.fault_warnings(
@@ -399,7 +448,8 @@ def _warm_up(
     most = max(cfg.warmup_max_batches, least) if settle else cfg.warmup_batches
     latencies: list[float] = []
     if most:
-        show.stage(f"warm-up: {'until latency settles, ' if settle else ''}{least}-{most} batch(es)")
+        span = _count(most, "batch") if least == most else f"{least}-{most} batches"
+        show.stage(f"warm-up: {'until latency settles, ' if settle else ''}{span}")
         show.batch("warm-up", 0, most)  # the display starts outside the measured window
     settled = False
     while len(latencies) < most and not settled:
@@ -415,7 +465,7 @@ def _warm_up(
     return WarmupRecord(
         batches=len(latencies),
         latencies_s=latencies,
-        rule=rule or f"fixed: {cfg.warmup_batches} batches",
+        rule=rule or f"fixed: {_count(cfg.warmup_batches, 'batch')}",
         settled=settled if settle else None,
         compile_batches=compile_batches,
         compile_s=compile_s,
@@ -429,7 +479,7 @@ def _compile_warm_up(
     todo = fastpath.warmup_groups(cfg, groups)
     if not todo:
         return 0, None
-    show.stage(f"compiling: {len(todo)} batch size(s) ({cfg.compile}, static cache)")
+    show.stage(f"compiling: {_count(len(todo), 'batch size')} ({cfg.compile}, static cache)")
     backend.synchronize()
     t0 = time.perf_counter()
     for group in todo:
@@ -449,6 +499,28 @@ def _cv_pct(values: list[float]) -> float:
     return float(var**0.5 / mean * 100)
 
 
+#: Times each in-window counter mark (steady state); a test puts a fake clock here.
+READ_TIMER: Callable[[], float] = time.perf_counter
+
+
+class _CutShort(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM inside a cycle; ``cycle``: its completed batches (None when none completed)."""
+
+    def __init__(self, cycle: Cycle | None) -> None:
+        super().__init__("interrupted")
+        self.cycle = cycle
+
+
+@dataclass
+class _Batches:
+    """What a cycle's batches produced so far (kept when an interrupt cuts the cycle short)."""
+
+    stats: list[BatchStats] = field(default_factory=list)
+    starts_s: list[float] = field(default_factory=list)  # wall clock right before each generate()
+    marks: list[energy.CounterMark] = field(default_factory=list)  # steady state: start, batch edges
+    read_s: list[float] = field(default_factory=list)  # steady state: each batch-edge mark's sync + read
+
+
 def _measure_cycle(
     cfg: ExperimentConfig,
     backend: Backend,
@@ -458,39 +530,102 @@ def _measure_cycle(
     show: Progress,
     cpu: rapl.RaplReader | None = None,
 ) -> Cycle:
+    """One cycle in the edge order of ``energy.measure_window``; steady state also marks each batch edge.
+
+    Raises:
+        _CutShort: on KeyboardInterrupt inside the window, holding the cycle of its completed batches.
+    """
     if index and cfg.cooldown_s > 0:
         show.stage(f"cool-down {cfg.cooldown_s:g} s")
         time.sleep(cfg.cooldown_s)
     order = workload.cycle_order(groups, index, cfg.seed)
     of = f" (cycle {index + 1}/{cfg.cycles})" if cfg.cycles > 1 else ""
-    show.stage(f"measuring {cfg.n} prompts in {len(order)} batches{of}")
+    show.stage(f"measuring {_count(cfg.n, 'prompt')} in {_count(len(order), 'batch')}{of}")
     show.batch("measure", 0, len(order))
-    reads: list[dict[str, int] | None] = []
-    starts_s: list[float] = []
-    marks: list[energy.CounterMark] = []
+    done = _Batches()
     steady_state = cfg.measurement_methodology == "steady_state"
 
-    def mark() -> None:  # steady state: counters at every batch edge
-        marks.append(energy.read_mark(devices, backend.synchronize, allow_unknown=True))
+    def mark() -> None:  # steady state: counters at every batch edge, each mark timed
+        started = READ_TIMER()
+        done.marks.append(energy.read_mark(devices, backend.synchronize, allow_unknown=True))
+        done.read_s.append(READ_TIMER() - started)
 
-    def body() -> list[BatchStats]:
-        reads.append(cpu.read() if cpu else None)  # CPU counters at the window's inner edges
-        out = _generate_all(
-            backend, order, cfg.max_output_tokens, show, starts_s, mark if steady_state else None
-        )
-        reads.append(cpu.read() if cpu else None)
-        return out
-
+    start = energy.read_start(devices, backend.synchronize, allow_unknown=True)
     if steady_state:
-        marks.append(energy.read_start(devices, backend.synchronize, allow_unknown=True))
-        stats = body()
-        marks.append(energy.read_mark(devices, backend.synchronize, allow_unknown=True))
-        window = energy.window_between(marks[0], marks[-1], allow_unknown=True)
+        done.marks.append(start)
+    cpu_start = cpu.read() if cpu else None  # CPU counters at the window's inner edges
+    try:
+        _generate_all(backend, order, cfg.max_output_tokens, show, done, mark if steady_state else None)
+        cpu_end = cpu.read() if cpu else None
+        end = energy.read_mark(devices, backend.synchronize, allow_unknown=True)
+    except KeyboardInterrupt:
+        kept = _cut_short(index, len(order), done, start, devices, backend, cpu, cpu_start)
+        raise _CutShort(kept) from None
+    if steady_state:
+        done.marks.append(end)
+    return Cycle(
+        index=index,
+        stats=done.stats,
+        window=energy.window_between(start, end, allow_unknown=True),
+        cpu_j=_cpu_delta(cpu, cpu_start, cpu_end),
+        starts_s=done.starts_s,
+        marks=done.marks,
+        read_s=done.read_s,
+    )
+
+
+def _cut_short(
+    index: int,
+    batches: int,
+    done: _Batches,
+    start: energy.CounterMark,
+    devices: Sequence[GpuDevice],
+    backend: Backend,
+    cpu: rapl.RaplReader | None,
+    cpu_start: dict[str, int] | None,
+) -> Cycle | None:
+    """The cycle of the batches that completed before an interrupt (None: none did); see ``Cut``.
+
+    The abandoned batch is synced away before the end edge is read, so its queued work lands first.
+    """
+    completed = len(done.stats)
+    if not completed:
+        return None
+    steady_edge = done.marks[completed] if len(done.marks) > completed else None
+    abandoned_at = done.starts_s[completed] if len(done.starts_s) > completed else None
+    cpu_j = None
+    if steady_edge is not None:  # counters were read where the abandoned batch began
+        end, abandoned_s = steady_edge, 0.0
+    elif not devices and cpu is None and abandoned_at is not None:  # no counter: end where it began
+        end, abandoned_s = energy.CounterMark(at_s=abandoned_at, energy_j={}), 0.0
     else:
-        stats, window = energy.measure_window(devices, backend.synchronize, body, allow_unknown=True)
-    start, end = reads
-    cpu_j = cpu.delta_j(start, end) if cpu and start is not None and end is not None else None
-    return Cycle(index=index, stats=stats, window=window, cpu_j=cpu_j, starts_s=starts_s, marks=marks)
+        end = energy.read_mark(devices, backend.synchronize, allow_unknown=True)
+        cpu_j = _cpu_delta(cpu, cpu_start, cpu.read() if cpu else None)
+        abandoned_s = max(end.at_s - abandoned_at, 0.0) if abandoned_at is not None else 0.0
+    whole = completed == batches  # the interrupt came after the last batch, while the end edge was read
+    return Cycle(
+        index=index,
+        stats=done.stats,
+        window=energy.window_between(start, end, allow_unknown=True),
+        cpu_j=cpu_j,
+        starts_s=done.starts_s[:completed],
+        marks=[*done.marks[:completed], end] if done.marks else [],
+        read_s=done.read_s[: completed - 1],
+        cut=None if whole else Cut(completed=completed, batches=batches, abandoned_s=abandoned_s),
+    )
+
+
+def _cpu_delta(
+    cpu: rapl.RaplReader | None, start: dict[str, int] | None, end: dict[str, int] | None
+) -> dict[str, float] | None:
+    return cpu.delta_j(start, end) if cpu and start is not None and end is not None else None
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 batch``, ``2 batches``, ``1 prompt``, ``3 prompts``."""
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun}es" if noun.endswith(("ch", "sh", "s", "x")) else f"{n} {noun}s"
 
 
 def _generate_all(
@@ -498,15 +633,13 @@ def _generate_all(
     groups: list[list[list[int]]],
     max_output_tokens: int,
     show: Progress,
-    starts_s: list[float],
+    done: _Batches,
     between: Callable[[], None] | None = None,
-) -> list[BatchStats]:
-    """Every batch in order; ``between`` runs at each inner batch edge (steady state: counter marks)."""
-    stats = []
+) -> None:
+    """Every batch in order into ``done``; ``between`` runs at each inner batch edge (steady state marks)."""
     for i, group in enumerate(groups):
         if i and between is not None:
             between()
-        starts_s.append(time.time())  # the queue is empty: the last batch's tokens reached the host
-        stats.append(backend.generate(group, max_output_tokens))
+        done.starts_s.append(time.time())  # the queue is empty: the last batch's tokens reached the host
+        done.stats.append(backend.generate(group, max_output_tokens))
         show.batch("measure", i + 1, len(groups))
-    return stats

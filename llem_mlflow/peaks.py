@@ -1,8 +1,7 @@
-"""Peak dense throughput and memory bandwidth of known GPUs, looked up by NVML name (pure data).
+"""Peak dense throughput of known GPUs, looked up by NVML name (pure data).
 
-``peak_flops(gpu_name, precision)`` gives the dense peak in FLOP/s (no 2:4 sparsity) and
-``peak_memory_bandwidth(gpu_name)`` the DRAM bandwidth in bytes/s (HBM, or GDDR on L40S, L4,
-A10 and RTX 4090; 1 TB/s = 1e12 B/s), both per GPU, or None for a GPU not in the table.
+``peak_flops(gpu_name, precision)`` gives the dense peak in FLOP/s (no 2:4 sparsity) per GPU, or None
+for a GPU not in the table.
 
 Figures are NVIDIA's published boost-clock peaks (a GPU held at a lower clock by its power
 limit delivers less). Where a datasheet quotes only the figure "with sparsity", the dense peak
@@ -37,14 +36,13 @@ GIGA = 1e9
 
 @dataclass(frozen=True)
 class GpuPeaks:
-    """Dense per-GPU peaks of one GPU model; FLOP/s and bytes/s."""
+    """Dense per-GPU peaks of one GPU model, in FLOP/s."""
 
     label: str
     fp32: float  # plain FP32, non-tensor
     tf32: float  # TF32 tensor core, dense
     fp16: float  # FP16 tensor core with FP32 accumulate, dense
     bf16: float  # BF16 tensor core with FP32 accumulate, dense
-    memory_bandwidth: float  # DRAM bytes/s
     aliases: tuple[str, ...]  # normalized token sequences, e.g. "h100 pcie"
     excludes: frozenset[str] = frozenset()  # tokens that rule the entry out (a different variant)
 
@@ -62,7 +60,6 @@ GPUS: tuple[GpuPeaks, ...] = (
         tf32=494 * TERA,  # [H200 DS] TF32 Tensor Core 989* TFLOPS
         fp16=989 * TERA,  # [H200 DS] FP16 Tensor Core 1,979* TFLOPS
         bf16=989 * TERA,  # [H200 DS] BF16 Tensor Core 1,979* TFLOPS
-        memory_bandwidth=4.8 * TERA,  # [H200 DS] GPU memory bandwidth 4.8 TB/s (HBM3e)
         aliases=("h200", "h200 sxm", "h200 sxm5"),  # NVML: "NVIDIA H200"
     ),
     GpuPeaks(
@@ -71,7 +68,6 @@ GPUS: tuple[GpuPeaks, ...] = (
         tf32=417 * TERA,  # [H200 DS] TF32 Tensor Core 835* TFLOPS
         fp16=835 * TERA,  # [H200 DS] FP16 Tensor Core 1,671* TFLOPS
         bf16=835 * TERA,  # [H200 DS] BF16 Tensor Core 1,671* TFLOPS
-        memory_bandwidth=4.8 * TERA,  # [H200 DS] 4.8 TB/s
         aliases=("h200 nvl",),  # NVML: "NVIDIA H200 NVL"
     ),
     GpuPeaks(
@@ -80,7 +76,6 @@ GPUS: tuple[GpuPeaks, ...] = (
         tf32=494 * TERA,  # [H100 DS] SXM TF32 Tensor Core 989* TFLOPS
         fp16=989 * TERA,  # [H100 DS] SXM FP16 Tensor Core 1,979* TFLOPS
         bf16=989 * TERA,  # [H100 DS] SXM BF16 Tensor Core 1,979* TFLOPS
-        memory_bandwidth=3.35 * TERA,  # [H100 DS] SXM 3.35 TB/s (HBM3)
         aliases=("h100 80gb hbm3", "h100 sxm", "h100 sxm5"),  # NVML: "NVIDIA H100 80GB HBM3"
     ),
     GpuPeaks(
@@ -89,7 +84,6 @@ GPUS: tuple[GpuPeaks, ...] = (
         tf32=378 * TERA,  # [H100 DS] PCIe TF32 Tensor Core 756* TFLOPS
         fp16=756 * TERA,  # [H100 DS] PCIe FP16 Tensor Core 1,513* TFLOPS
         bf16=756 * TERA,  # [H100 DS] PCIe BF16 Tensor Core 1,513* TFLOPS
-        memory_bandwidth=2.0 * TERA,  # [H100 DS] PCIe 2 TB/s (HBM2e)
         aliases=("h100 pcie",),  # NVML: "NVIDIA H100 PCIe"
     ),
     GpuPeaks(
@@ -98,7 +92,6 @@ GPUS: tuple[GpuPeaks, ...] = (
         tf32=417 * TERA,  # [H100 DS] NVL TF32 Tensor Core 835* TFLOPS
         fp16=835 * TERA,  # [H100 DS] NVL FP16 Tensor Core 1,671* TFLOPS
         bf16=835 * TERA,  # [H100 DS] NVL BF16 Tensor Core 1,671* TFLOPS
-        memory_bandwidth=3.9 * TERA,  # [H100 DS] NVL 3.9 TB/s
         aliases=("h100 nvl",),  # NVML: "NVIDIA H100 NVL"
     ),
     GpuPeaks(
@@ -107,7 +100,6 @@ GPUS: tuple[GpuPeaks, ...] = (
         tf32=156 * TERA,  # [A100 DS] TF32 Tensor Core 156 | 312* TFLOPS
         fp16=312 * TERA,  # [A100 DS] FP16 Tensor Core 312 | 624* TFLOPS
         bf16=312 * TERA,  # [A100 DS] BF16 Tensor Core 312 | 624* TFLOPS
-        memory_bandwidth=2039 * GIGA,  # [A100 DS] 80GB SXM 2,039 GB/s (HBM2e)
         aliases=("a100 sxm4 80gb", "a100 sxm 80gb"),  # NVML: "NVIDIA A100-SXM4-80GB"
     ),
     GpuPeaks(
@@ -116,7 +108,6 @@ GPUS: tuple[GpuPeaks, ...] = (
         tf32=156 * TERA,  # [A100 DS]
         fp16=312 * TERA,  # [A100 DS]
         bf16=312 * TERA,  # [A100 DS]
-        memory_bandwidth=1555 * GIGA,  # [A100 DS] 40GB SXM 1,555 GB/s (HBM2)
         aliases=("a100 sxm4 40gb", "a100 sxm 40gb"),  # NVML: "NVIDIA A100-SXM4-40GB"
     ),
     GpuPeaks(
@@ -125,7 +116,6 @@ GPUS: tuple[GpuPeaks, ...] = (
         tf32=156 * TERA,  # [A100 DS]
         fp16=312 * TERA,  # [A100 DS]
         bf16=312 * TERA,  # [A100 DS]
-        memory_bandwidth=1935 * GIGA,  # [A100 DS] 80GB PCIe 1,935 GB/s (HBM2e)
         aliases=("a100 80gb pcie", "a100 pcie 80gb"),  # NVML: "NVIDIA A100 80GB PCIe"
     ),
     GpuPeaks(
@@ -134,7 +124,6 @@ GPUS: tuple[GpuPeaks, ...] = (
         tf32=156 * TERA,  # [A100 DS]
         fp16=312 * TERA,  # [A100 DS]
         bf16=312 * TERA,  # [A100 DS]
-        memory_bandwidth=1555 * GIGA,  # [A100 DS] 40GB PCIe 1,555 GB/s (HBM2)
         aliases=("a100 pcie 40gb", "a100 40gb pcie"),  # NVML: "NVIDIA A100-PCIE-40GB"
     ),
     GpuPeaks(
@@ -143,7 +132,6 @@ GPUS: tuple[GpuPeaks, ...] = (
         tf32=183 * TERA,  # [L40S DS] TF32 Tensor Core 183 | 366* TFLOPS
         fp16=362.05 * TERA,  # [L40S DS] FP16 Tensor Core 362.05 | 733* TFLOPS
         bf16=362.05 * TERA,  # [L40S DS] BF16 Tensor Core 362.05 | 733* TFLOPS
-        memory_bandwidth=864 * GIGA,  # [L40S DS] 864 GB/s (GDDR6)
         aliases=("l40s",),  # NVML: "NVIDIA L40S"
     ),
     GpuPeaks(
@@ -152,7 +140,6 @@ GPUS: tuple[GpuPeaks, ...] = (
         tf32=60 * TERA,  # [L4 DS] TF32 Tensor Core 120* TFLOPS
         fp16=121 * TERA,  # [L4 DS] FP16 Tensor Core 242* TFLOPS
         bf16=121 * TERA,  # [L4 DS] BF16 Tensor Core 242* TFLOPS
-        memory_bandwidth=300 * GIGA,  # [L4 DS] 300 GB/s (GDDR6)
         aliases=("l4",),  # NVML: "NVIDIA L4"
     ),
     GpuPeaks(
@@ -161,7 +148,6 @@ GPUS: tuple[GpuPeaks, ...] = (
         tf32=62.5 * TERA,  # [A10 DS] TF32 Tensor Core 62.5 | 125* TFLOPS
         fp16=125 * TERA,  # [A10 DS] FP16 Tensor Core 125 | 250* TFLOPS
         bf16=125 * TERA,  # [A10 DS] BF16 Tensor Core 125 | 250* TFLOPS
-        memory_bandwidth=600 * GIGA,  # [A10 DS] 600 GB/s (GDDR6)
         aliases=("a10",),  # NVML: "NVIDIA A10" (not the A10G, a different part)
     ),
     GpuPeaks(
@@ -170,7 +156,6 @@ GPUS: tuple[GpuPeaks, ...] = (
         tf32=82.6 * TERA,  # [Ada WP] peak TF32 Tensor 82.6 / 165.2* TFLOPS
         fp16=165.2 * TERA,  # [Ada WP] FP16 Tensor with FP32 accumulate 165.2 / 330.4* (FP16 acc.: 330.3)
         bf16=165.2 * TERA,  # [Ada WP] BF16 Tensor with FP32 accumulate 165.2 / 330.4* TFLOPS
-        memory_bandwidth=1008 * GIGA,  # [Ada WP] 1,008 GB/s (GDDR6X)
         aliases=("rtx 4090",),  # NVML: "NVIDIA GeForce RTX 4090"
         excludes=frozenset({"d", "laptop", "mobile"}),  # RTX 4090 D / Laptop GPU: other chips
     ),
@@ -232,9 +217,3 @@ def peak_flops(gpu_name: str, precision: str) -> float | None:
         return None
     value: float = getattr(gpu, kind)
     return value
-
-
-def peak_memory_bandwidth(gpu_name: str) -> float | None:
-    """Peak DRAM (HBM or GDDR) bandwidth of one GPU in bytes/s; None when unknown."""
-    gpu = gpu_peaks(gpu_name)
-    return gpu.memory_bandwidth if gpu is not None else None

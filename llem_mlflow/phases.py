@@ -66,13 +66,11 @@ def split_energy(
     """Apportion ``gross_j`` (all windows) to prefill, decode and other; None without a usable trace."""
     window_j = prefill_j = decode_j = 0.0
     for gpu in gpus:
-        samples = trace.for_gpu(gpu)
         parts = [trace.integrate_j(gpu, a, b) for a, b in windows]
-        if not samples or any(p is None for p in parts):
+        if not trace.count(gpu) or any(p is None for p in parts):
             return None
         window_j += sum(p for p in parts if p is not None)
-        times = [s.timestamp_s for s in samples]
-        powers = [s.power_w for s in samples]
+        times, powers = trace.times_s(gpu), trace.powers_w(gpu)  # columns: no TraceSample objects
         prefill_j += sum((b - a) * _nearest(times, powers, (a + b) / 2) for a, b in spans.prefill)
         decode_j += sum((b - a) * _nearest(times, powers, (a + b) / 2) for a, b in spans.decode)
     if window_j <= 0:
@@ -88,7 +86,7 @@ def split_energy(
     )
 
 
-def _nearest(times: list[float], powers: list[float], at_s: float) -> float:
+def _nearest(times: Sequence[float], powers: Sequence[float], at_s: float) -> float:
     i = bisect.bisect_left(times, at_s)
     if i == 0:
         return powers[0]

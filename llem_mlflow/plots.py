@@ -9,13 +9,18 @@ level (a dashed line at ``energy.per_gpu[i].idle_power_w``, in that GPU's colour
 lines are per GPU). Prefill and decode are not drawn as spans: result.json keeps their energy, not
 their times, so their joules go in the subtitle. A run without a power trace (CPU, no NVML) gets no
 figure: ``power_figure`` writes nothing and returns None, so a run's artifacts never hold an empty chart.
+
+``draw_compare`` (``compare --figure`` and a sweep's ``compare.png``) plots J/output token and output tok/s
+against a setting, or, when no run measured energy (CPU), output tok/s, TTFT p50 and ITL p50; it returns
+what it drew (each panel's title and point count).
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +65,10 @@ def power_figure(result: ExperimentResult, trace: PowerTrace, path: Path) -> Pat
 def _origin(result: ExperimentResult, trace: PowerTrace) -> float:
     """Epoch seconds of time zero: the measured window's start, else the first sample."""
     window = result.windows.get("measure")
-    return window.start_s if window is not None else min(s.timestamp_s for s in trace.samples)
+    if window is not None:
+        return window.start_s
+    first_s = trace.first_time_s()  # power_figure draws only a trace with samples
+    return 0.0 if first_s is None else first_s
 
 
 def _cycle_spans(result: ExperimentResult) -> list[tuple[float, float]]:
@@ -96,10 +104,9 @@ def _shade_windows(ax: Axes, result: ExperimentResult, origin: float) -> None:
 def _draw_gpus(ax: Axes, result: ExperimentResult, trace: PowerTrace, origin: float) -> None:
     idle = {g.cuda_index: g.idle_power_w for g in result.energy.per_gpu} if result.energy else {}
     for k, gpu in enumerate(trace.gpus()):
-        samples = trace.for_gpu(gpu)
         colour = f"C{k}"
-        times = [s.timestamp_s - origin for s in samples]
-        ax.plot(times, [s.power_w for s in samples], color=colour, lw=0.9, label=f"GPU {gpu}")
+        times = [t - origin for t in trace.times_s(gpu)]  # columns: no TraceSample objects
+        ax.plot(times, trace.powers_w(gpu), color=colour, lw=0.9, label=f"GPU {gpu}")
         level = idle.get(gpu)
         if level is not None:
             ax.axhline(level, color=colour, ls="--", lw=1, alpha=0.8, label=f"GPU {gpu} idle {level:,.0f} W")
@@ -127,38 +134,84 @@ def _power_subtitle(r: ExperimentResult) -> str:
 # ---------------------------------------------------------------- comparison of runs
 
 
+@dataclass(frozen=True)
+class ComparePlot:
+    """What ``draw_compare`` drew: the PNG, the x-axis field and each panel as (title, points drawn)."""
+
+    path: Path
+    field: str
+    panels: tuple[tuple[str, int], ...]
+
+
 def compare_figure(rows: Sequence[Row], field: str, path: Path) -> Path:
-    """J/output token and output tok/s (two panels) against ``field``, 95 % intervals as error bars.
+    """``draw_compare``'s PNG (what ``llem-mlflow compare --figure`` writes)."""
+    return draw_compare(rows, field, path).path
+
+
+def draw_compare(rows: Sequence[Row], field: str, path: Path) -> ComparePlot:
+    """The runs against ``field``, 95 % intervals as error bars: J/output token and output tok/s, or, when
+    no run measured energy (CPU), output tok/s, TTFT p50 and ITL p50.
 
     ``field`` is a differing setting (``Row.settings``) or ``"run"`` (one point per run). Numeric values
     (all int or float) give a numeric axis in value order; anything else is categorical in row order.
     Each point is labelled with its run; rows whose J/token is ``n.s.`` against the best are hollow.
     """
-    fig = _new_figure((10, 4.4))
-    left, right = fig.subplots(1, 2)
+    panels = compare_panels(rows)
+    fig = _new_figure((5 * len(panels), 4.4))
+    axes = fig.subplots(1, len(panels))
     xs, ticks = _positions([row.value_of(field) for row in rows])
-    _panel(left, rows, xs, lambda row: row.j_per_token, "J per output token", energy=True)
-    _panel(right, rows, xs, lambda row: row.tokens_per_s, "output tokens / s", energy=False)
-    panels = ((left, [r.j_per_token.value for r in rows]), (right, [r.tokens_per_s.value for r in rows]))
-    for ax, values in panels:
+    drawn = tuple(
+        (title, _panel(ax, rows, xs, pick, title, energy=title == J_PER_TOKEN))
+        for ax, (title, pick) in zip(axes, panels.items(), strict=True)
+    )
+    for ax, pick in zip(axes, panels.values(), strict=True):
+        values = [pick(row).value for row in rows]
         known = [v for v in values if v is not None]
         if len(known) == len(values) and _spans_decades(known):
             ax.set_yscale("log")  # J/token moves 10x+ with batch size: keep every point readable
-    for ax in (left, right):
-        ax.set_xlabel(field)
-        if ticks is None:
-            if _spans_decades(xs):
-                ax.set_xscale("log")  # batch sizes 1..64: equal steps per doubling, not crowded at the left
-            ax.set_xticks(sorted(set(xs)), [f"{x:g}" for x in sorted(set(xs))])
-            ax.minorticks_off()
-        else:
-            ax.set_xticks(range(len(ticks)), ticks, rotation=20 if len(ticks) > 3 else 0, ha="right")
-    fig.suptitle(
-        f"{len(rows)} runs against {field}  (bars: 95 % interval over cycles; "
-        "grey: one cycle, +- its energy uncertainty)",
-        fontsize=10.5,
-    )
-    return _save(fig, Path(path))
+        _x_axis(ax, field, xs, ticks)
+    fig.suptitle(_compare_title(len(rows), field, energy=J_PER_TOKEN in panels), fontsize=10.5)
+    return ComparePlot(_save(fig, Path(path)), field, drawn)
+
+
+J_PER_TOKEN, TOKENS_PER_S = "J per output token", "output tokens / s"
+TTFT_MS, ITL_MS = "TTFT p50 (ms)", "ITL p50 (ms)"
+
+
+def compare_panels(rows: Sequence[Row]) -> dict[str, Callable[[Row], Estimate]]:
+    """Panel title -> the figure it plots: energy panels when any run measured energy, else tok/s and
+    latency (a panel of nulls says nothing)."""
+    if any(row.j_per_token.value is not None for row in rows):
+        return {J_PER_TOKEN: lambda row: row.j_per_token, TOKENS_PER_S: lambda row: row.tokens_per_s}
+    return {
+        TOKENS_PER_S: lambda row: row.tokens_per_s,
+        TTFT_MS: lambda row: Estimate(_in_ms(row.ttft_p50_s)),
+        ITL_MS: lambda row: Estimate(_in_ms(row.itl_p50_s)),
+    }
+
+
+def _in_ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def _x_axis(ax: Axes, field: str, xs: list[float], ticks: list[str] | None) -> None:
+    ax.set_xlabel(field)
+    if ticks is None:
+        if _spans_decades(xs):
+            ax.set_xscale("log")  # batch sizes 1..64: equal steps per doubling, not crowded at the left
+        ax.set_xticks(sorted(set(xs)), [f"{x:g}" for x in sorted(set(xs))])
+        ax.minorticks_off()
+    else:
+        ax.set_xticks(range(len(ticks)), ticks, rotation=20 if len(ticks) > 3 else 0, ha="right")
+
+
+def _compare_title(n: int, field: str, *, energy: bool) -> str:
+    if energy:
+        return (
+            f"{n} runs against {field}  (bars: 95 % interval over cycles; "
+            "grey: one cycle, +- its energy uncertainty)"
+        )
+    return f"{n} runs against {field}  (energy not measured; bars: 95 % interval over cycles)"
 
 
 def _spans_decades(xs: list[float]) -> bool:
@@ -178,11 +231,12 @@ def _positions(values: list[Any]) -> tuple[list[float], list[str] | None]:
     return [float(ticks.index(str(v))) for v in values], ticks
 
 
-def _panel(ax: Axes, rows: Sequence[Row], xs: list[float], pick: Any, label: str, *, energy: bool) -> None:
+def _panel(ax: Axes, rows: Sequence[Row], xs: list[float], pick: Any, label: str, *, energy: bool) -> int:
+    """Draw one figure's points; returns how many were drawn (rows without a value are left out)."""
     points = [(x, row, pick(row)) for x, row in zip(xs, rows, strict=True) if pick(row).value is not None]
     if not points:
         ax.text(0.5, 0.5, f"{label}: not measured", ha="center", va="center", transform=ax.transAxes)
-        return
+        return 0
     for x, row, point in points:
         band = row.band if energy and point.low is None else None
         _point(ax, x, point, band, hollow=energy and row.significance == NOT_SIGNIFICANT)
@@ -191,6 +245,7 @@ def _panel(ax: Axes, rows: Sequence[Row], xs: list[float], pick: Any, label: str
     ax.set_title(label + ("  (hollow: n.s. vs the best)" if energy else ""), fontsize=9.5)
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.2, y=0.2)
+    return len(points)
 
 
 def _point(ax: Axes, x: float, point: Estimate, band: tuple[float, float] | None, *, hollow: bool) -> None:

@@ -52,9 +52,7 @@ def check(cfg: ExperimentConfig, backend: Backend, probe: StoreProbe | None = No
         LlemError: the model's config or tokenizer cannot be had.
     """
     check_output_dir(Path(cfg.output_dir))
-    texts = None
-    if cfg.dataset != identity.SYNTHETIC:  # cheap file checks before anything imports torch
-        texts = _read_dataset(cfg)
+    texts = check_dataset(cfg)  # cheap file checks before anything imports torch
     store = _StoreCheck(cfg, probe) if cfg.mlflow and probe is not None else None
     facts = backend.inspect()  # on a failure the probe thread is abandoned, not waited for
     plan = _prompts(cfg, backend, facts, texts)
@@ -131,6 +129,15 @@ def check_synthetic_size(cfg: ExperimentConfig, facts: ModelFacts) -> None:
             f"n: {cfg.n} synthetic prompts x max_input_tokens {cfg.max_input_tokens} = {tokens:,} prompt "
             f"tokens, more than the {MAX_SYNTHETIC_TOKENS:,} that can be built; lower n or max_input_tokens"
         )
+
+
+def check_dataset(cfg: ExperimentConfig) -> workload.PromptFile | None:
+    """The dataset file's prompts (None for synthetic prompts); no model, no torch needed.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not UTF-8 or holds no usable prompt.
+    """
+    return None if cfg.dataset == identity.SYNTHETIC else _read_dataset(cfg)
 
 
 def _read_dataset(cfg: ExperimentConfig) -> workload.PromptFile:

@@ -41,12 +41,17 @@ Rules and thresholds:
   ``MAX_IDLE_DRIFT_FRACTION`` (10 %) of the before value AND by more than ``MAX_IDLE_DRIFT_W`` (5 W); the
   baseline subtracted for net energy was then not stable. Both must hold so that a few watts on a low
   idle, or a small percentage on a high one, do not fire.
-- ``energy_per_token_out_of_bounds``: energy per output token is not finite or is <= 0 (e.g. every
-  GPU-window was left out because NVML could not read its counter, docs/reliability/nvml-faults.md),
-  or exceeds the physical ceiling ``power_limit_w x window_s / output_tokens x ENERGY_CEILING_MARGIN``
-  (1.05) when the power limit is known: the boards cannot draw more than their limit for the whole
-  window (the 5 % margin covers the limit being enforced on an average and the counter edges).
+- ``energy_per_token_out_of_bounds``: energy per output token is not finite or is <= 0 (e.g. a
+  counter that did not move), or exceeds the physical ceiling
+  ``power_limit_w x window_s / output_tokens x ENERGY_CEILING_MARGIN`` (1.05) when the power limit is
+  known: the boards cannot draw more than their limit for the whole window (the 5 % margin covers the
+  limit being enforced on an average and the counter edges).
   ``power_limit_w`` is the sum of the limits of every GPU whose energy is counted.
+- ``energy_incomplete``: the energy counter delta of at least one GPU in at least one measured window
+  is unknown (a read failed after its retries, the GPU was lost, or the counter went backwards;
+  docs/reliability/nvml-faults.md). The run's gross energy, J/token and the affected cycles' energy
+  are then null, and the energy intervals rest on the other cycles only: the run measured less than
+  it was asked to, even where a figure is shown.
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ RULE_NAMES: tuple[str, ...] = (
     "other_processes",
     "idle_drift",
     "energy_per_token_out_of_bounds",
+    "energy_incomplete",
 )
 
 
@@ -114,14 +120,16 @@ class QualityInputs:
     net_j: float | None = None  # gross - idle x window, summed over GPUs
     net_uncertainty_j: float | None = None  # e.g. the edge uncertainty of the counter
     counter_update_s: float = 0.1  # period of the NVML energy counter
-    throttle_reasons: list[int | None] = field(default_factory=list)  # per trace sample in the window
-    temperatures_c: list[float | None] = field(default_factory=list)  # one GPU's window samples, in order
+    throttle_reasons: list[int | None] = field(default_factory=list)  # per window sample that has a reading
+    temperatures_c: list[float | None] = field(default_factory=list)  # one GPU's window readings, in order
     idle_before_w: float | None = None  # idle power measured before the window
     idle_after_w: float | None = None  # idle power measured after the window
     other_processes: int | None = None  # most other compute processes one sample saw (count - 1)
     energy_per_token_j: float | None = None
     power_limit_w: float | None = None  # sum over the GPUs whose energy is counted
     steady_state_requested: bool = False
+    unknown_gpu_windows: int = 0  # (GPU, measured window) pairs whose counter delta is unknown
+    gpu_windows: int = 0  # (GPU, measured window) pairs in all
 
 
 def check_net_below_uncertainty(net_j: float | None, net_uncertainty_j: float | None) -> QualityFlag | None:
@@ -240,6 +248,20 @@ def check_energy_per_token(
     )
 
 
+def check_energy_incomplete(unknown_gpu_windows: int, gpu_windows: int) -> QualityFlag | None:
+    """Fires when the counter delta of any GPU in any measured window is unknown."""
+    if unknown_gpu_windows <= 0:
+        return None
+    of = f" of {gpu_windows}" if gpu_windows >= unknown_gpu_windows else ""
+    return QualityFlag(
+        "energy_incomplete",
+        f"The energy counter delta of {unknown_gpu_windows}{of} (GPU, measured window) pair(s) is unknown "
+        "(an NVML read failed, a GPU was lost or a counter went backwards): total energy, J/token and "
+        "the energy of the affected cycles are null, and energy intervals rest on the other cycles only. "
+        "The warnings name each GPU and window.",
+    )
+
+
 def evaluate(inputs: QualityInputs) -> list[QualityFlag]:
     """Run every rule on ``inputs``; the flags that fired, in ``RULE_NAMES`` order ([] when clean)."""
     results = [
@@ -252,6 +274,7 @@ def evaluate(inputs: QualityInputs) -> list[QualityFlag]:
         check_energy_per_token(
             inputs.energy_per_token_j, inputs.power_limit_w, inputs.window_s, inputs.output_tokens
         ),
+        check_energy_incomplete(inputs.unknown_gpu_windows, inputs.gpu_windows),
     ]
     return [flag for flag in results if flag is not None]
 

@@ -31,7 +31,9 @@ Rules:
   two reads: a counter wraps every ``(max_energy_range_uj + 1) / 1e6 / power_w`` seconds
   (``RaplZone.wrap_period_s``), e.g. the usual Intel package range of ~262 kJ wraps after ~22 min at
   200 W and ~13 min at 350 W; keep windows shorter than the shortest zone's period at the highest
-  power the CPU can draw.
+  power the CPU can draw. So every wrap is reported: ``delta_j`` adds a line to ``reader.warnings``
+  for each zone whose counter wrapped, naming the wrap period at the power the delta shows (each read
+  knows when it was taken, ``RaplReading.at_s``); the run copies them into the result's warnings.
 - **Never raises into the run.** ``RaplReader.open`` returns ``(reader, None)`` or ``(None, reason)``,
   the reason one line saying why CPU energy is not reported: no powercap folder (not Linux, a container
   without ``/sys/class/powercap``, no RAPL driver), no package or dram zone, or a file not readable.
@@ -44,6 +46,7 @@ Rules:
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +79,14 @@ class RaplZone:
         if power_w <= 0:
             raise ValueError(f"power_w must be > 0, got {power_w!r}")
         return (self.max_energy_range_uj + 1) / 1e6 / power_w
+
+
+class RaplReading(dict[str, int]):
+    """Every counted zone's counter in microjoules by key, and when it was read (``at_s``, epoch s)."""
+
+    def __init__(self, values: Mapping[str, int], at_s: float) -> None:
+        super().__init__(values)
+        self.at_s = at_s
 
 
 @dataclass(frozen=True)
@@ -152,6 +163,7 @@ class RaplReader:
         self.zones = zones
         self.skipped = skipped  # "intel-rapl:0:0 (core): part of its package, already counted there"
         self.error: str | None = None  # why the last ``read()`` returned None
+        self.warnings: list[str] = []  # one per counter wrap ``delta_j`` took a delta across
         self._read_text = read_text
 
     @classmethod
@@ -211,8 +223,9 @@ class RaplReader:
             return None, reader.error
         return reader, None
 
-    def read(self) -> dict[str, int] | None:
+    def read(self) -> RaplReading | None:
         """Every zone's counter in microjoules by key, or None (with ``self.error``) if any read fails."""
+        at_s = time.time()
         values: dict[str, int] = {}
         for zone in self.zones:
             path = zone.path / "energy_uj"
@@ -222,12 +235,13 @@ class RaplReader:
                 self.error = _unreadable(path, error)
                 return None
         self.error = None
-        return values
+        return RaplReading(values, at_s)
 
     def delta_j(self, start: Mapping[str, int], end: Mapping[str, int]) -> dict[str, float]:
         """Joules per zone key between two reads, one wrap assumed when a counter went backwards.
 
-        Only keys of this reader present in both reads are returned.
+        Only keys of this reader present in both reads are returned. Each wrap adds a line to
+        ``self.warnings`` (with the wrap period at the power seen, when both reads are ``RaplReading``s).
         """
         deltas: dict[str, float] = {}
         for zone in self.zones:
@@ -236,8 +250,30 @@ class RaplReader:
             delta_uj = end[zone.key] - start[zone.key]
             if delta_uj < 0:
                 delta_uj %= zone.max_energy_range_uj + 1
+                self.warnings.append(_wrap_warning(zone, delta_uj / 1e6, _seconds_between(start, end)))
             deltas[zone.key] = delta_uj / 1e6
         return deltas
+
+
+def _seconds_between(start: Mapping[str, int], end: Mapping[str, int]) -> float | None:
+    if isinstance(start, RaplReading) and isinstance(end, RaplReading) and end.at_s > start.at_s:
+        return end.at_s - start.at_s
+    return None
+
+
+def _wrap_warning(zone: RaplZone, delta_j: float, seconds: float | None) -> str:
+    """What a counter wrap inside a window means for the CPU energy of ``zone``."""
+    text = (
+        f"CPU energy, RAPL zone {zone.key}: the counter wrapped during the window (it restarts at 0 "
+        f"after {zone.max_energy_range_uj} uJ); one wrap was assumed ({delta_j:.1f} J)."
+    )
+    if seconds is None or delta_j <= 0:
+        return text
+    power_w = delta_j / seconds
+    return (
+        f"{text} At the {power_w:.1f} W seen it wraps every {zone.wrap_period_s(power_w):.0f} s: a window "
+        "longer than that would hide a second wrap and read too low."
+    )
 
 
 def cpu_energy_j(deltas: Mapping[str, float]) -> tuple[float | None, float | None]:

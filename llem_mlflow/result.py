@@ -59,28 +59,60 @@ class EnvironmentSnapshot(_Model):
 
 
 class GpuEnergy(_Model):
-    """Energy of one GPU over the measured window."""
+    """Energy of one GPU over the measured window(s).
+
+    ``gross_j`` is null when the GPU's counter delta is unknown in any window (``unknown_windows``);
+    ``partial_gross_j`` then holds the sum over the windows where it is known (too low, for inspection).
+    """
 
     cuda_index: int
     uuid: str
-    gross_j: float
+    gross_j: float | None
+    partial_gross_j: float | None = None  # only when gross_j is null: the known windows' sum
+    unknown_windows: int = Field(default=0, ge=0)  # windows whose counter delta of this GPU is unknown
     idle_power_w: float | None = None
     net_j: float | None = None
     trace_integral_j: float | None = None
     counter_vs_trace_pct: float | None = None  # (counter - trace) / counter * 100
     samples_in_window: int = 0
 
+    @model_validator(mode="after")
+    def _never_partial(self) -> GpuEnergy:
+        _check_partial(self.gross_j, self.partial_gross_j, self.unknown_windows)
+        return self
+
+
+def _check_partial(gross_j: float | None, partial_j: float | None, unknown: int) -> None:
+    """A gross with an unknown part is null, and only a null gross has a partial sum."""
+    if unknown and gross_j is not None:
+        raise ValueError(
+            "gross_j must be null when a counter delta is unknown (partial_gross_j holds the rest)"
+        )
+    if gross_j is not None and partial_j is not None:
+        raise ValueError("partial_gross_j is only set when gross_j is null")
+
 
 class EnergyBreakdown(_Model):
-    """Gross (counter delta), idle baseline and net energy, summed over the GPUs used."""
+    """Gross (counter delta), idle baseline and net energy, summed over the GPUs used.
 
-    gross_j: float
+    ``gross_j`` is null when any GPU's counter delta is unknown in a window (``unknown_gpu_windows``):
+    a partial sum is never the total; ``partial_gross_j`` then holds the known part (too low).
+    """
+
+    gross_j: float | None
+    partial_gross_j: float | None = None  # only when gross_j is null: the known GPU-windows' sum
+    unknown_gpu_windows: int = Field(default=0, ge=0)  # (GPU, window) pairs whose delta is unknown
     idle_power_w: float | None = None  # sum over GPUs, measured with the model loaded
     idle_duration_s: float | None = None
     net_j: float | None = None  # gross - idle_power_w * window duration
     edge_uncertainty_j: float | None = None  # +- one counter update (~0.1 s) at each edge
     counter_update_s: float = 0.1
     per_gpu: list[GpuEnergy] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _never_partial(self) -> EnergyBreakdown:
+        _check_partial(self.gross_j, self.partial_gross_j, self.unknown_gpu_windows)
+        return self
 
 
 class Window(_Model):
@@ -156,8 +188,14 @@ class SteadyState(_Model):
     trimmed_batches: list[int]  # per cycle: leading batches left out as ramp
     ramp_s: list[float]  # per cycle: from the full window's start to the first steady batch
     full_window_s: list[float]  # per cycle: the whole window, ramp included
-    full_window_gross_j: list[float] | None = None  # per cycle, counter; null without a GPU
+    full_window_gross_j: list[float | None] | None = None  # per cycle, counter; null: no GPU / unknown
     batch_power_w: list[list[float | None]]  # per cycle, per batch: mean trace power (the rule's input)
+    # The cost of the batch-edge counter reads inside each cycle's window (sync + read of every GPU,
+    # timed with time.perf_counter): their count, their seconds and their share of the whole window.
+    # Backend latencies (TTFT, ITL) never include them; the window's time and energy do.
+    in_window_reads: list[int] | None = None
+    in_window_read_s: list[float] | None = None
+    in_window_read_pct: list[float] | None = None
 
 
 class IsolatedPrefill(_Model):
@@ -178,6 +216,18 @@ class IsolatedPrefill(_Model):
     net_per_input_token_j: float | None = None
 
 
+class PartialCycle(_Model):
+    """A cycle an interrupt cut short: its figures hold its completed batches only; no interval uses it.
+
+    ``abandoned_s``: seconds of the batch the interrupt abandoned that are in this cycle's time and
+    energy (its tokens are not); 0 when the window ends where that batch began (see ``measure.Cut``).
+    """
+
+    completed_batches: int = Field(ge=1)
+    batches: int = Field(ge=1)  # the cycle's batches
+    abandoned_s: float = Field(ge=0)
+
+
 class CycleRecord(_Model):
     """One measured cycle (all ``n`` prompts once); energies are null without an NVIDIA GPU."""
 
@@ -187,17 +237,21 @@ class CycleRecord(_Model):
     duration_s: float = Field(ge=0)
     output_tokens: int = Field(ge=0)
     output_tokens_per_s: float = Field(ge=0)
-    gross_j: float | None = None
+    gross_j: float | None = None  # null without a GPU, or when a GPU's counter delta is unknown
     net_j: float | None = None
     edge_uncertainty_j: float | None = None
     energy_per_output_token_j: float | None = None  # gross / output tokens
     net_energy_per_output_token_j: float | None = None  # net / output tokens
+    unknown_gpus: list[int] = Field(default_factory=list)  # GPUs whose counter delta is unknown here
+    partial: PartialCycle | None = None  # set when Ctrl-C or SIGTERM cut this cycle short
 
 
 class CycleStats(_Model):
     """The measured window repeated ``n`` times in one process, with 95% intervals (Student t) per figure.
 
-    An interval is null when it cannot exist (one cycle: no spread; no GPU: no energy), never zero.
+    An interval is null when it cannot exist (no GPU: no energy), never zero; its bounds are null below
+    ``stats.MIN_INTERVAL_N`` cycles. Energy intervals leave out the cycles whose energy is unknown
+    (``Interval.left_out``). Positive figures have log-scale bounds (``stats``).
     """
 
     n: int = Field(ge=1)
@@ -392,10 +446,11 @@ class ExperimentResult(_Model):
         if self.cycles is None or self.cycles.n < 2:
             return {}
         history: dict[str, list[tuple[int, float, float]]] = {}
-        for figure, rule in _CYCLE_FIGURES.items():
+        for figure, rule in _CYCLE_FIGURES.items():  # a cycle whose figure is unknown has no point
             points = [(r.index, r.end_s, getattr(r, figure)) for r in self.cycles.records]
-            if all(value is not None for _, _, value in points):
-                history[f"cycles/{figure}"] = [(i, t, rule(float(v))) for i, t, v in points]
+            known = [(i, t, rule(float(v))) for i, t, v in points if v is not None]
+            if known:
+                history[f"cycles/{figure}"] = known
         return history
 
 

@@ -28,6 +28,7 @@ from llem_mlflow import (
     environment,
     flops,
     identity,
+    interrupts,
     latency,
     measure,
     peaks,
@@ -53,6 +54,7 @@ from llem_mlflow.result import (
     EnergyBreakdown,
     ExperimentResult,
     IsolatedPrefill,
+    PartialCycle,
     PhaseEnergy,
     SteadyState,
     Timings,
@@ -169,21 +171,8 @@ def execute(
     )
     gpu_set = (gpus or _nvml_gpus)(loaded.cuda_devices) if loaded.device == "cuda" else _no_gpu(loaded)
     _await(imports, clock)
-    try:
-        measurement = measure.measure(cfg, backend, gpu_set.devices, plan.prompts, show)
-    except BackendError:  # e.g. out of memory: nothing was written, leave no empty result folder
-        _remove_if_empty(folder)
-        raise
-    except measure.Interrupted as stop:
-        gpu_set.close()
-        context = _Context(cfg, start, experiment_id, resolved, loaded, gpu_set, plan)
-        _interrupted(context, stop, folder, backend, _Logging(None, child_of), show, clock)
-    finally:
-        gpu_set.close()
-    clock.laps.update(measurement.stage_s)
-    if gpu_set.warning:
-        measurement = replace(measurement, warnings=[gpu_set.warning, *measurement.warnings])
     context = _Context(cfg, start, experiment_id, resolved, loaded, gpu_set, plan)
+    measurement = _measure(context, backend, folder, _Logging(None, child_of), show, clock)
     with clock.lap("derive"):
         result = _build_result(context, measurement, backend)
     reprobe = probe if plan.store_warning else None
@@ -191,26 +180,74 @@ def execute(
     return replace(outcome, timings=_timings(clock))
 
 
-def _interrupted(
-    context: _Context,
-    stop: measure.Interrupted,
-    folder: Path,
-    backend: Backend,
-    how: _Logging,
-    show: Progress,
-    clock: Stopwatch,
-) -> NoReturn:
-    """Keep what an interrupted run measured, then raise ``RunInterrupted`` saying what was kept.
+def _measure(
+    c: _Context, backend: Backend, folder: Path, how: _Logging, show: Progress, clock: Stopwatch
+) -> measure.Measurement:
+    """``measure.measure`` with the GPUs released after; an interrupt ends in ``_interrupted``.
 
-    Completed cycles: a result with ``status: interrupted`` from them, its files, and its MLflow run
-    ended KILLED (or spooled). None completed: the partial trace alone, no MLflow run.
+    From a first Ctrl-C on, a second one waits (``interrupts.keeping``) until what was measured is
+    written: the counters read at the cut and the result files are never lost to it.
     """
+    kept: _Kept | None = None
+    with interrupts.keeping():
+        try:
+            m = measure.measure(c.cfg, backend, c.gpu_set.devices, c.plan.prompts, show)
+        except BackendError:  # e.g. out of memory: nothing was written, leave no empty result folder
+            _remove_if_empty(folder)
+            raise
+        except measure.Interrupted as stop:
+            c.gpu_set.close()
+            kept = _keep(c, stop, folder, backend, show, clock)
+        finally:
+            c.gpu_set.close()
+    if kept is not None:
+        _interrupted(c.cfg, kept, folder, how, show, clock)
+    clock.laps.update(m.stage_s)
+    return _with_gpu_warning(m, c.gpu_set)
+
+
+def _with_gpu_warning(m: measure.Measurement, gpu_set: GpuSet) -> measure.Measurement:
+    """``m`` with the GPU set's warning (why energy is not measured) first, when there is one."""
+    return replace(m, warnings=[gpu_set.warning, *m.warnings]) if gpu_set.warning else m
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """What an interrupted run wrote: its result (None: no measured batch completed) or a trace note."""
+
+    stage: str
+    partial: measure.Measurement | None
+    result: ExperimentResult | None
+    note: str = ""
+
+
+def _keep(
+    c: _Context, stop: measure.Interrupted, folder: Path, backend: Backend, show: Progress, clock: Stopwatch
+) -> _Kept:
+    """Write what an interrupted run measured: a result with ``status: interrupted`` and its files
+    from the completed cycles and batches, or, when no measured batch completed, the partial trace."""
     if stop.partial is None:
-        kept = _keep_trace(stop.trace, folder)
-        raise RunInterrupted(f"interrupted during {stop.stage}: no cycle had completed; {kept}")
-    result = _build_result(context, stop.partial, backend).model_copy(update={"status": "interrupted"})
-    outcome = _record(context.cfg, result, stop.partial, folder, how, show, clock)
-    done = len(stop.partial.cycles)
+        return _Kept(stop.stage, None, None, _keep_trace(stop.trace, folder))
+    clock.laps.update(stop.partial.stage_s)
+    partial = _with_gpu_warning(stop.partial, c.gpu_set)
+    result = _build_result(c, partial, backend).model_copy(update={"status": "interrupted"})
+    return _Kept(stop.stage, partial, _write(result, partial, folder, show, clock))
+
+
+def _interrupted(
+    cfg: ExperimentConfig, kept: _Kept, folder: Path, how: _Logging, show: Progress, clock: Stopwatch
+) -> NoReturn:
+    """Log what ``_keep`` wrote, then raise ``RunInterrupted`` saying what was kept.
+
+    A result: its MLflow run ends KILLED (or is spooled). None: the partial trace alone, no MLflow run.
+    """
+    if kept.result is None or kept.partial is None:
+        raise RunInterrupted(f"interrupted during {kept.stage}: no measured batch had completed; {kept.note}")
+    outcome = _publish(cfg, kept.result, kept.partial, folder, how, show, clock)
+    cycles = kept.partial.cycles
+    whole = sum(1 for cycle in cycles if cycle.cut is None)
+    cut = cycles[-1].cut
+    batches = f" and {cut.completed} of {cut.batches} batches of cycle {cycles[-1].index + 1}" if cut else ""
     if outcome.run_id:
         logged = f"MLflow run {outcome.run_id} ended KILLED"
     elif outcome.tracking_error:
@@ -218,7 +255,7 @@ def _interrupted(
     else:
         logged = "not logged (--no-mlflow)"
     message = (
-        f"interrupted during {stop.stage}: kept {done} of {context.cfg.cycles} completed cycle(s) "
+        f"interrupted during {kept.stage}: kept {whole} of {cfg.cycles} completed cycle(s){batches} "
         f"in {folder} (status: interrupted; {logged})"
     )
     raise RunInterrupted(message, outcome)
@@ -237,17 +274,18 @@ def _gross(m: measure.Measurement, breakdown: EnergyBreakdown | None) -> tuple[f
     """The run's total energy, or None with a warning when a GPU's delta is unknown in a measured window.
 
     A partial sum would be too low; the total (and J/token, carbon, MFU's energy figures) stays null
-    instead, while ``energy.per_gpu`` keeps the known deltas for inspection.
+    instead, while ``energy.partial_gross_j`` and each GPU's keep the known deltas for inspection.
     """
     if breakdown is None:
         return None, []
     unknown = sorted({gpu for c in m.cycles for gpu in c.window.unknown})
-    if not unknown:
+    if not unknown and breakdown.gross_j is not None:
         return breakdown.gross_j, []
     gpus = ", ".join(map(str, unknown))
     return None, [
         f"Total energy not reported (null): the counter delta of GPU {gpus} is unknown in a measured "
-        "window (see the warnings above); energy.gross_j and energy.per_gpu hold only the known deltas."
+        "window (see the warnings above); energy.gross_j is null, and energy.partial_gross_j and "
+        "energy.per_gpu[].partial_gross_j hold only the known deltas (too low)."
     ]
 
 
@@ -353,31 +391,65 @@ def _energy(
     return total, parts, energy.energy_warnings(total, shortest)
 
 
-def _cycle_stats(cfg: ExperimentConfig, m: measure.Measurement, parts: list[EnergyBreakdown]) -> CycleStats:
+def _cycle_stats(
+    cfg: ExperimentConfig, m: measure.Measurement, parts: list[EnergyBreakdown]
+) -> tuple[CycleStats, list[str]]:
+    """Per-cycle records and their intervals (rules in ``stats``), with warnings on what they rest on.
+
+    A cycle whose energy is unknown is in no energy interval; durations and tokens/s, gross energy and
+    J/token are positive (log-scale bounds), net figures linear.
+    """
     records = [_cycle_record(c, parts[c.index] if parts else None) for c in m.cycles]
+    whole = [r for r in records if r.partial is None] or records  # a cut cycle is in no interval
 
-    def interval(name: str) -> Interval | None:
-        return stats.summarize_optional([getattr(r, name) for r in records])
+    def interval(name: str, positive: bool) -> Interval | None:
+        return stats.summarize_known([getattr(r, name) for r in whole], positive=positive)
 
-    return CycleStats(
+    result = CycleStats(
         n=len(records),
         cooldown_s=cfg.cooldown_s,
         order="cycle 0 in dataset order; cycle k > 0 shuffled with random.Random(seed * 1000003 + k)",
         records=records,
-        duration_s_ci95=stats.summarize([r.duration_s for r in records]),
-        output_tokens_per_s_ci95=stats.summarize([r.output_tokens_per_s for r in records]),
-        gross_j_ci95=interval("gross_j"),
-        net_j_ci95=interval("net_j"),
-        energy_per_output_token_j_ci95=interval("energy_per_output_token_j"),
-        net_energy_per_output_token_j_ci95=interval("net_energy_per_output_token_j"),
+        duration_s_ci95=stats.summarize([r.duration_s for r in whole], positive=True),
+        output_tokens_per_s_ci95=stats.summarize([r.output_tokens_per_s for r in whole], positive=True),
+        gross_j_ci95=interval("gross_j", True),
+        net_j_ci95=interval("net_j", False),
+        energy_per_output_token_j_ci95=interval("energy_per_output_token_j", True),
+        net_energy_per_output_token_j_ci95=interval("net_energy_per_output_token_j", False),
     )
+    return result, _interval_warnings(whole)
+
+
+def _interval_warnings(records: list[CycleRecord]) -> list[str]:
+    """Why intervals have no bounds (too few cycles), and how many cycles the energy intervals rest on."""
+    n = len(records)
+    out = []
+    if 2 <= n < stats.MIN_INTERVAL_N:
+        out.append(
+            f"No 95 % intervals across cycles: {stats.no_interval_reason(n)}. The per-cycle values, "
+            f"std and CV are reported; run cycles: {stats.MIN_INTERVAL_N} or more for intervals."
+        )
+    unknown = [r.index for r in records if r.unknown_gpus]
+    kept = n - len(unknown)
+    if unknown and n >= 2 and not kept:
+        out.append("No energy intervals across cycles: the energy of every cycle is unknown.")
+    elif unknown and n >= 2:
+        left = ", ".join(f"{i + 1}/{n}" for i in unknown)
+        bounds = "" if kept >= stats.MIN_INTERVAL_N else f"; {kept} cycle(s) are too few for 95 % bounds"
+        out.append(
+            f"Energy intervals across cycles rest on {kept} of {n} cycles: cycle {left} left out (a GPU's "
+            f"counter delta is unknown, so that cycle's energy figures are null){bounds}."
+        )
+    return out
 
 
 def _cycle_record(cycle: measure.Cycle, part: EnergyBreakdown | None) -> CycleRecord:
+    """One cycle's figures; its energy figures are null without a GPU or when a GPU's delta is unknown."""
     out_tok = sum(s.output_tokens for s in cycle.stats)
     seconds = cycle.window.duration_s
-    gross = part.gross_j if part else None
-    net = part.net_j if part else None
+    known = part if part is not None and not cycle.window.unknown else None
+    gross = known.gross_j if known else None
+    net = known.net_j if known else None
     return CycleRecord(
         index=cycle.index,
         start_s=cycle.window.start_s,
@@ -387,10 +459,18 @@ def _cycle_record(cycle: measure.Cycle, part: EnergyBreakdown | None) -> CycleRe
         output_tokens_per_s=out_tok / seconds if seconds > 0 else 0.0,
         gross_j=gross,
         net_j=net,
-        edge_uncertainty_j=part.edge_uncertainty_j if part else None,
+        edge_uncertainty_j=known.edge_uncertainty_j if known else None,
         energy_per_output_token_j=gross / out_tok if gross is not None and out_tok else None,
         net_energy_per_output_token_j=net / out_tok if net is not None and out_tok else None,
+        unknown_gpus=sorted(cycle.window.unknown) if part is not None else [],
+        partial=_partial_record(cycle.cut),
     )
+
+
+def _partial_record(cut: measure.Cut | None) -> PartialCycle | None:
+    if cut is None:
+        return None
+    return PartialCycle(completed_batches=cut.completed, batches=cut.batches, abandoned_s=cut.abandoned_s)
 
 
 def _build_result(c: _Context, m: measure.Measurement, backend: Backend) -> ExperimentResult:
@@ -400,7 +480,8 @@ def _build_result(c: _Context, m: measure.Measurement, backend: Backend) -> Expe
     out_tok = sum(s.output_tokens for s in m.stats)
     seconds = m.seconds
     gross, incomplete = _gross(m, breakdown)
-    energy_warnings += incomplete
+    cycles, interval_warnings = _cycle_stats(c.cfg, m, parts)
+    energy_warnings += incomplete + interval_warnings
     for w in [*m.warnings, *energy_warnings]:  # the backend already logged its own warnings
         log.warning(w)
     unc, flags = _assess(c, m, infos, breakdown, out_tok)
@@ -443,7 +524,7 @@ def _build_result(c: _Context, m: measure.Measurement, backend: Backend) -> Expe
         start_time=c.start,
         end_time=datetime.now(timezone.utc),
         windows=windows,
-        cycles=_cycle_stats(c.cfg, m, parts),
+        cycles=cycles,
         warmup=m.warmup,
         compute=_compute(c, m, infos, gross),
         latency=latency.summarize_latency(m.stats),
@@ -538,7 +619,8 @@ def _prefill_isolated(
 
 
 def _steady_state(m: measure.Measurement, with_energy: bool) -> SteadyState | None:
-    """What steady state trimmed from each cycle (None with the ``total`` methodology)."""
+    """What steady state trimmed from each cycle and what its in-window counter reads cost (None with
+    the ``total`` methodology, and when an interrupt left the cycles untrimmed)."""
     ramps = [c.ramp for c in m.cycles]
     if any(r is None for r in ramps):
         return None
@@ -548,9 +630,18 @@ def _steady_state(m: measure.Measurement, with_energy: bool) -> SteadyState | No
         trimmed_batches=[r.batches for _, r in done],
         ramp_s=[c.window.start_s - r.full.start_s for c, r in done],
         full_window_s=[r.full.duration_s for _, r in done],
-        full_window_gross_j=[sum(r.full.energy_j.values()) for _, r in done] if with_energy else None,
+        full_window_gross_j=[None if r.full.unknown else sum(r.full.energy_j.values()) for _, r in done]
+        if with_energy
+        else None,
         batch_power_w=[r.batch_power_w for _, r in done],
+        in_window_reads=[len(c.read_s) for c, _ in done],
+        in_window_read_s=[sum(c.read_s) for c, _ in done],
+        in_window_read_pct=[_pct(sum(c.read_s), r.full.duration_s) for c, r in done],
     )
+
+
+def _pct(part: float, whole: float) -> float:
+    return part / whole * 100 if whole > 0 else 0.0
 
 
 def _compute(
@@ -605,7 +696,14 @@ def _record(
     show: Progress,
     clock: Stopwatch,
 ) -> Outcome:
-    """Write the files, then log them as ``how`` says.
+    """Write the files, then log them as ``how`` says."""
+    return _publish(cfg, _write(result, m, folder, show, clock), m, folder, how, show, clock)
+
+
+def _write(
+    result: ExperimentResult, m: measure.Measurement, folder: Path, show: Progress, clock: Stopwatch
+) -> ExperimentResult:
+    """Write timeseries.parquet, result.json and power.png; the result as written.
 
     result.json gets the timings up to its own write: ``write_s`` is the trace file's, no ``log_s``.
     """
@@ -617,6 +715,19 @@ def _record(
         json_path = artifacts.write_result_json(result, folder)
         _write_power_png(folder, result, m)
     show.stage(f"wrote {json_path} and {trace_path.name}")
+    return result
+
+
+def _publish(
+    cfg: ExperimentConfig,
+    result: ExperimentResult,
+    m: measure.Measurement,
+    folder: Path,
+    how: _Logging,
+    show: Progress,
+    clock: Stopwatch,
+) -> Outcome:
+    """Log the written files as ``how`` says (nothing with ``mlflow: false``)."""
     if not cfg.mlflow:
         return Outcome(result=result, result_dir=folder, run_id=None)
     show.stage("logging to MLflow")

@@ -12,6 +12,10 @@ NVML faults (docs/reliability/nvml-faults.md): a power reading that fails is lef
 and counted; ``warnings`` gives, per GPU, how many of its power readings failed and the first error.
 A GPU that NVML reports as lost (``DeviceLostError``) is not read again: the trace has no samples of
 it from then on. A failing slow reading keeps the power sample with those fields empty.
+
+Samples go straight into the ``PowerTrace`` columns (no ``TraceSample`` objects), under a lock so a
+sample taken by ``stop()`` never interleaves with one from the thread; once ``stop()`` has built the
+trace, nothing is added to it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from types import TracebackType
 from llem_mlflow.device import DeviceLostError
 from llem_mlflow.errors import ConfigError
 from llem_mlflow.protocols import GpuDevice, SlowReading
-from llem_mlflow.trace import PowerTrace, TraceSample
+from llem_mlflow.trace import PowerTrace, SlowValues
 
 
 class PowerSampler:
@@ -51,7 +55,8 @@ class PowerSampler:
         self.interval_s = interval_s
         self.slow_every = slow_every
         self._clock = clock
-        self._samples: list[TraceSample] = []
+        self._collected = PowerTrace(interval_s=interval_s)
+        self._add_lock = threading.Lock()
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self._trace: PowerTrace | None = None
@@ -78,7 +83,8 @@ class PowerSampler:
                 self._thread.join()
         finally:
             self._sample(slow=True)
-            self._trace = PowerTrace(interval_s=self.interval_s, samples=list(self._samples))
+            with self._add_lock:
+                self._trace = self._collected
         return self._trace
 
     @property
@@ -143,7 +149,23 @@ class PowerSampler:
                 self._power_failures[gpu] = self._power_failures.get(gpu, 0) + 1
                 continue
             reading = self._slow(device, gpu) if slow else None
-            self._samples.append(_make_sample(timestamp_s, gpu, power_w, reading))
+            self._add(timestamp_s, gpu, power_w, reading)
+
+    def _add(self, timestamp_s: float, gpu: int, power_w: float, reading: SlowReading | None) -> None:
+        """Add one sample unless the trace was handed out; slow values the trace refuses are left out."""
+        with self._add_lock:
+            if self._trace is not None:
+                return
+            try:
+                self._collected.add(timestamp_s, gpu, power_w, _slow_values(reading))
+                return
+            except ValueError as e:  # e.g. an int reading outside int64: keep the power sample
+                self._first_error.setdefault((gpu, "slow"), str(e))
+            try:
+                self._collected.add(timestamp_s, gpu, power_w)
+            except ValueError as e:  # a NaN timestamp: counted as a failed power reading
+                self._first_error.setdefault((gpu, "power"), str(e))
+                self._power_failures[gpu] = self._power_failures.get(gpu, 0) + 1
 
     def _slow(self, device: GpuDevice, gpu: int) -> SlowReading | None:
         try:
@@ -153,17 +175,14 @@ class PowerSampler:
             return None
 
 
-def _make_sample(timestamp_s: float, gpu: int, power_w: float, reading: SlowReading | None) -> TraceSample:
+def _slow_values(reading: SlowReading | None) -> SlowValues | None:
     if reading is None:
-        return TraceSample(timestamp_s=timestamp_s, gpu=gpu, power_w=power_w)
-    return TraceSample(
-        timestamp_s=timestamp_s,
-        gpu=gpu,
-        power_w=power_w,
-        temperature_c=reading.temperature_c,
-        sm_clock_mhz=reading.sm_clock_mhz,
-        utilization_pct=reading.utilization_pct,
-        memory_used_b=reading.memory_used_b,
-        throttle_reasons=reading.throttle_reasons,
-        compute_processes=reading.compute_processes,
+        return None
+    return (
+        reading.temperature_c,
+        reading.sm_clock_mhz,
+        reading.utilization_pct,
+        reading.memory_used_b,
+        reading.throttle_reasons,
+        reading.compute_processes,
     )

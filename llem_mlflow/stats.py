@@ -1,21 +1,35 @@
 """Repeated-cycle statistics: mean, sample spread and the 95 % confidence interval of the mean.
 
 This module owns how a quantity measured once per cycle (energy in J, time in s, J/token...) is
-summarised over repeated cycles. Pure Python; no numpy or scipy.
+summarised over repeated cycles, and when an interval is published at all. Pure Python; no numpy or
+scipy. docs/methodology.md ("Intervals across cycles") states the same rules for users.
 
 Rules:
 
-- ``values`` keeps every cycle's value, in cycle order; ``n`` is how many there are.
+- ``values`` keeps every value the summary rests on, in cycle order; ``n`` is how many there are.
+  ``summarize_known`` leaves out the cycles whose value is unknown (None: e.g. a GPU's energy counter
+  could not be read in that cycle) and lists their positions in ``left_out``; they are in no figure.
 - ``mean`` is the arithmetic mean.
-- ``std`` is the sample standard deviation (divisor n - 1, "ddof=1"). It needs two cycles: with one
-  cycle it is None, not 0, because one run says nothing about the spread.
-- ``ci95_low`` / ``ci95_high`` bound the two-sided 95 % Student t interval of the mean:
-  mean -/+ t(0.975, n - 1) x std / sqrt(n). On one run the interval is absent (None), not zero.
+- ``std`` is the sample standard deviation (divisor n - 1, "ddof=1"). It needs two values: with one
+  it is None, not 0, because one run says nothing about the spread.
 - ``cv_pct`` is the coefficient of variation, std / |mean| x 100. None when n < 2 or when the mean is
   exactly 0 (the ratio is undefined).
+- ``ci95_low`` / ``ci95_high`` bound a two-sided 95 % Student t interval, published only from
+  ``MIN_INTERVAL_N`` (3) values on. With two, t(0.975, 1) = 12.706 and the half-width is
+  12.706 x std / sqrt(2) = 6.35 x |x1 - x2|: an interval 12.7 times wider than the gap between the
+  only two values says nothing they do not (its expected half-width is 7.2 sigma, against 2.2 sigma
+  with three values and 1.2 with five). Below 3 the bounds are None and ``no_interval_reason`` says why.
+- ``scale`` says how the interval was taken, so that no bound lies outside what the quantity can take:
+
+  * ``"linear"`` (quantities that can be negative: net energy, net J/token):
+    mean -/+ t(0.975, n - 1) x std / sqrt(n);
+  * ``"log"`` (quantities that are positive by nature: durations, tokens/s, gross energy, J/token):
+    the t interval of the mean of ln(values), exponentiated. Both bounds are > 0; it is an interval for
+    the geometric mean, which for cycle-to-cycle CVs of a few % differs from the arithmetic ``mean`` by
+    about CV^2 / 2 (0.05 % at CV 3 %). A value <= 0 of a positive quantity (a counter that did not move)
+    has no logarithm: no interval, with the reason.
+
 - Input must hold at least one value and every value must be finite; otherwise ``ValueError``.
-- ``summarize_optional`` returns None when any cycle's value is None (e.g. energy not measured on a
-  machine without NVML): a partial series would hide cycles, so nothing is summarised.
 
 The t quantile t(0.975, df) comes from a table for df 1..30 (values of scipy.stats.t.ppf(0.975, df) to
 6 decimals; rounded to 3 decimals they are the printed tables: 12.706, 4.303, 3.182, ...). For df > 30
@@ -29,8 +43,14 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: Fewest values from which a 95 % interval is published (see the module docstring).
+MIN_INTERVAL_N = 3
+
+Scale = Literal["linear", "log"]
 
 # t(0.975, df) for df = 1..30 (index df - 1), scipy.stats.t.ppf(0.975, df) to 6 decimals.
 _T975_TABLE: tuple[float, ...] = (
@@ -74,27 +94,39 @@ Z_975 = 1.959963984540054
 
 
 class Interval(BaseModel):
-    """Per-cycle values of one quantity and their summary (see the module docstring for each rule)."""
+    """Per-cycle values of one quantity and their summary (see the module docstring for each rule).
+
+    Results written before these rules may hold a linear interval from two values; ``summarize`` of
+    ``values`` recomputes the bounds under the current rules (``compare`` does).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    values: list[float]  # one per cycle, in cycle order
+    values: list[float]  # the values summarised, one per cycle kept, in cycle order
     n: int
     mean: float
     std: float | None = None  # sample std (ddof=1); None when n < 2
-    ci95_low: float | None = None  # mean - t(0.975, n-1) * std / sqrt(n); None when n < 2
-    ci95_high: float | None = None  # mean + t(0.975, n-1) * std / sqrt(n); None when n < 2
+    ci95_low: float | None = None  # None when n < MIN_INTERVAL_N (no_interval_reason says why)
+    ci95_high: float | None = None
     cv_pct: float | None = None  # std / |mean| * 100; None when n < 2 or mean == 0
+    scale: Scale = "linear"  # how the interval is taken: "log" for positive quantities
+    left_out: list[int] = Field(default_factory=list)  # positions (cycle indexes) of unknown values
+    no_interval_reason: str | None = None  # why ci95_low/high are None, when n >= 2
 
     @model_validator(mode="after")
     def _consistent(self) -> Interval:
         if self.n < 1 or self.n != len(self.values):
             raise ValueError("n must equal the number of values and be at least 1")
-        spread = (self.std, self.ci95_low, self.ci95_high)
-        if self.n < 2 and any(v is not None for v in (*spread, self.cv_pct)):
+        bounds = (self.ci95_low, self.ci95_high)
+        if self.n < 2 and any(v is not None for v in (self.std, *bounds, self.cv_pct)):
             raise ValueError("with one value, std, the interval and cv_pct must be None")
-        if self.n >= 2 and any(v is None for v in spread):
-            raise ValueError("with two or more values, std and the interval must be set")
+        if self.n >= 2 and self.std is None:
+            raise ValueError("with two or more values, std must be set")
+        if (self.ci95_low is None) != (self.ci95_high is None):
+            raise ValueError("ci95_low and ci95_high are both set or both None")
+        low, high = bounds
+        if low is not None and high is not None and (low > high or (self.scale == "log" and low <= 0)):
+            raise ValueError("the interval must be ordered, and positive on the log scale")
         return self
 
 
@@ -116,10 +148,12 @@ def t_quantile_975(df: int) -> float:
     return z + g1 / nu + g2 / nu**2 + g3 / nu**3 + g4 / nu**4
 
 
-def summarize(values: Sequence[float]) -> Interval:
-    """Mean, sample std, 95 % t interval of the mean and CV of per-cycle ``values`` (kept in order).
+def summarize(values: Sequence[float], *, positive: bool = False, left_out: Sequence[int] = ()) -> Interval:
+    """Mean, sample std, CV and (from ``MIN_INTERVAL_N`` values) the 95 % interval of ``values``.
 
-    ``ValueError`` on an empty sequence or any non-finite value (NaN, +-inf).
+    ``positive``: the quantity cannot be <= 0 (durations, tokens/s, gross energy, J/token), so the
+    interval is taken on the log scale; else linear. ``left_out``: positions of cycles whose value was
+    unknown (recorded, not used). ``ValueError`` on an empty sequence or any non-finite value.
     """
     if len(values) == 0:
         raise ValueError("cannot summarise an empty series of cycle values")
@@ -127,29 +161,59 @@ def summarize(values: Sequence[float]) -> Interval:
     bad = [i for i, v in enumerate(floats) if not math.isfinite(v)]
     if bad:
         raise ValueError(f"cycle values must be finite; cycles {bad} are not: {[floats[i] for i in bad]}")
-    n = len(floats)
-    mean = statistics.fmean(floats)
+    n, mean = len(floats), statistics.fmean(floats)
+    scale: Scale = "log" if positive else "linear"
     if n < 2:
-        return Interval(values=floats, n=n, mean=mean)
+        return Interval(values=floats, n=n, mean=mean, scale=scale, left_out=list(left_out))
     std = statistics.stdev(floats)
-    half_width = t_quantile_975(n - 1) * std / math.sqrt(n)
+    bounds, reason = _bounds(floats, positive)
     return Interval(
         values=floats,
         n=n,
         mean=mean,
         std=std,
-        ci95_low=mean - half_width,
-        ci95_high=mean + half_width,
+        ci95_low=bounds[0] if bounds else None,
+        ci95_high=bounds[1] if bounds else None,
         cv_pct=None if mean == 0 else std / abs(mean) * 100,
+        scale=scale,
+        left_out=list(left_out),
+        no_interval_reason=reason,
     )
 
 
-def summarize_optional(values: Sequence[float | None]) -> Interval | None:
-    """``summarize`` of ``values``, or None when any value is None (the quantity was not measured).
+def _bounds(values: list[float], positive: bool) -> tuple[tuple[float, float] | None, str | None]:
+    """((low, high), None) or (None, why not) for two or more finite values."""
+    n = len(values)
+    if n < MIN_INTERVAL_N:
+        return None, no_interval_reason(n)
+    if positive and min(values) <= 0:
+        return None, f"a value is {min(values):g}, not positive: no log-scale interval"
+    points = [math.log(v) for v in values] if positive else values
+    centre = statistics.fmean(points)
+    half = t_quantile_975(n - 1) * statistics.stdev(points) / math.sqrt(n)
+    low, high = centre - half, centre + half
+    if positive:
+        return (math.exp(low), math.exp(high)), None
+    return (low, high), None
 
-    An empty sequence still raises ``ValueError``, as in ``summarize``.
+
+def no_interval_reason(n: int) -> str:
+    """Why ``n`` (< ``MIN_INTERVAL_N``) values get no 95 % interval, in one sentence."""
+    return (
+        f"{n} value(s): a 95 % interval needs at least {MIN_INTERVAL_N} (with 2, t(0.975, 1) = 12.7 "
+        "makes it 12.7 times the gap between the two values)"
+    )
+
+
+def summarize_known(values: Sequence[float | None], *, positive: bool = False) -> Interval | None:
+    """``summarize`` of the values that are known; the positions of None values go to ``left_out``.
+
+    None when no value is known (the quantity was not measured). ``ValueError`` on an empty sequence.
     """
-    present = [v for v in values if v is not None]
-    if len(present) != len(values):
+    if len(values) == 0:
+        raise ValueError("cannot summarise an empty series of cycle values")
+    known = [v for v in values if v is not None]
+    if not known:
         return None
-    return summarize(present)
+    missing = [i for i, v in enumerate(values) if v is None]
+    return summarize(known, positive=positive, left_out=missing)

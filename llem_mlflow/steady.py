@@ -41,8 +41,8 @@ def batch_power_w(
         last = i == len(starts_s) - 1
         total: float | None = 0.0
         for gpu in gpus:  # a batch holds [its start, the next start); the last one also its end
-            samples = [s.power_w for s in trace.between(gpu, start, stop) if last or s.timestamp_s < stop]
-            total = None if not samples or total is None else total + statistics.fmean(samples)
+            gpu_w = trace.powers_between(gpu, start, stop, include_end=last)  # bisected: O(log n + batch)
+            total = None if not gpu_w or total is None else total + statistics.fmean(gpu_w)
         powers.append(total)
     return powers
 

@@ -16,14 +16,18 @@ is kept with its reason and skipped, never fatal; points shuffled with ``random.
 finds it and skips the points already FINISHED under it, matched by ``llem.sweep.point_hash``, the
 hash of the point's requested config), one nested child run per measured point, logged exactly like
 ``run`` (plus tag ``llem.sweep.point``). The parent gets ``sweep_summary.csv``/``.md`` (also written
-to ``<output_dir>/sweep-<id>/``) and ``llem.sweep.best.*`` tags.
+to ``<output_dir>/sweep-<id>/``), ``llem.sweep.best.*`` tags and ``compare.png`` (``compare_png``: the
+points that have a result, read from their local folder or their run, drawn by ``plots.draw_compare``;
+a figure that cannot be drawn is a warning, never a failed sweep). A resumed sweep's summary keeps the
+earlier points' figures (their child runs' metrics), marked as the earlier attempt's in ``note``.
 
 Model reuse: a backend instance serves every point with the same ``LOAD_FIELDS`` (and, with a static
 cache, the same cache length, ``max_input_tokens + max_output_tokens``): ``generate()`` takes any batch
 size and token count, so points differing in workload fields (``n``, ``batch_size``, tokens, ``cycles``,
 ``cooldown_s``, ...) share one load. ``LoadOnce`` loads on the first point only (later points report a
-load time of 0); the model is released (``backends.runtime.free_memory``) before the next group loads.
-Groups run in the order of their first point in the shuffled order, points within a group in that order.
+load time of 0, and their ``loading`` stage reads ``reusing loaded <model>``: ``Reusing``); the model is
+released (``backends.runtime.free_memory``) before the next group loads. Groups run in the order of their
+first point in the shuffled order, points within a group in that order.
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,10 +51,12 @@ from llem_mlflow.protocols import Backend, BatchStats, LoadedModel, ModelFacts
 from llem_mlflow.store_probe import one_line
 
 if TYPE_CHECKING:
+    from llem_mlflow.plots import ComparePlot
     from llem_mlflow.preflight import StoreProbe
     from llem_mlflow.progress import Progress
+    from llem_mlflow.result import ExperimentResult
     from llem_mlflow.runner import GpuProvider, Outcome
-    from llem_mlflow.tracking import SweepParent
+    from llem_mlflow.tracking import DonePoint, SweepParent
 
 #: Where results go: the same for every point, so never swept (and not part of any hash).
 NOT_SWEPT = ("output_dir", "tracking_uri", "experiment_name", "run_name", "mlflow")
@@ -75,6 +83,9 @@ BEST = {
     "ttft_p50_s": ("ttft_p50_s", True),
 }
 SUMMARY_CSV, SUMMARY_MD = "sweep_summary.csv", "sweep_summary.md"
+COMPARE_PNG = "compare.png"
+
+log = logging.getLogger(__name__)
 
 
 def compact_json(value: Any) -> str:
@@ -259,6 +270,11 @@ class LoadOnce:
         self.inner = inner
         self._loaded: LoadedModel | None = None
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is loaded already (the next ``load()`` loads nothing)."""
+        return self._loaded is not None
+
     def load(self) -> LoadedModel:
         if self._loaded is None:
             self._loaded = self.inner.load()
@@ -284,6 +300,23 @@ class LoadOnce:
         return self.inner.versions()
 
 
+class Reusing:
+    """A ``Progress`` for a point whose model is loaded already: the runner's ``loading ...`` stage
+    reads ``reusing loaded <model>`` (nothing loads); every other message passes through."""
+
+    def __init__(self, inner: Progress, model: str) -> None:
+        self.inner = inner
+        self.model = model
+
+    def stage(self, message: str) -> None:
+        if message.startswith("loading "):
+            message = f"reusing loaded {self.model} (loaded for an earlier point)"
+        self.inner.stage(message)
+
+    def batch(self, phase: str, done: int, total: int) -> None:
+        self.inner.batch(phase, done, total)
+
+
 # ---------------------------------------------------------------- running a plan
 
 
@@ -298,6 +331,8 @@ class Row:
     metrics: Mapping[str, float] = field(default_factory=dict)
     config_hash: str | None = None
     note: str = ""
+    #: The point's local result folder (None: not here, e.g. measured on another machine).
+    result_dir: Path | None = None
 
     def cells(self) -> dict[str, Any]:
         """The row as ``COLUMNS`` -> value (None: no value)."""
@@ -321,6 +356,8 @@ class SweepOutcome:
     parent_run_id: str | None
     summary_files: list[Path]
     best: dict[str, Row]
+    #: ``compare.png`` as drawn (also logged on the parent), None when no point had a result or it failed.
+    figure: ComparePlot | None = None
 
     @property
     def failed(self) -> list[Row]:
@@ -402,7 +439,22 @@ def _settled(plan: SweepPlan, parent: SweepParent | None) -> Iterator[tuple[int,
         if p.config is None:
             yield i, Row(p, "invalid", note=p.error or "")
         elif (earlier := done.get(p.point_hash or "")) is not None:
-            yield i, Row(p, "done earlier", earlier.run_id, earlier.metrics, earlier.config_hash)
+            yield i, _earlier_row(p, earlier, Path(plan.base.output_dir))
+
+
+def _earlier_row(p: Point, earlier: DonePoint, output_dir: Path) -> Row:
+    """A point FINISHED in an earlier attempt: its figures as its child run logged them, marked as such."""
+    from llem_mlflow.artifacts import RESULT_FILE
+
+    folder = output_dir / earlier.experiment_id if earlier.experiment_id else None
+    local = folder if folder is not None and (folder / RESULT_FILE).is_file() else None
+    ended = f" (ended {_utc(earlier.end_time_ms)})" if earlier.end_time_ms else ""
+    note = f"figures of the earlier attempt{ended}"
+    return Row(p, "done earlier", earlier.run_id, earlier.metrics, earlier.config_hash, note, local)
+
+
+def _utc(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _measure_all(
@@ -447,12 +499,17 @@ def measure_point(
         **(tags or {}),
     }
     child_of = tracking.ChildOf(parent_run_id, point_tags) if parent_run_id is not None else None
+    progress = parts.progress
+    if isinstance(backend, LoadOnce) and backend.loaded:
+        from llem_mlflow.progress import LogProgress
+
+        progress = Reusing(progress or LogProgress(), p.config.model)
     try:
         outcome = execute(
             p.config,
             backend=backend,
             gpus=parts.gpus,
-            progress=parts.progress,
+            progress=progress,
             store_probe=parts.store_probe,
             child_of=child_of,
         )
@@ -468,7 +525,9 @@ def outcome_row(p: Point, outcome: Outcome) -> Row:
     r = outcome.result
     status = "not logged" if outcome.tracking_error else "measured"
     note = one_line(outcome.tracking_error or "") or str(outcome.result_dir)
-    return Row(p, status, outcome.run_id, r.mlflow_metrics(), r.measurement_config_hash, note)
+    return Row(
+        p, status, outcome.run_id, r.mlflow_metrics(), r.measurement_config_hash, note, outcome.result_dir
+    )
 
 
 def create_backend(cfg: ExperimentConfig) -> Backend:
@@ -489,11 +548,74 @@ def free_memory() -> None:
 def _finish(plan: SweepPlan, parent: SweepParent | None, rows: list[Row]) -> SweepOutcome:
     folder = Path(plan.base.output_dir) / f"sweep-{plan.sweep_id}"
     files = write_summary(rows, folder)
+    figure = compare_png(plan, rows, folder)
     best = best_rows(rows)
     failed = any(r.status in ("failed", "not logged") for r in rows)
     if parent is not None:
-        _close(plan, parent, files, best, failed=failed)
-    return SweepOutcome(plan, rows, parent.run_id if parent else None, files, best)
+        logged = [*files, figure.path] if figure is not None else files
+        _close(plan, parent, logged, best, failed=failed)
+    return SweepOutcome(plan, rows, parent.run_id if parent else None, files, best, figure)
+
+
+def compare_png(plan: SweepPlan, rows: Sequence[Row], folder: Path) -> ComparePlot | None:
+    """``compare.png`` in ``folder``: the points that have a result against the first swept field that
+    differs (``plots.draw_compare``: tok/s and latency when no point measured energy). None, with a
+    warning, when no point has a result or drawing fails: a figure never fails a sweep."""
+    try:
+        return _draw(plan, point_results(plan, rows), folder)
+    except Exception as exc:  # matplotlib, a full disk...: the measurements are saved already
+        log.warning("%s not drawn: %s: %s", COMPARE_PNG, type(exc).__name__, one_line(str(exc)))
+        return None
+
+
+def _draw(plan: SweepPlan, found: list[tuple[Row, ExperimentResult]], folder: Path) -> ComparePlot | None:
+    if not found:
+        log.warning("%s not drawn: no point has a result", COMPARE_PNG)
+        return None
+    from llem_mlflow.compare import compare, incomparable_reason
+    from llem_mlflow.plots import draw_compare
+
+    reason = incomparable_reason([result for _, result in found])
+    if reason is not None:
+        log.warning("%s: %s; drawn anyway", COMPARE_PNG, reason)
+    comparison = compare([(row.point.label, row.run_id, result) for row, result in found])
+    axis = next((f for f in plan.fields if f in comparison.differing), comparison.first_field())
+    labelled = [
+        replace(drawn, label=_short_label(row.point, axis))
+        for drawn, (row, _) in zip(comparison.rows, found, strict=True)
+    ]
+    return draw_compare(labelled, axis, folder / COMPARE_PNG)
+
+
+def point_results(plan: SweepPlan, rows: Sequence[Row]) -> list[tuple[Row, ExperimentResult]]:
+    """Each row that has a result, with it: its local folder's ``result.json``, else its run's
+    (downloaded). A result that cannot be read is left out with a warning."""
+    out = []
+    for row in rows:
+        try:
+            result = _row_result(plan, row)
+        except LlemError as exc:
+            log.warning("%s leaves out point %s: %s", COMPARE_PNG, row.point.label, one_line(str(exc)))
+            continue
+        if result is not None:
+            out.append((row, result))
+    return out
+
+
+def _row_result(plan: SweepPlan, row: Row) -> ExperimentResult | None:
+    from llem_mlflow import artifacts, tracking
+
+    if row.result_dir is not None and (row.result_dir / artifacts.RESULT_FILE).is_file():
+        return artifacts.read_result_json(row.result_dir / artifacts.RESULT_FILE)
+    if row.run_id is None:
+        return None
+    uri = tracking.target_tracking_uri(plan.base.tracking_uri)
+    return tracking.read_results(uri, run_ids=[row.run_id])[0].result
+
+
+def _short_label(p: Point, axis: str) -> str:
+    """``precision=bf16, cache=static``: a point's overrides but the x axis's, as the figure labels it."""
+    return ", ".join(f"{name}={value}" for name, value in p.overrides.items() if name != axis)
 
 
 def _close(
@@ -552,7 +674,8 @@ def markdown_table(rows: Sequence[Row]) -> str:
             if c["j_per_token_ci95_low"] is not None
             else ""
         )
-        status = f"{r.status}: {r.note}" if r.status in ("invalid", "failed", "not logged") else r.status
+        shown = ("invalid", "failed", "not logged", "done earlier")
+        status = f"{r.status}: {r.note}" if r.status in shown and r.note else r.status
         cells = [f"`{c['point']}`", status.replace("|", "/"), c["run_id"] or "", _num(c["j_per_token"]), ci]
         cells += [_num(c["net_j_per_token"]), _num(c["tok_per_s"]), _ms(c["ttft_p50_s"]), _ms(c["itl_p50_s"])]
         lines.append("| " + " | ".join(cells) + " |")

@@ -15,9 +15,16 @@ call ``track`` around a block whose work has finished when it returns (e.g. a bl
 
 On exit the figures are logged to the active MLflow run (a new run named ``name`` when there is none):
 metrics ``track/<name>/energy_j``, ``.../duration_s``, ``.../avg_power_w``, ``.../gpu{i}_j`` and the
-power history ``track/<name>/power/gpu{i}_w`` (thinned like a run's). Without NVML (no GPU) the time
-is still measured and energy is null, with a warning. The block's exceptions propagate unchanged, and
-what was measured until then is still logged, tagged ``track/<name>/status = failed``.
+power history ``track/<name>/power/gpu{i}_w`` (thinned like a run's), tag ``track/<name>/status``
+(``ok``, ``failed`` when the block raised, ``energy_incomplete`` when a GPU's energy is unknown) and,
+when energy is not (fully) measured, tag ``track/<name>/energy`` saying why.
+
+Faults never hide the block's outcome nor leak the sampler thread or the NVML session. Without NVML (no
+GPU) the time is still measured and energy is null, with a warning. A counter read that still fails
+after retries (``energy.READ_ATTEMPTS``) at either edge, or a lost GPU, makes that GPU's energy (and the
+total) null with a warning; a failure while starting the measurement stops the sampler, shuts NVML down
+and runs the block with its time measured only. The block's exceptions propagate unchanged, and what
+was measured until then is still logged, tagged ``track/<name>/status = failed``.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -40,15 +48,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Tracked:
-    """What one tracked block measured (energies in J, keyed by CUDA index; null without NVML)."""
+    """What one tracked block measured: energies in J keyed by CUDA index.
+
+    ``energy_j`` is None when energy was not measured (no NVML); a GPU whose delta is unknown (a counter
+    read failed, the GPU was lost) maps to None. ``energy_note`` says why energy is missing or partial.
+    """
 
     name: str
     start_s: float = 0.0
     end_s: float = 0.0
-    energy_j: dict[int, float] | None = None
+    energy_j: dict[int, float | None] | None = None
     trace: PowerTrace | None = None
     failed: bool = False
     warnings: list[str] = field(default_factory=list)
+    energy_note: str | None = None
 
     @property
     def duration_s(self) -> float:
@@ -56,15 +69,34 @@ class Tracked:
         return self.end_s - self.start_s
 
     @property
+    def energy_incomplete(self) -> bool:
+        """True when GPUs were measured but the energy of at least one of them is unknown."""
+        return self.energy_j is not None and any(v is None for v in self.energy_j.values())
+
+    @property
     def total_energy_j(self) -> float | None:
-        """Energy summed over the GPUs."""
-        return None if self.energy_j is None else sum(self.energy_j.values())
+        """Energy summed over the GPUs; None when not measured or any GPU's energy is unknown."""
+        if self.energy_j is None or self.energy_incomplete:
+            return None
+        return sum(v for v in self.energy_j.values() if v is not None)
 
     @property
     def avg_power_w(self) -> float | None:
         """Mean board power over the block (counter energy / duration), summed over the GPUs."""
         total = self.total_energy_j
         return None if total is None or self.duration_s <= 0 else total / self.duration_s
+
+    @property
+    def status(self) -> str:
+        """``failed`` (the block raised), ``energy_incomplete`` (a GPU's energy is unknown) or ``ok``."""
+        if self.failed:
+            return "failed"
+        return "energy_incomplete" if self.energy_incomplete else "ok"
+
+    def warn(self, message: str) -> None:
+        """Keep ``message`` in ``warnings`` (once)."""
+        if message not in self.warnings:
+            self.warnings.append(message)
 
 
 OpenGpus = Callable[[Sequence[int] | None], tuple[Sequence[GpuDevice], Callable[[], None], str | None]]
@@ -87,6 +119,10 @@ class track(contextlib.ContextDecorator):  # noqa: N801 - used like a function: 
     ) -> None:
         if not name.strip():
             raise ValueError("track() needs a name, such as 'train-epoch'")
+        if not sampling_interval_s > 0:
+            raise ValueError(
+                f"track() needs sampling_interval_s > 0, got {sampling_interval_s}; use e.g. 0.1"
+            )
         self.name = name
         self._gpus = gpus
         self._interval_s = sampling_interval_s
@@ -105,13 +141,19 @@ class track(contextlib.ContextDecorator):  # noqa: N801 - used like a function: 
 
     def __enter__(self) -> Tracked:
         devices, close, warning = self._open(self._gpus)
-        tracked = Tracked(self.name, warnings=[warning] if warning else [])
-        sampler = PowerSampler(devices, self._interval_s) if devices else None
-        if sampler is not None:
-            sampler.start()
-        start = energy.read_start(devices, self._sync)
-        tracked.start_s = start.at_s
-        self._state = _Running(tracked, devices, close, sampler, start)
+        tracked = Tracked(self.name)
+        if warning:
+            tracked.warn(warning)
+            tracked.energy_note = warning.removeprefix("energy ")
+        state = _Running(tracked, list(devices), close)
+        try:
+            state.begin(self._sync, self._interval_s)
+        except Exception as exc:  # a measurement fault must not stop the block: time it only
+            state.abandon(f"starting the measurement failed: {exc}")
+        except BaseException:
+            state.close()
+            raise
+        self._state = state
         self.result = tracked
         return tracked
 
@@ -125,6 +167,8 @@ class track(contextlib.ContextDecorator):  # noqa: N801 - used like a function: 
             state.finish(self._sync, failed=exc_type is not None)
         finally:
             state.close()
+        for message in state.tracked.warnings:
+            log.warning("track(%r): %s", self.name, message)
         if self._log:
             try:
                 self._logger(state.tracked)
@@ -134,26 +178,78 @@ class track(contextlib.ContextDecorator):  # noqa: N801 - used like a function: 
 
 @dataclass
 class _Running:
+    """One measurement in progress: its GPUs, the NVML session's release, the sampler, the start mark."""
+
     tracked: Tracked
-    devices: Sequence[GpuDevice]
+    devices: list[GpuDevice]
     release: Callable[[], None]  # shuts NVML down
-    sampler: PowerSampler | None
-    start: energy.CounterMark
+    sampler: PowerSampler | None = None
+    start: energy.CounterMark | None = None
+    released: bool = False
+
+    def begin(self, sync: Callable[[], None], interval_s: float) -> None:
+        """Start the sampler and read the counters at the start edge (failed reads are kept, not raised)."""
+        if self.devices:
+            self.sampler = PowerSampler(self.devices, interval_s)
+            self.sampler.start()
+        self.start = energy.read_start(self.devices, sync, allow_unknown=True)
+        self.tracked.start_s = self.start.at_s
+
+    def abandon(self, reason: str) -> None:
+        """Energy cannot be measured: stop the sampler, shut NVML down, time the block only."""
+        self.tracked.start_s = self.tracked.start_s or time.time()
+        self._unknown(reason)
+        self.close()
+        self.devices, self.start = [], None
 
     def finish(self, sync: Callable[[], None], failed: bool) -> None:
-        end = energy.read_mark(self.devices, sync)
-        self.tracked.end_s = end.at_s
+        """Read the counters at the end edge; a GPU whose delta is unknown gets null energy, never raises."""
         self.tracked.failed = failed
+        if self.start is None:  # abandoned at the start
+            self.tracked.end_s = time.time()
+            return
+        try:
+            end = energy.read_mark(self.devices, sync, allow_unknown=True)
+        except Exception as exc:  # e.g. the sync failed: the block's outcome must still come through
+            self.tracked.end_s = time.time()
+            self._unknown(f"reading the counters at the block's end failed: {exc}")
+            return
+        self.tracked.end_s = end.at_s
         if self.devices:
-            self.tracked.energy_j = energy.window_between(self.start, end).energy_j
-        if self.sampler is not None:
-            self.tracked.trace = self.sampler.stop()
-            self.tracked.warnings.extend(self.sampler.warnings)
+            window = energy.window_between(self.start, end, allow_unknown=True)
+            gpus = [d.info.cuda_index for d in self.devices]
+            self.tracked.energy_j = {gpu: window.energy_j.get(gpu) for gpu in gpus}
+            for message in energy.fault_warnings("the tracked block", window, "its energy is null"):
+                self.tracked.warn(message)
+            if window.unknown:
+                reasons = "; ".join(f"GPU {gpu}: {why}" for gpu, why in window.unknown.items())
+                self.tracked.energy_note = f"incomplete: {reasons}"
+
+    def _unknown(self, reason: str) -> None:
+        """Every GPU's energy is unknown for ``reason`` (without GPUs only the warning: nothing to null)."""
+        if not self.devices:
+            self.tracked.warn(reason)
+            return
+        self.tracked.warn(f"energy not measured: {reason}")
+        self.tracked.energy_j = {d.info.cuda_index: None for d in self.devices}
+        self.tracked.energy_note = f"not measured: {reason}"
 
     def close(self) -> None:
-        if self.sampler is not None and self.tracked.trace is None:
-            self.sampler.stop()
-        self.release()
+        """Stop the sampler (keeping its trace) and shut NVML down, once; failures only warn."""
+        sampler, self.sampler = self.sampler, None
+        if sampler is not None:
+            try:
+                self.tracked.trace = sampler.stop()
+            except Exception as exc:
+                self.tracked.warn(f"stopping the power sampler failed: {exc}")
+            for message in sampler.warnings:
+                self.tracked.warn(message)
+        if not self.released:
+            self.released = True
+            try:
+                self.release()
+            except Exception as exc:
+                self.tracked.warn(f"shutting NVML down failed: {exc}")
 
 
 def _open_nvml(gpus: Sequence[int] | None) -> tuple[Sequence[GpuDevice], Callable[[], None], str | None]:

@@ -48,7 +48,7 @@ from llem_mlflow.result import ExperimentResult, mlflow_power_point
 from llem_mlflow.secrets import scrub_secrets
 from llem_mlflow.store_probe import DB_PORTS, probe_store
 from llem_mlflow.store_probe import one_line as _one_line
-from llem_mlflow.trace import PowerTrace, thin_power
+from llem_mlflow.trace import PowerTrace
 
 if TYPE_CHECKING:
     from mlflow.entities import DatasetInput, Metric, Param, Run, RunTag
@@ -104,7 +104,7 @@ class ChildOf:
 
 @dataclass(frozen=True)
 class _Target:
-    """The run to log into, and whether log_result owns (and so ends) it."""
+    """The run to log into, and whether record_result owns (and so ends) it."""
 
     client: MlflowClient
     uri: str
@@ -228,11 +228,14 @@ SWEEP_POINT_HASH_TAG = "llem.sweep.point_hash"  # hash of a child's full request
 
 @dataclass(frozen=True)
 class DonePoint:
-    """A FINISHED child run of a sweep parent: its id, summary metrics and ``llem.config_hash``."""
+    """A FINISHED child run of a sweep parent: its id, summary metrics and ``llem.config_hash``; when it
+    ended (epoch ms) and its ``llem.experiment_id`` (the name of its result folder)."""
 
     run_id: str
     metrics: Mapping[str, float]
     config_hash: str | None
+    end_time_ms: int | None = None
+    experiment_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -355,30 +358,16 @@ def _finished_children(client: MlflowClient, parent: Run) -> dict[str, DonePoint
         key = run.data.tags.get(SWEEP_POINT_HASH_TAG)
         if key and LLEM_EXPERIMENT_TAG in run.data.tags:
             done[key] = DonePoint(
-                run.info.run_id, dict(run.data.metrics), run.data.tags.get("llem.config_hash")
+                run.info.run_id,
+                dict(run.data.metrics),
+                run.data.tags.get("llem.config_hash"),
+                run.info.end_time,
+                run.data.tags.get(LLEM_EXPERIMENT_TAG),
             )
     return done
 
 
 # --- logging -----------------------------------------------------------------------------------
-
-
-def log_result(
-    result: ExperimentResult,
-    files: Sequence[Path],
-    trace: PowerTrace,
-    *,
-    tracking_uri: str | None,
-    experiment_name: str | None,
-    run_name: str | None,
-) -> str:
-    """Log ``result``, its power ``trace`` and ``files`` to MLflow; returns the run id.
-
-    See ``record_result`` (same arguments) for what is logged and what raises.
-    """
-    return record_result(
-        result, files, trace, tracking_uri=tracking_uri, experiment_name=experiment_name, run_name=run_name
-    ).run_id
 
 
 def record_result(
@@ -879,7 +868,7 @@ def _trace_metrics(trace: PowerTrace, origin_ms: int) -> list[Metric]:
 
     points = []
     for gpu in trace.gpus():
-        for timestamp_s, power_w in thin_power(trace.for_gpu(gpu), MAX_POWER_POINTS):
+        for timestamp_s, power_w in trace.thinned_power(gpu, MAX_POWER_POINTS):
             key, value = mlflow_power_point(gpu, power_w)
             timestamp_ms = int(timestamp_s * 1000)
             points.append(Metric(key, value, timestamp_ms, timestamp_ms - origin_ms))
@@ -891,7 +880,8 @@ def _trace_origin_ms(result: ExperimentResult, trace: PowerTrace) -> int:
     window = result.windows.get("measure")
     if window is not None:
         return int(window.start_s * 1000)
-    return int(min((s.timestamp_s for s in trace.samples), default=0.0) * 1000)
+    first_s = trace.first_time_s()
+    return int((0.0 if first_s is None else first_s) * 1000)
 
 
 def _epoch_ms(moment: datetime) -> int:
@@ -1041,7 +1031,8 @@ def log_tracked(tracked: Tracked) -> str:
 
     Metrics ``track/<name>/duration_s``, ``energy_j``, ``avg_power_w``, ``gpu{i}_j`` (counter, at the
     block's end time) and the power history ``track/<name>/power/gpu{i}_w`` (thinned like a run's; step
-    = ms since the block started); tag ``track/<name>/status`` (ok or failed). Returns the run id.
+    = ms since the block started); tag ``track/<name>/status`` (ok, failed or energy_incomplete) and, when
+    energy is not (fully) measured, tag ``track/<name>/energy`` saying why. Returns the run id.
     """
     import mlflow
 
@@ -1053,7 +1044,10 @@ def log_tracked(tracked: Tracked) -> str:
         client = mlflow.tracking.MlflowClient()
         for i in range(0, len(metrics), 1000):  # MLflow's log_batch limit
             client.log_batch(run.info.run_id, metrics=metrics[i : i + 1000])
-        mlflow.set_tag(f"track/{tracked.name}/status", "failed" if tracked.failed else "ok")
+        tags = {f"track/{tracked.name}/status": tracked.status}
+        if tracked.energy_note is not None:
+            tags[f"track/{tracked.name}/energy"] = tracked.energy_note[:5000]
+        mlflow.set_tags(tags)
     finally:
         if active is None:
             mlflow.end_run()
@@ -1071,7 +1065,7 @@ def _tracked_metrics(tracked: Tracked) -> list[Metric]:
     if tracked.trace is not None:
         start_ms = int(tracked.start_s * 1000)
         for gpu in tracked.trace.gpus():
-            for at_s, power_w in thin_power(tracked.trace.for_gpu(gpu), MAX_POWER_POINTS):
+            for at_s, power_w in tracked.trace.thinned_power(gpu, MAX_POWER_POINTS):
                 at_ms = int(at_s * 1000)
                 key = f"{prefix}/power/gpu{gpu}_w"
                 metrics.append(Metric(key, round(power_w, 3), at_ms, at_ms - start_ms))

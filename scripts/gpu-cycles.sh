@@ -7,10 +7,10 @@ out=$(mkdir -p "$1" && cd "$1" && pwd)
 cd "$(dirname "$0")/.."
 export MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1
 common=(--weights random --cycles 5 --output-dir "$out/results" --tracking-uri "sqlite:///$out/mlflow.db")
-llem-mlflow run --model gpt2 --n 64 --batch-size 8 --max-output-tokens 128 "${common[@]}" 2>&1 | tee "$out/gpt2-bs8.log"
-llem-mlflow run --model gpt2 --n 512 --batch-size 64 --max-input-tokens 128 --max-output-tokens 128 \
+python3 -m llem_mlflow run --model gpt2 --n 64 --batch-size 8 --max-output-tokens 128 "${common[@]}" 2>&1 | tee "$out/gpt2-bs8.log"
+python3 -m llem_mlflow run --model gpt2 --n 512 --batch-size 64 --max-input-tokens 128 --max-output-tokens 128 \
   "${common[@]}" 2>&1 | tee "$out/gpt2-bs64.log"
-llem-mlflow run --model TinyLlama/TinyLlama-1.1B-Chat-v1.0 --n 256 --batch-size 64 --max-input-tokens 128 \
+python3 -m llem_mlflow run --model TinyLlama/TinyLlama-1.1B-Chat-v1.0 --n 256 --batch-size 64 --max-input-tokens 128 \
   --max-output-tokens 128 "${common[@]}" 2>&1 | tee "$out/tinyllama-bs64.log"
 python3 - "$out/results" <<'PY' | tee "$out/summary.txt"
 import json, pathlib, sys

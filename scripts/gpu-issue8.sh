@@ -10,10 +10,10 @@ cd "$(dirname "$0")/.."
 export MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1
 PY=${PYTHON:-python3}
 store=(--output-dir "$out/results" --tracking-uri "sqlite:///$out/mlflow.db")
-{ /usr/bin/time -v llem-mlflow run --model gpt2 --weights random --n 64 --max-output-tokens 128 "${store[@]}"; } \
+{ /usr/bin/time -v "$PY" -m llem_mlflow run --model gpt2 --weights random --n 64 --max-output-tokens 128 "${store[@]}"; } \
   > "$out/default-run.log" 2>&1
 for mode in "--cache dynamic" "--cache static --compile reduce-overhead"; do
-  timeout 150 llem-mlflow run --model gpt2 --weights random --n 64 --batch-size 8 --max-output-tokens 128 \
+  timeout 150 "$PY" -m llem_mlflow run --model gpt2 --weights random --n 64 --batch-size 8 --max-output-tokens 128 \
     --cycles 3 --warmup-settle-cv-pct 3 $mode "${store[@]}" > "$out/fast-${mode// /_}.log" 2>&1
 done
 timeout 200 "$PY" benchmarks/backend_efficiency.py --out "$out/backend_efficiency.json" \

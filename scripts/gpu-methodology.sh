@@ -10,9 +10,9 @@ export MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1
 common=(--weights random --output-dir "$out/results" --tracking-uri "sqlite:///$out/mlflow.db"
         --warmup-settle-cv-pct 2 --warmup-max-batches 12 --baseline-s 5 --idle-settle-max-s 30
         --max-input-tokens 128 --max-output-tokens 128 --batch-size 64)
-llem-mlflow run --model gpt2 --n 512 --cycles 5 --isolated-prefill true "${common[@]}" 2>&1 | tee "$out/gpt2.log"
-llem-mlflow run --model TinyLlama/TinyLlama-1.1B-Chat-v1.0 --n 256 --cycles 5 --isolated-prefill true \
+python3 -m llem_mlflow run --model gpt2 --n 512 --cycles 5 --isolated-prefill true "${common[@]}" 2>&1 | tee "$out/gpt2.log"
+python3 -m llem_mlflow run --model TinyLlama/TinyLlama-1.1B-Chat-v1.0 --n 256 --cycles 5 --isolated-prefill true \
   "${common[@]}" 2>&1 | tee "$out/tinyllama.log"
-llem-mlflow run --model TinyLlama/TinyLlama-1.1B-Chat-v1.0 --n "${STEADY_N:-1280}" --cycles 3 \
+python3 -m llem_mlflow run --model TinyLlama/TinyLlama-1.1B-Chat-v1.0 --n "${STEADY_N:-1280}" --cycles 3 \
   --measurement-methodology steady_state "${common[@]}" 2>&1 | tee "$out/tinyllama-steady.log"
 python3 scripts/summarize_results.py "$out/results" | tee "$out/summary.txt"

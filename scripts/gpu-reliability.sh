@@ -7,11 +7,11 @@ out=$(mkdir -p "$1" && cd "$1" && pwd)
 cd "$(dirname "$0")/.."
 export MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 MLFLOW_TRACKING_URI="sqlite:///$out/mlflow.db"
 common=(--model gpt2 --weights random --device cuda --batch-size 8 --max-output-tokens 64 --baseline-s 2)
-llem-mlflow run "${common[@]}" --n 256 --cycles 3 --output-dir "$out/normal" > "$out/normal.log" 2>&1
+python3 -m llem_mlflow run "${common[@]}" --n 256 --cycles 3 --output-dir "$out/normal" > "$out/normal.log" 2>&1
 echo "normal rc=$?" | tee -a "$out/rcs.txt"
 
 stop_in_cycle2() {  # stop_in_cycle2 NAME SIGNAL
-  llem-mlflow run "${common[@]}" --n 512 --cycles 3 --output-dir "$out/$1" > "$out/$1.log" 2>&1 &
+  python3 -m llem_mlflow run "${common[@]}" --n 512 --cycles 3 --output-dir "$out/$1" > "$out/$1.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 600); do grep -q "cycle 2/3" "$out/$1.log" 2>/dev/null && break; sleep 0.2; done
   sleep 1

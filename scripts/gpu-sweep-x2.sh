@@ -13,12 +13,12 @@ sweep=examples/sweep_tinyllama_batch.yaml
 run() {  # run NAME [flags...]: one sweep into its own experiment, wall time and comparison
   local name=$1 start=$SECONDS
   shift
-  llem-mlflow sweep "$sweep" --experiment-name "sweep-$name" --output-dir "$out/results-$name" "$@" \
+  python3 -m llem_mlflow sweep "$sweep" --experiment-name "sweep-$name" --output-dir "$out/results-$name" "$@" \
     > "$out/sweep-$name.log" 2>&1
   echo "sweep $name rc=$? wall s: $((SECONDS - start))" | tee -a "$out/walls.txt"
   local parent
   parent=$(grep -E "^mlflow parent" "$out/sweep-$name.log" | grep -oE "[0-9a-f]{32}" | tail -1)
-  llem-mlflow compare --parent "$parent" --csv "$out/compare-$name.csv" --figure "$out/compare-$name.png" \
+  python3 -m llem_mlflow compare --parent "$parent" --csv "$out/compare-$name.csv" --figure "$out/compare-$name.png" \
     > "$out/compare-$name.log" 2>&1
 }
 

@@ -7,10 +7,10 @@ out=$(mkdir -p "$1" && cd "$1" && pwd)
 cd "$(dirname "$0")/.."
 export MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 MLFLOW_TRACKING_URI="sqlite:///$out/mlflow.db"
 start=$SECONDS
-llem-mlflow sweep examples/sweep_tinyllama_batch.yaml --output-dir "$out/results" > "$out/sweep.log" 2>&1
+python3 -m llem_mlflow sweep examples/sweep_tinyllama_batch.yaml --output-dir "$out/results" > "$out/sweep.log" 2>&1
 echo "sweep wall s: $((SECONDS - start))" | tee -a "$out/sweep.log"
 parent=$(grep -E "^mlflow parent" "$out/sweep.log" | grep -oE "[0-9a-f]{32}" | tail -1)
-llem-mlflow compare --parent "$parent" --csv "$out/compare.csv" --figure "$out/compare.png" > "$out/compare.log" 2>&1
+python3 -m llem_mlflow compare --parent "$parent" --csv "$out/compare.csv" --figure "$out/compare.png" > "$out/compare.log" 2>&1
 python3 - "$out" <<'PY' > "$out/track.log" 2>&1
 import sys, time, torch, mlflow, llem_mlflow
 x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)

@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 out=${1:-gpu-results}
 mkdir -p "$out"
 export MLFLOW_DISABLE_TELEMETRY=true LLEM_GPU_RESULTS="$out"
-python -m pytest tests/integration -m gpu -v -rs --junitxml "$out/junit.xml" 2>&1 | tee "$out/pytest.log"
+python3 -m pytest tests/integration -m gpu -v -rs --junitxml "$out/junit.xml" 2>&1 | tee "$out/pytest.log"

@@ -12,11 +12,11 @@ cd "$(dirname "$0")/.."
 export MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1
 store="sqlite:///$out/mlflow.db"
 common=(--model gpt2 --weights random --n 64 --max-output-tokens 128 --output-dir "$out/results" --tracking-uri "$store")
-/usr/bin/time -f "wall %e s" llem-mlflow run "${common[@]}" --batch-size 8 2>&1 | tee "$out/run-bs8.log"
-llem-mlflow run "${common[@]}" --batch-size 16 2>&1 | tee "$out/run-bs16.log"
+/usr/bin/time -f "wall %e s" python3 -m llem_mlflow run "${common[@]}" --batch-size 8 2>&1 | tee "$out/run-bs8.log"
+python3 -m llem_mlflow run "${common[@]}" --batch-size 16 2>&1 | tee "$out/run-bs16.log"
 small=(--model gpt2 --n 8 --batch-size 8 --max-output-tokens 16 --baseline-s 0 --output-dir "$out/hash" --no-mlflow)
-llem-mlflow run "${small[@]}" --device auto --precision auto --weights random > "$out/hash-auto.log" 2>&1
-llem-mlflow run "${small[@]}" --device cuda --precision bf16 --weights random > "$out/hash-exact.log" 2>&1
+python3 -m llem_mlflow run "${small[@]}" --device auto --precision auto --weights random > "$out/hash-auto.log" 2>&1
+python3 -m llem_mlflow run "${small[@]}" --device cuda --precision bf16 --weights random > "$out/hash-exact.log" 2>&1
 python3 - "$out/hash" <<'PY'
 import json, pathlib, sys
 rs = [json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob("*/result.json"))]
@@ -24,7 +24,7 @@ print("hashes:", [(r["config"]["device"], r["config"]["precision"], r["measureme
 assert len({r["measurement_config_hash"] for r in rs}) == 1, "auto and its resolution must share a hash"
 PY
 first=$(ls -d "$out"/results/*/ | head -1)
-llem-mlflow log "$first" --tracking-uri "$store"
+python3 -m llem_mlflow log "$first" --tracking-uri "$store"
 python3 - "$store" <<'PY'
 import sys
 from mlflow import MlflowClient

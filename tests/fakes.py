@@ -4,12 +4,19 @@ They script exact numbers so tests can assert exact energies and token counts, a
 so tests can assert what was (not) read, e.g. that the sampler never reads the energy counter.
 NVML faults are injected through the scripts (an exception in a scripted sequence is raised at that
 read) or with ``FakeDevice.lose()`` (every later read fails as NVML's GPU-is-lost does).
+``FakeNvml`` stands in for the pynvml module itself (``llem_mlflow.device``); ``PoweredGpu`` is a board
+whose counter integrates its power over wall time, so a run on it is physically plausible.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
 
 from llem_mlflow.device import DeviceLostError
 from llem_mlflow.protocols import (
@@ -243,3 +250,209 @@ class FakeBackend:
     def versions(self) -> dict[str, str | None]:
         """No real runtime behind the fake."""
         return {"torch": None, "transformers": None, "cuda_runtime": None}
+
+
+# --- FakeNvml: the pynvml module, for NvmlSession / NvmlDevice (llem_mlflow.device) -----------------
+
+
+class FakeNVMLError(Exception):
+    """Stands in for pynvml.NVMLError."""
+
+
+@dataclass
+class FakeGpu:
+    """One GPU behind FakeNvml: what it reports, and which of its reads fail."""
+
+    uuid: str
+    bus_id: str
+    name: str = "NVIDIA H200"
+    energy_mj: int = 0
+    power_avg_mw: int = 115_900
+    power_instant_mw: int | None = 80_700  # None: field unsupported
+    mig_mode: int | None = None  # None: GetMigMode not supported
+    fail_energy: bool = False
+    fail_temperature: bool = False
+    has_event_reasons: bool = True
+    pids: list[int] | None = None  # compute processes listed; None: the call is not supported
+    only_v2_processes: bool = False  # the driver lacks the v3 process call (pynvml: library mismatch)
+
+
+class FakeLibraryMismatchError(Exception):
+    """Stands in for pynvml.NVMLLibraryMismatchError, which is not an NVMLError."""
+
+
+class FakeNvml:
+    """The subset of pynvml that llem_mlflow.device uses; strings returned as bytes like older pynvml."""
+
+    NVMLError = FakeNVMLError
+    NVMLLibraryMismatchError = FakeLibraryMismatchError
+    NVML_FI_DEV_POWER_INSTANT = 186
+    NVML_TEMPERATURE_GPU = 0
+    NVML_CLOCK_SM = 1
+    NVML_FEATURE_ENABLED = 1
+
+    def __init__(self, gpus: list[FakeGpu], fail_init: bool = False, as_bytes: bool = True) -> None:
+        self.gpus = gpus
+        self.fail_init = fail_init
+        self.as_bytes = as_bytes
+        self.initialised = False
+        self.shutdowns = 0
+        self.uuid_lookups: list[str] = []
+
+    def _s(self, text: str) -> str | bytes:
+        return text.encode() if self.as_bytes else text
+
+    def nvmlInit(self) -> None:
+        if self.fail_init:
+            raise FakeNVMLError("Driver Not Loaded")
+        self.initialised = True
+
+    def nvmlShutdown(self) -> None:
+        self.shutdowns += 1
+
+    def nvmlSystemGetDriverVersion(self) -> str | bytes:
+        return self._s("580.159.04")
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> FakeGpu:
+        return self.gpus[i]
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> FakeGpu:
+        self.uuid_lookups.append(uuid)
+        for gpu in self.gpus:
+            if gpu.uuid == uuid:
+                return gpu
+        raise FakeNVMLError("Not Found")
+
+    def nvmlDeviceGetHandleByPciBusId(self, bus_id: str) -> FakeGpu:
+        for gpu in self.gpus:
+            if gpu.bus_id.lower() == bus_id.lower():
+                return gpu
+        raise FakeNVMLError("Not Found")
+
+    def nvmlDeviceGetIndex(self, h: FakeGpu) -> int:
+        return self.gpus.index(h)
+
+    def nvmlDeviceGetName(self, h: FakeGpu) -> str | bytes:
+        return self._s(h.name)
+
+    def nvmlDeviceGetUUID(self, h: FakeGpu) -> str | bytes:
+        return self._s(h.uuid)
+
+    def nvmlDeviceGetPciInfo(self, h: FakeGpu) -> Any:
+        return SimpleNamespace(busId=self._s(h.bus_id))
+
+    def nvmlDeviceGetMemoryInfo(self, h: FakeGpu) -> Any:
+        return SimpleNamespace(total=150_000_000_000, used=2_000_000_000, free=0)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h: FakeGpu) -> int:
+        return 700_000
+
+    def nvmlDeviceGetPersistenceMode(self, h: FakeGpu) -> int:
+        return 1
+
+    def nvmlDeviceGetCudaComputeCapability(self, h: FakeGpu) -> tuple[int, int]:
+        return (9, 0)
+
+    def nvmlDeviceGetMigMode(self, h: FakeGpu) -> list[int]:
+        if h.mig_mode is None:
+            raise FakeNVMLError("Not Supported")
+        return [h.mig_mode, h.mig_mode]
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: FakeGpu) -> int:
+        if h.fail_energy:
+            raise FakeNVMLError("Not Supported")
+        return h.energy_mj
+
+    def nvmlDeviceGetPowerUsage(self, h: FakeGpu) -> int:
+        return h.power_avg_mw
+
+    def nvmlDeviceGetFieldValues(self, h: FakeGpu, ids: list[int]) -> list[Any]:
+        if ids != [self.NVML_FI_DEV_POWER_INSTANT]:
+            raise FakeNVMLError("Invalid Argument")
+        if h.power_instant_mw is None:
+            return [SimpleNamespace(nvmlReturn=3, valueType=1, value=SimpleNamespace(uiVal=0))]
+        return [SimpleNamespace(nvmlReturn=0, valueType=1, value=SimpleNamespace(uiVal=h.power_instant_mw))]
+
+    def nvmlDeviceGetTemperature(self, h: FakeGpu, sensor: int) -> int:
+        if h.fail_temperature:
+            raise FakeNVMLError("Not Supported")
+        return 41
+
+    def nvmlDeviceGetClockInfo(self, h: FakeGpu, clock: int) -> int:
+        return 1980 if clock == self.NVML_CLOCK_SM else 0
+
+    def nvmlDeviceGetUtilizationRates(self, h: FakeGpu) -> Any:
+        return SimpleNamespace(gpu=97, memory=40)
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: FakeGpu) -> int:
+        if not h.has_event_reasons:
+            raise FakeNVMLError("Function Not Found")
+        return 0x4
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, h: FakeGpu) -> int:
+        return 0x20
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h: FakeGpu) -> list[Any]:
+        if h.only_v2_processes:
+            raise FakeLibraryMismatchError("use a versioned function")
+        return self.nvmlDeviceGetComputeRunningProcesses_v2(h)
+
+    def nvmlDeviceGetComputeRunningProcesses_v2(self, h: FakeGpu) -> list[Any]:
+        if h.pids is None:
+            raise FakeNVMLError("Not Supported")
+        return [SimpleNamespace(pid=pid, usedGpuMemory=1 << 20) for pid in h.pids]
+
+
+# --- PoweredGpu: a GpuDevice whose counter and power agree, as a real board's do --------------------
+
+
+class PoweredGpu:
+    """A physically plausible GPU: ``idle_w`` at rest, ``busy_w`` while ``busy()`` runs (FakeBackend's
+    ``on_generate``), and an energy counter that integrates that power over wall time.
+
+    ``device`` is the ``FakeDevice`` to measure (its power and counter read this board);
+    ``counter_scale`` multiplies every counter reading (1000: the millijoule counter read as joules).
+    """
+
+    def __init__(
+        self,
+        idle_w: float = 100.0,
+        busy_w: float = 400.0,
+        busy_s: float = 0.3,
+        counter_scale: float = 1.0,
+        cuda_index: int = 0,
+        power_limit_w: float | None = 700.0,
+        slow: SlowReading = DEFAULT_SLOW,
+    ) -> None:
+        self.idle_w, self.busy_w, self.busy_s, self.counter_scale = idle_w, busy_w, busy_s, counter_scale
+        self._lock = threading.Lock()
+        self._power_w = idle_w
+        self._energy_j = 0.0
+        self._since_s = time.time()
+        self.device = FakeDevice(
+            cuda_index=cuda_index,
+            uuid=f"GPU-fake-{cuda_index}",
+            energy_script=self._counter_j,
+            power_w=lambda: self._power_w,
+            slow=slow,
+            power_limit_w=power_limit_w,
+        )
+
+    def _set_power(self, power_w: float) -> None:
+        with self._lock:
+            now_s = time.time()
+            self._energy_j += (now_s - self._since_s) * self._power_w
+            self._since_s, self._power_w = now_s, power_w
+
+    def _counter_j(self) -> float:
+        with self._lock:
+            return (self._energy_j + (time.time() - self._since_s) * self._power_w) * self.counter_scale
+
+    def busy(self) -> None:
+        """Draw ``busy_w`` for ``busy_s`` seconds, then fall back to ``idle_w``."""
+        self._set_power(self.busy_w)
+        time.sleep(self.busy_s)
+        self._set_power(self.idle_w)

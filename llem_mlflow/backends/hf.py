@@ -173,7 +173,7 @@ class TransformersBackend:
 
     def load(self) -> LoadedModel:
         """Load or build the model on its device(s) (see the module docstring for the weight policy)."""
-        self._device = self._resolve_device()
+        self._device = self.planned_device()
         precision = resolve_precision(self._precision, self._device)
         dtype = torch_dtype(precision)
         self._start_s = time.perf_counter()
@@ -212,7 +212,10 @@ class TransformersBackend:
         """From the config when its family is known (as an out-of-process backend must), else the walk."""
         return config_shape(model.config) or model_shape(model)
 
-    def _resolve_device(self) -> str:
+    def planned_device(self) -> str:
+        """The device ``load()`` will use, without loading; raises what ``load()`` would (e.g. a
+        device_map where torch sees no GPU, device=cuda without CUDA). ``llem-mlflow config`` asks it too.
+        """
         if self._device_map is None:
             return resolve_device(self._device_request)
         if not cuda_available():

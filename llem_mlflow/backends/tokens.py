@@ -1,9 +1,9 @@
 """Token bookkeeping around generate(): left padding, special ids, and counting what was generated.
 
-Owns ``left_pad`` (ids and attention mask), ``special_ids`` (pad and EOS ids), ``output_lengths``/
-``count_output_tokens`` (per row: new tokens up to and including the first EOS; no pads), the clean
-``GenerationConfig`` that keeps only a checkpoint's special token ids, and the greedy one each generate()
-call uses. transformers is imported lazily.
+Owns ``left_pad`` (ids and attention mask), ``special_ids`` (pad and EOS ids), ``output_lengths``
+(per row: new tokens up to and including the first EOS; no pads), the clean ``GenerationConfig`` that
+keeps only a checkpoint's special token ids, and the greedy one each generate() call uses. transformers
+is imported lazily.
 """
 
 from __future__ import annotations
@@ -63,11 +63,6 @@ def greedy_generation_config(max_output_tokens: int, pad_id: int, eos_ids: set[i
 def output_lengths(new_rows: list[list[int]], eos_ids: set[int]) -> tuple[int, ...]:
     """Per row: new tokens up to and including the first EOS, else all of them (pads after EOS dropped)."""
     return tuple(next((i + 1 for i, tok in enumerate(row) if tok in eos_ids), len(row)) for row in new_rows)
-
-
-def count_output_tokens(new_rows: list[list[int]], eos_ids: set[int]) -> int:
-    """Generated tokens of the whole batch: the sum of ``output_lengths``."""
-    return sum(output_lengths(new_rows, eos_ids))
 
 
 def left_pad(batch: list[list[int]], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:

@@ -151,13 +151,13 @@ def test_eight_concurrent_runs_all_finished_none_lost_or_mixed(
 def test_eight_clients_creating_one_experiment_at_once(
     team_server: TeamServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sample_result: Sample
 ) -> None:
-    """8 log_result calls released together into a new experiment: each one's get-by-name misses it and
+    """8 record_result calls released together into a new experiment: each one's get-by-name misses it and
     most of their creates lose the race (RESOURCE_ALREADY_EXISTS); all must still log into the one experiment.
     """
     from mlflow.tracking import MlflowClient
 
     from llem_mlflow import artifacts
-    from llem_mlflow.tracking import log_result
+    from llem_mlflow.tracking import record_result
 
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")  # the product's HTTP defaults, not the tests'
     result, trace = sample_result
@@ -173,7 +173,7 @@ def test_eight_clients_creating_one_experiment_at_once(
     def client_thread(i: int) -> None:
         start.wait()
         try:
-            log_result(
+            record_result(
                 result,
                 files,
                 trace,
@@ -191,7 +191,7 @@ def test_eight_clients_creating_one_experiment_at_once(
         thread.join(timeout=RUN_TIMEOUT_S)
     assert [o for o in outcomes if o] == []
     lost = team_server.requests("POST", "/api/2.0/mlflow/experiments/create", 400) - lost_before
-    print(f"\n{CLIENTS} log_result calls at once: {lost} experiment creates lost the race (HTTP 400)")
+    print(f"\n{CLIENTS} record_result calls at once: {lost} experiment creates lost the race (HTTP 400)")
 
     client = MlflowClient(tracking_uri=team_server.uri)
     experiments = client.search_experiments(filter_string="name = 'team-burst'")

@@ -13,7 +13,7 @@ from llem_mlflow.protocols import CudaDeviceId, GpuInfo, SlowReading
 from llem_mlflow.result import EnergyBreakdown, GpuEnergy
 from llem_mlflow.runner import GpuSet, execute
 from llem_mlflow.trace import PowerTrace, TraceSample
-from tests.fakes import FakeBackend, FakeDevice
+from tests.fakes import FakeBackend, FakeDevice, PoweredGpu
 
 CUDA0 = CudaDeviceId(cuda_index=0, uuid="GPU-fake-0", pci_bus_id=None)
 
@@ -59,12 +59,22 @@ def test_throttling_and_a_tiny_net_energy_are_flagged(tmp_path: Path) -> None:
 
 
 def test_a_clean_run_has_no_flags(tmp_path: Path) -> None:
+    # A plausible board: 100 W idle, 400 W (limit 700 W) in each of 4 batches of 0.3 s, its counter the
+    # integral of that power. Window ~1.2 s (>= 10 counter updates); net ~360 J against a bound of at most
+    # ~150 J (edges 2 x 400 W x 0.1 s, idle edges 2 x 100 W x 0.1 s / 0.5 s x 1.2 s, 5 % gain);
+    # ~15 J/token under the ceiling 700 W x 1.2 s / 32 tokens x 1.05 = 27.6 J; idle 100 W before and after.
     cool = SlowReading(temperature_c=40.0, sm_clock_mhz=1980.0, utilization_pct=99.0, memory_used_b=1,
                        throttle_reasons=0)  # fmt: skip
-    # 0.05 s idle costs ~0.0 J here; 1000 J over the window is far above every bound and the ceiling
-    r = _gpu_run(tmp_path, cool, [0.0, 0.0, 100.0, 1100.0]).result  # type: ignore[attr-defined]
-    flags = set(r.quality_flags) - {"short_window", "energy_per_token_out_of_bounds"}
-    assert flags == set(), r.quality_flags
+    board = PoweredGpu(idle_w=100.0, busy_w=400.0, busy_s=0.3, slow=cool)
+    cfg = ExperimentConfig(n=4, batch_size=1, max_input_tokens=6, max_output_tokens=8, baseline_s=0.5,
+                           sampling_interval_s=0.005, output_dir=str(tmp_path / "o"),
+                           mlflow=False)  # fmt: skip
+    backend = FakeBackend(device="cuda", cuda_devices=[CUDA0], on_generate=board.busy)
+    gpu_set = GpuSet([board.device], "580")
+    r = execute(cfg, backend=backend, gpus=lambda ids: gpu_set, store_probe=lambda c: None).result
+    assert r.total_energy_j is not None and r.energy is not None and r.energy.net_j is not None
+    assert r.quality_flags == {}, r.quality_flags
+    assert not any(key.startswith("llem.quality.") for key in r.mlflow_tags())
 
 
 # other_processes: NVML's process count per sample, less this process -----------------------------

@@ -18,7 +18,7 @@ from llem_mlflow.backends.hub import config_from_dict, hub_reachable  # noqa: E4
 from llem_mlflow.backends.runtime import backend_versions, cuda_available  # noqa: E402
 from llem_mlflow.backends.shape import config_shape, model_shape  # noqa: E402
 from llem_mlflow.backends.timing import StepTimer, step_timings  # noqa: E402
-from llem_mlflow.backends.tokens import count_output_tokens, left_pad, output_lengths  # noqa: E402
+from llem_mlflow.backends.tokens import left_pad, output_lengths  # noqa: E402
 from llem_mlflow.catalogue import shipped_config, shipped_models  # noqa: E402
 from llem_mlflow.errors import BackendError, ConfigError  # noqa: E402
 from llem_mlflow.protocols import Backend, BatchStats, ModelFacts, ModelShape  # noqa: E402
@@ -482,7 +482,6 @@ def test_unreachable_hub_falls_back_without_touching_the_network(monkeypatch: py
 
 def test_counting_helpers() -> None:
     assert output_lengths([[5, 2, 7, 2], [1, 1, 1], [2, 9]], {2}) == (2, 3, 1)
-    assert count_output_tokens([[5, 2, 7, 2], [1, 1, 1]], {2}) == 2 + 3
     assert left_pad([[4, 5, 6], [7]], pad_id=0) == ([[4, 5, 6], [0, 0, 7]], [[1, 1, 1], [0, 0, 1]])
 
 

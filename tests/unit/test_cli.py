@@ -21,6 +21,7 @@ from rich.console import Console
 from typer.testing import CliRunner, Result
 
 from llem_mlflow import __version__, cli
+from llem_mlflow.backends.runtime import cuda_available
 from llem_mlflow.cli import app
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.console import ConsoleProgress
@@ -392,6 +393,67 @@ def test_config_resolves_a_yaml_and_flags(tmp_path: Path, monkeypatch: pytest.Mo
     assert not (tmp_path / "mlflow.db").exists(), "config must not open the store"
     off = config_rows(invoke("config", "--no-mlflow").stdout)
     assert off["tracking store"].startswith("none") and "experiment" not in off
+
+
+def resolved_rows(text: str) -> dict[str, str]:
+    """The ``resolved.<field>  value`` rows of `llem-mlflow config`, keyed by field."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("resolved."):
+            name, value = line.split(None, 1)
+            rows[name.removeprefix("resolved.")] = value
+    return rows
+
+
+def config_hash(text: str) -> str:
+    return config_rows(text)["config hash"].split()[0]
+
+
+def test_config_shows_what_the_flags_resolve_to_and_their_hash(tmp_path: Path) -> None:
+    default = invoke("config", "--output-dir", str(tmp_path))
+    flagged = invoke("config", "--output-dir", str(tmp_path), "--batch-size", "99", "--cycles", "9")
+    assert default.exit_code == 0 and flagged.exit_code == 0, default.output + flagged.output
+    before, after = resolved_rows(default.stdout), resolved_rows(flagged.stdout)
+    assert (after["batch_size"], after["cycles"]) == ("99", "9")
+    assert (before["batch_size"], before["cycles"]) == (
+        str(ExperimentConfig.model_fields["batch_size"].default),
+        str(ExperimentConfig.model_fields["cycles"].default),
+    )
+    assert re.fullmatch(r"[0-9a-f]{16}", config_hash(flagged.stdout))
+    assert config_hash(flagged.stdout) != config_hash(default.stdout)
+    assert {k for k in before if before[k] != after[k]} == {"batch_size", "cycles"}
+    assert "provisional" in config_rows(default.stdout)["config hash"]  # weights: auto is decided at load
+    assert after["weights"].startswith("decided when the model loads")
+
+
+def test_config_hash_is_the_runs_hash_when_nothing_is_left_to_the_load(tmp_path: Path) -> None:
+    from llem_mlflow.runner import execute
+
+    flags = {"model": "llem/tiny-gpt2", "weights": "random", "attention": "eager", "device": "cpu"}
+    flags |= {"n": "2", "max_output_tokens": "2", "batch_size": "2", "baseline_s": "0"}
+    flags["output_dir"] = str(tmp_path)
+    shown = invoke("config", *[a for k, v in flags.items() for a in (option(k), v)], "--no-mlflow")
+    assert shown.exit_code == 0, shown.output
+    assert config_rows(shown.stdout)["config hash"] == config_hash(shown.stdout)  # exact: no note
+    result = execute(ExperimentConfig.model_validate({**flags, "mlflow": False})).result
+    assert config_hash(shown.stdout) == result.measurement_config_hash
+
+
+@pytest.mark.skipif(cuda_available(), reason="needs a machine where torch sees no GPU")
+def test_config_refuses_a_device_map_without_gpus_as_run_does(tmp_path: Path) -> None:
+    args = ["--device-map", "balanced", "--output-dir", str(tmp_path), "--no-mlflow"]
+    ran, shown = invoke("run", *args), invoke("config", *args)
+    assert ran.exit_code == 2 and shown.exit_code == ran.exit_code
+    assert shown.stdout == "" and shown.stderr.splitlines() == ran.stderr.splitlines()[-1:]
+    assert shown.stderr.startswith("error: device_map splits the model over CUDA GPUs, but torch sees none")
+    assert list(tmp_path.iterdir()) == []  # run refused before it measured anything
+
+
+def test_config_refuses_a_missing_dataset_as_run_does(tmp_path: Path) -> None:
+    args = ["--dataset", str(tmp_path / "none.jsonl"), "--output-dir", str(tmp_path / "out"), "--no-mlflow"]
+    ran, shown = invoke("run", *args), invoke("config", *args)
+    assert ran.exit_code == 2 and shown.exit_code == 2 and shown.stdout == ""
+    assert shown.stderr.splitlines() == ran.stderr.splitlines()[-1:] and "none.jsonl" in shown.stderr
 
 
 def test_config_without_torch_or_nvml_has_no_traceback(tmp_path: Path) -> None:

@@ -48,10 +48,13 @@ def test_sweep_on_the_tiny_model_end_to_end(tmp_path: Path) -> None:
     assert "mlflow parent" in result.stdout and parent.info.run_id in result.stdout
     assert (out / f"sweep-{parent.data.tags['llem.sweep.id']}" / "sweep_summary.md").is_file()
     assert len([d for d in out.iterdir() if (d / "result.json").is_file()]) == 2
+    assert result.stderr.count("loading llem/tiny-gpt2") == 1  # one load serves both points
+    assert result.stderr.count("reusing loaded llem/tiny-gpt2") == 1
+    assert "compare.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
     again = invoke(*args)
     assert again.exit_code == 0, again.output
-    assert again.stdout.count("done earlier") == 2
+    assert again.stdout.count("done earlier: figures of the earlier attempt (ended ") == 2
     assert len(client.search_runs([exp.experiment_id])) == 3
 
 

@@ -26,7 +26,7 @@ from llem_mlflow.compare import (
 )
 from llem_mlflow.errors import ConfigError
 from llem_mlflow.result import ExperimentResult
-from llem_mlflow.stats import summarize
+from llem_mlflow.stats import Interval, summarize
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -41,7 +41,7 @@ def scaled(result: ExperimentResult, factor: float) -> ExperimentResult:
     if result.cycles is not None and result.cycles.energy_per_output_token_j_ci95 is not None:
         values = [v * factor for v in result.cycles.energy_per_output_token_j_ci95.values]
         update["cycles"] = result.cycles.model_copy(
-            update={"energy_per_output_token_j_ci95": summarize(values)}
+            update={"energy_per_output_token_j_ci95": summarize(values, positive=True)}
         )
     return result.model_copy(update=update)
 
@@ -74,9 +74,61 @@ def test_rows_with_cycles_carry_their_intervals() -> None:
     row = compare([("a", None, split), ("b", None, scaled(split, 2.0))]).rows[0]
     interval = split.cycles.energy_per_output_token_j_ci95  # type: ignore[union-attr]
     assert interval is not None
-    assert (row.j_per_token.low, row.j_per_token.high) == (interval.ci95_low, interval.ci95_high)
+    # The fixture stored a linear interval; compare shows today's rule: log scale, from the same values.
+    today = summarize(interval.values, positive=True)
+    assert (row.j_per_token.low, row.j_per_token.high) == (today.ci95_low, today.ci95_high)
+    assert row.j_per_token.low == pytest.approx(interval.ci95_low, rel=1e-3)  # +-1.3 %: scales agree
     assert row.cycles == 3 and row.ttft_p50_s == split.latency.ttft_p50_s  # type: ignore[union-attr]
     assert row.tokens_per_s.low is not None
+
+
+def two_cycles(result: ExperimentResult, per_token: list[float], tok_s: list[float]) -> ExperimentResult:
+    """``result`` as an older llem wrote a 2-cycle run: linear intervals, whatever their bounds."""
+    assert result.cycles is not None
+
+    def linear(values: list[float]) -> Interval:
+        mean, half = sum(values) / 2, 12.706205 * abs(values[0] - values[1]) / 2
+        return Interval(values=values, n=2, mean=mean, std=1.0, ci95_low=mean - half, ci95_high=mean + half)
+
+    cycles = result.cycles.model_copy(
+        update={
+            "n": 2,
+            "energy_per_output_token_j_ci95": linear(per_token),
+            "output_tokens_per_s_ci95": linear(tok_s),
+        }
+    )
+    value = sum(per_token) / 2
+    return result.model_copy(update={"cycles": cycles, "avg_energy_per_token_j": value})
+
+
+def test_an_old_two_cycle_interval_below_zero_is_not_shown() -> None:
+    """Issue 16 item 8: compare showed ``5 [-87, 108]`` from a 2-cycle result."""
+    split = load("h200x2_tinyllama_split")
+    old = two_cycles(split, [0.2, 0.6], [0.9, 10.0])
+    assert old.cycles is not None and old.cycles.output_tokens_per_s_ci95.ci95_low is not None
+    assert old.cycles.output_tokens_per_s_ci95.ci95_low < 0  # what the old result holds
+    row = compare([("old", None, old), ("new", None, split)]).rows[0]
+    assert (row.j_per_token.low, row.j_per_token.high) == (None, None)
+    assert (row.tokens_per_s.low, row.tokens_per_s.high) == (None, None)
+    assert split.uncertainty is not None and split.uncertainty.gross_j is not None
+    band = energy_band(old)  # no interval: the energy uncertainty decides significance
+    half = split.uncertainty.gross_j / split.output_tokens
+    assert band == (pytest.approx(0.4 - half), pytest.approx(0.4 + half))
+    table = render_table(compare([("old", None, old), ("new", None, split)]))
+    (old_line,) = [line for line in table.splitlines() if line.lstrip().startswith("old")]
+    assert "[-" not in old_line and ", -" not in old_line  # no bound below zero is printed
+
+
+def test_table_keeps_significant_figures() -> None:
+    """Issue 16 item 9: tok/s 0.93 was printed as "1"."""
+    bs8, bs16 = load("h200_gpt2_bs8"), load("h200_gpt2_bs16")
+    slow = bs8.model_copy(update={"avg_tokens_per_second": 0.93})
+    fast = bs16.model_copy(update={"avg_tokens_per_second": 12_345.6})
+    table = render_table(compare([("slow", None, slow), ("fast", None, fast)]))
+    (slow_line,) = [line for line in table.splitlines() if line.lstrip().startswith("slow")]
+    assert " 0.930 " in slow_line
+    (fast_line,) = [line for line in table.splitlines() if line.lstrip().startswith("fast")]
+    assert " 12,346 " in fast_line
 
 
 def test_no_differing_settings_plots_against_the_run() -> None:

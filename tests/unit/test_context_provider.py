@@ -10,7 +10,7 @@ from mlflow.tracking.context.registry import _run_context_provider_registry
 
 from llem_mlflow import context_provider
 from llem_mlflow.context_provider import GpuRunContext
-from tests.unit.test_device import FakeGpu, FakeNvml
+from tests.fakes import FakeGpu, FakeNvml
 
 GPUS = [FakeGpu("GPU-aaaa-1", "00000000:19:00.0"), FakeGpu("GPU-bbbb-2", "00000000:3B:00.0")]
 

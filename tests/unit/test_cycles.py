@@ -13,6 +13,7 @@ from llem_mlflow import workload
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.protocols import CudaDeviceId
 from llem_mlflow.runner import GpuSet, Outcome, execute
+from llem_mlflow.trace import PowerTrace, TraceSample
 from tests.fakes import FakeBackend, FakeDevice
 
 CUDA0 = CudaDeviceId(cuda_index=0, uuid="GPU-fake-0", pci_bus_id=None)
@@ -45,10 +46,14 @@ def test_three_cycles_give_per_cycle_values_and_a_student_t_interval(tmp_path: P
     assert [x.energy_per_output_token_j for x in c.records] == per_token
     interval = c.energy_per_output_token_j_ci95
     assert interval is not None and interval.n == 3 and interval.values == per_token
-    half = 4.303 * statistics.stdev(per_token) / math.sqrt(3)  # t(0.975, 2) = 4.303
+    assert interval.scale == "log"  # J/token is positive: t interval of ln(values), exponentiated
+    logs = [math.log(v) for v in per_token]
+    half = 4.302653 * statistics.stdev(logs) / math.sqrt(3)  # t(0.975, 2) = 4.302653
     assert interval.mean == pytest.approx(statistics.mean(per_token))
-    assert interval.ci95_low == pytest.approx(interval.mean - half, rel=1e-3)
-    assert interval.ci95_high == pytest.approx(interval.mean + half, rel=1e-3)
+    assert interval.ci95_low == pytest.approx(math.exp(statistics.mean(logs) - half), rel=1e-9)
+    assert interval.ci95_high == pytest.approx(math.exp(statistics.mean(logs) + half), rel=1e-9)
+    net = c.net_j_ci95
+    assert net is not None and net.scale == "linear"  # net energy can be negative: linear
     # Top level: all cycles together.
     assert r.total_energy_j == 3010.0 and r.output_tokens == 60
     assert r.avg_energy_per_token_j == pytest.approx(3010.0 / 60)
@@ -105,6 +110,48 @@ def test_cycles_reach_mlflow_as_intervals_and_histories(tmp_path: Path) -> None:
     assert "throughput/output_tokens_per_s_ci95_low" in metrics
     history = client.get_metric_history(outcome.run_id, "cycles/energy_per_output_token_j")
     assert sorted((h.step, h.value) for h in history) == [(0, 50.0), (1, 51.0), (2, 49.5)]
+
+
+def test_two_cycles_publish_no_interval_anywhere(tmp_path: Path) -> None:
+    """Issue 16 item 8: two cycles (t = 12.7) logged time/cycle_s_ci95_low = -170.7 and the like."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    outcome = _run(tmp_path, 2, COUNTER[:6], mlflow=True, tracking_uri=uri)
+    assert outcome.run_id is not None
+    metrics = MlflowClient(uri).get_run(outcome.run_id).data.metrics
+    assert not [k for k in metrics if "_ci95_" in k]
+    c = outcome.result.cycles
+    assert c is not None and c.n == 2
+    for interval in (c.duration_s_ci95, c.output_tokens_per_s_ci95, c.energy_per_output_token_j_ci95):
+        assert interval is not None and interval.std is not None and interval.ci95_low is None
+        assert interval.no_interval_reason is not None
+    (warning,) = [w for w in outcome.result.warnings if w.startswith("No 95 % intervals across cycles")]
+    assert "at least 3" in warning
+    from llem_mlflow.cli import summary
+
+    lines = summary(outcome).splitlines()
+    (tok_s,) = [line for line in lines if line.strip().startswith("tok/s")]
+    assert "[" not in tok_s and "(no interval: fewer than 3 cycles), CV " in tok_s
+
+
+def test_interval_of_a_positive_figure_is_never_below_zero(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    # Gross 100, 3000 and 100 J: a linear J/token interval would reach far below zero.
+    counter = [0.0, 30.0, 100.0, 200.0, 300.0, 3300.0, 3400.0, 3500.0]
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    outcome = _run(tmp_path, 3, counter, mlflow=True, tracking_uri=uri)
+    assert outcome.run_id is not None
+    metrics = MlflowClient(uri).get_run(outcome.run_id).data.metrics
+    low, high = (metrics[f"energy/per_output_token_j_ci95_{side}"] for side in ("low", "high"))
+    per_token = [5.0, 150.0, 5.0]
+    linear_half = 4.302653 * statistics.stdev(per_token) / math.sqrt(3)
+    assert statistics.mean(per_token) - linear_half < 0  # what the linear rule would have published
+    assert 0 < low < 5.0 < 150.0 < high
+    for key in ("time/cycle_s", "throughput/output_tokens_per_s", "energy/net_per_output_token_j"):
+        assert metrics[f"{key}_ci95_low"] <= metrics[f"{key}_ci95_high"]
+    assert metrics["time/cycle_s_ci95_low"] > 0 and metrics["throughput/output_tokens_per_s_ci95_low"] > 0
 
 
 def test_latency_comes_from_per_step_timings(tmp_path: Path) -> None:
@@ -174,7 +221,7 @@ def test_phase_energy_is_apportioned_by_the_trace() -> None:
     from llem_mlflow.protocols import BatchStats
     from llem_mlflow.trace import PowerTrace, TraceSample
 
-    # 1 s window at t=0..1; power 400 W during the first 0.1 s (prefill), 200 W after; samples every 10 ms
+    # 1 s window at t=0..1; power 400 W for the samples before t=0.1 (prefill), 200 W after; every 10 ms
     samples = [
         TraceSample(timestamp_s=i / 100, gpu=0, power_w=400.0 if i < 10 else 200.0) for i in range(101)
     ]
@@ -186,19 +233,47 @@ def test_phase_energy_is_apportioned_by_the_trace() -> None:
     )
     split = phases.split_energy(210.0, PowerTrace(0.01, samples), [0], [(0.0, 1.0)], spans)
     assert split is not None
-    # trace: prefill 0.1 s x 400 W = 40 J, decode 0.8 s x 200 W = 160 J, window ~ 220 J; counter 210 J
-    window_j = PowerTrace(0.01, samples).integrate_j(0, 0.0, 1.0)
-    assert window_j is not None
-    assert split.prefill_j == pytest.approx(210.0 * 40.0 / window_j, rel=0.03)
-    assert split.decode_j == pytest.approx(210.0 * 160.0 / window_j, rel=0.03)
-    assert split.prefill_j + split.decode_j + split.other_j == pytest.approx(210.0)
+    # By hand. Window trace J (trapezoids): 9 x 10 ms at 400 W = 36, 10 ms from 400 to 200 W = 3,
+    # 90 x 10 ms at 200 W = 180: 219 J. Prefill: 0.1 s x the sample nearest its middle (0.05 s: 400 W)
+    # = 40 J; decode: 0.8 s x the sample nearest 0.5 s (200 W) = 160 J. Scale: counter 210 J / 219 J.
+    assert split.prefill_j == pytest.approx(40.0 * 210.0 / 219.0, rel=1e-9)  # 38.356 J
+    assert split.decode_j == pytest.approx(160.0 * 210.0 / 219.0, rel=1e-9)  # 153.425 J
+    assert split.other_j == pytest.approx(210.0 * 19.0 / 219.0, rel=1e-9)  # the 19 J of 219 outside them
+    assert (split.prefill_s, split.decode_s) == pytest.approx((0.1, 0.8))
     untimed = BatchStats(input_tokens=1, output_tokens=1, padded_input_len=1, new_tokens=1, batch_size=1)
     assert phases.batch_spans([0.0], [untimed]) is None
+
+
+def _flat(gpu: int, power_w: float) -> list[TraceSample]:
+    return [TraceSample(timestamp_s=i / 10, gpu=gpu, power_w=power_w) for i in range(11)]
+
+
+def test_phase_split_sums_gpus_and_scales_down_phases_that_exceed_the_window() -> None:
+    from llem_mlflow.phases import PhaseSpans, split_energy
+
+    # Two GPUs at 100 W and 300 W over [0, 1]: window trace 400 J. Prefill 0.25 s -> 25 + 75 = 100 J,
+    # decode 0.5 s -> 50 + 150 = 200 J; counter 800 J is twice the trace: 200, 400 and 200 J other.
+    two = PowerTrace(0.1, [*_flat(0, 100.0), *_flat(1, 300.0)])
+    split = split_energy(800.0, two, [0, 1], [(0.0, 1.0)], PhaseSpans([(0.0, 0.25)], [(0.25, 0.75)]))
+    assert split is not None
+    assert (split.prefill_j, split.decode_j, split.other_j) == pytest.approx((200.0, 400.0, 200.0))
+    # Overlapping spans worth 60 + 60 J of trace against a 100 J window: scaled by 90 / 120, no rest.
+    one = PowerTrace(0.1, _flat(0, 100.0))
+    split = split_energy(90.0, one, [0], [(0.0, 1.0)], PhaseSpans([(0.0, 0.6)], [(0.4, 1.0)]))
+    assert split is not None
+    assert (split.prefill_j, split.decode_j, split.other_j) == pytest.approx((45.0, 45.0, 0.0))
 
 
 def test_gpu_run_reports_phase_energy(tmp_path: Path) -> None:
     r = _run(tmp_path, 2, COUNTER[:6], sleep_s=0.03).result
     pe = r.phase_energy
     assert pe is not None and pe.method.startswith("trace-apportioned")
-    assert pe.prefill_j > 0 and pe.decode_j > 0
-    assert pe.prefill_j + pe.decode_j + pe.other_j == pytest.approx(r.total_energy_j)
+    assert r.cycles is not None and r.total_energy_j == pytest.approx(2020.0)
+    # By hand: 2 cycles x 3 batches, each 0.004 s prefill and 3 decode steps of 0.001 s (FakeBackend);
+    # spans are epoch seconds, whose float spacing (~0.2 us) sets the tolerance.
+    assert (pe.prefill_s, pe.decode_s) == pytest.approx((6 * 0.004, 6 * 3 * 0.001), abs=1e-5)
+    # The trace is a flat 150 W, so each phase's share of the counter is its share of the windows' time.
+    measured_s = sum(c.duration_s for c in r.cycles.records)
+    assert pe.prefill_j == pytest.approx(2020.0 * pe.prefill_s / measured_s, rel=1e-6)
+    assert pe.decode_j == pytest.approx(2020.0 * pe.decode_s / measured_s, rel=1e-6)
+    assert pe.other_j == pytest.approx(2020.0 * (1 - (pe.prefill_s + pe.decode_s) / measured_s), rel=1e-6)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,158 +9,7 @@ import pytest
 from llem_mlflow.device import NvmlSession, try_open_session
 from llem_mlflow.errors import DeviceError
 from llem_mlflow.protocols import CudaDeviceId
-
-
-class FakeNVMLError(Exception):
-    """Stands in for pynvml.NVMLError."""
-
-
-@dataclass
-class FakeGpu:
-    uuid: str
-    bus_id: str
-    name: str = "NVIDIA H200"
-    energy_mj: int = 0
-    power_avg_mw: int = 115_900
-    power_instant_mw: int | None = 80_700  # None: field unsupported
-    mig_mode: int | None = None  # None: GetMigMode not supported
-    fail_energy: bool = False
-    fail_temperature: bool = False
-    has_event_reasons: bool = True
-    pids: list[int] | None = None  # compute processes listed; None: the call is not supported
-    only_v2_processes: bool = False  # the driver lacks the v3 process call (pynvml: library mismatch)
-
-
-class FakeLibraryMismatchError(Exception):
-    """Stands in for pynvml.NVMLLibraryMismatchError, which is not an NVMLError."""
-
-
-class FakeNvml:
-    """The subset of pynvml that llem_mlflow.device uses; strings returned as bytes like older pynvml."""
-
-    NVMLError = FakeNVMLError
-    NVMLLibraryMismatchError = FakeLibraryMismatchError
-    NVML_FI_DEV_POWER_INSTANT = 186
-    NVML_TEMPERATURE_GPU = 0
-    NVML_CLOCK_SM = 1
-    NVML_FEATURE_ENABLED = 1
-
-    def __init__(self, gpus: list[FakeGpu], fail_init: bool = False, as_bytes: bool = True) -> None:
-        self.gpus = gpus
-        self.fail_init = fail_init
-        self.as_bytes = as_bytes
-        self.initialised = False
-        self.shutdowns = 0
-        self.uuid_lookups: list[str] = []
-
-    def _s(self, text: str) -> str | bytes:
-        return text.encode() if self.as_bytes else text
-
-    def nvmlInit(self) -> None:
-        if self.fail_init:
-            raise FakeNVMLError("Driver Not Loaded")
-        self.initialised = True
-
-    def nvmlShutdown(self) -> None:
-        self.shutdowns += 1
-
-    def nvmlSystemGetDriverVersion(self) -> str | bytes:
-        return self._s("580.159.04")
-
-    def nvmlSystemGetNVMLVersion(self) -> str | bytes:
-        return self._s("13.580.159.04")
-
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self.gpus)
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> FakeGpu:
-        return self.gpus[i]
-
-    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> FakeGpu:
-        self.uuid_lookups.append(uuid)
-        for gpu in self.gpus:
-            if gpu.uuid == uuid:
-                return gpu
-        raise FakeNVMLError("Not Found")
-
-    def nvmlDeviceGetHandleByPciBusId(self, bus_id: str) -> FakeGpu:
-        for gpu in self.gpus:
-            if gpu.bus_id.lower() == bus_id.lower():
-                return gpu
-        raise FakeNVMLError("Not Found")
-
-    def nvmlDeviceGetIndex(self, h: FakeGpu) -> int:
-        return self.gpus.index(h)
-
-    def nvmlDeviceGetName(self, h: FakeGpu) -> str | bytes:
-        return self._s(h.name)
-
-    def nvmlDeviceGetUUID(self, h: FakeGpu) -> str | bytes:
-        return self._s(h.uuid)
-
-    def nvmlDeviceGetPciInfo(self, h: FakeGpu) -> Any:
-        return SimpleNamespace(busId=self._s(h.bus_id))
-
-    def nvmlDeviceGetMemoryInfo(self, h: FakeGpu) -> Any:
-        return SimpleNamespace(total=150_000_000_000, used=2_000_000_000, free=0)
-
-    def nvmlDeviceGetEnforcedPowerLimit(self, h: FakeGpu) -> int:
-        return 700_000
-
-    def nvmlDeviceGetPersistenceMode(self, h: FakeGpu) -> int:
-        return 1
-
-    def nvmlDeviceGetCudaComputeCapability(self, h: FakeGpu) -> tuple[int, int]:
-        return (9, 0)
-
-    def nvmlDeviceGetMigMode(self, h: FakeGpu) -> list[int]:
-        if h.mig_mode is None:
-            raise FakeNVMLError("Not Supported")
-        return [h.mig_mode, h.mig_mode]
-
-    def nvmlDeviceGetTotalEnergyConsumption(self, h: FakeGpu) -> int:
-        if h.fail_energy:
-            raise FakeNVMLError("Not Supported")
-        return h.energy_mj
-
-    def nvmlDeviceGetPowerUsage(self, h: FakeGpu) -> int:
-        return h.power_avg_mw
-
-    def nvmlDeviceGetFieldValues(self, h: FakeGpu, ids: list[int]) -> list[Any]:
-        if ids != [self.NVML_FI_DEV_POWER_INSTANT]:
-            raise FakeNVMLError("Invalid Argument")
-        if h.power_instant_mw is None:
-            return [SimpleNamespace(nvmlReturn=3, valueType=1, value=SimpleNamespace(uiVal=0))]
-        return [SimpleNamespace(nvmlReturn=0, valueType=1, value=SimpleNamespace(uiVal=h.power_instant_mw))]
-
-    def nvmlDeviceGetTemperature(self, h: FakeGpu, sensor: int) -> int:
-        if h.fail_temperature:
-            raise FakeNVMLError("Not Supported")
-        return 41
-
-    def nvmlDeviceGetClockInfo(self, h: FakeGpu, clock: int) -> int:
-        return 1980 if clock == self.NVML_CLOCK_SM else 0
-
-    def nvmlDeviceGetUtilizationRates(self, h: FakeGpu) -> Any:
-        return SimpleNamespace(gpu=97, memory=40)
-
-    def nvmlDeviceGetCurrentClocksEventReasons(self, h: FakeGpu) -> int:
-        if not h.has_event_reasons:
-            raise FakeNVMLError("Function Not Found")
-        return 0x4
-
-    def nvmlDeviceGetCurrentClocksThrottleReasons(self, h: FakeGpu) -> int:
-        return 0x20
-
-    def nvmlDeviceGetComputeRunningProcesses(self, h: FakeGpu) -> list[Any]:
-        if h.only_v2_processes:
-            raise FakeLibraryMismatchError("use a versioned function")
-        return self.nvmlDeviceGetComputeRunningProcesses_v2(h)
-
-    def nvmlDeviceGetComputeRunningProcesses_v2(self, h: FakeGpu) -> list[Any]:
-        if h.pids is None:
-            raise FakeNVMLError("Not Supported")
-        return [SimpleNamespace(pid=pid, usedGpuMemory=1 << 20) for pid in h.pids]
+from tests.fakes import FakeGpu, FakeNvml, FakeNVMLError
 
 
 def three_gpus() -> list[FakeGpu]:
@@ -311,10 +158,9 @@ def test_compute_processes_fall_back_to_v2_call_on_library_mismatch() -> None:
     assert device.slow_reading().compute_processes == 3
 
 
-def test_session_versions_and_all_gpus_with_str_returns() -> None:
+def test_session_driver_version_and_all_gpus_with_str_returns() -> None:
     session, _ = open_fake(three_gpus(), as_bytes=False)
     assert session.driver_version() == "580.159.04"
-    assert session.nvml_version() == "13.580.159.04"
     infos = session.all_gpus()
     assert [(g.cuda_index, g.nvml_index, g.uuid) for g in infos] == [
         (-1, 0, "GPU-000"),

@@ -11,8 +11,6 @@ import pytest
 from llem_mlflow.flops import (
     FLOPS_METHOD,
     PhaseFlops,
-    attended_pairs,
-    batch_flops,
     decode_pairs,
     estimate_generation_flops,
     estimate_phase_flops,
@@ -43,22 +41,21 @@ def test_hand_computed_example() -> None:
     assert estimate_generation_flops(SHAPE, [stats(3, 2, 2), stats(1, 1, 1)]) == 2320.0 + 252.0
 
 
-def test_attended_pairs_matches_a_step_by_step_count() -> None:
+def test_attended_pairs_match_a_step_by_step_count() -> None:
     for length in (1, 5, 17):
         for new in (1, 2, 9):
-            prefill = sum(range(1, length + 1))
-            decode = sum(length + step for step in range(1, new))
-            assert attended_pairs(length, new) == prefill + decode
+            assert prefill_pairs(length) == sum(range(1, length + 1))
+            assert decode_pairs(length, new) == sum(length + step for step in range(1, new))
 
 
 def test_empty_workload_and_zero_new_tokens_are_zero() -> None:
     assert estimate_generation_flops(SHAPE, []) == 0.0
-    assert batch_flops(SHAPE, stats(8, 0, 4)) == 0.0
+    assert estimate_generation_flops(SHAPE, [stats(8, 0, 4)]) == 0.0
 
 
 def test_flops_scale_with_batch_size() -> None:
-    one = batch_flops(SHAPE, stats(7, 5, 1))
-    assert batch_flops(SHAPE, stats(7, 5, 3)) == 3 * one
+    one = estimate_generation_flops(SHAPE, [stats(7, 5, 1)])
+    assert estimate_generation_flops(SHAPE, [stats(7, 5, 3)]) == 3 * one
 
 
 def test_method_is_named() -> None:
@@ -130,7 +127,7 @@ def test_phases_add_up_to_the_total_exactly_on_random_workloads() -> None:
         refs = [_reference_phases(shape, b) for b in batches]
         assert phases.prefill == float(sum(p for p, _ in refs))
         assert phases.decode == float(sum(d for _, d in refs))
-        assert math.isclose(total, sum(batch_flops(shape, b) for b in batches), rel_tol=1e-12)
+        assert math.isclose(total, sum(estimate_generation_flops(shape, [b]) for b in batches), rel_tol=1e-12)
 
 
 def test_zero_new_tokens_has_no_phases() -> None:

@@ -65,7 +65,7 @@ def test_ctrl_c_in_the_second_cycle_keeps_the_first_and_the_run_ends_killed(tmp_
 
 
 def test_ctrl_c_in_warm_up_keeps_nothing_and_leaves_no_folder(tmp_path: Path) -> None:
-    with pytest.raises(RunInterrupted, match="interrupted during warm-up: no cycle had completed; nothing"):
+    with pytest.raises(RunInterrupted, match="during warm-up: no measured batch had completed; nothing"):
         execute(_cfg(tmp_path), backend=FakeBackend(on_generate=_ctrl_c_at(1)), store_probe=lambda c: None)
     assert list((tmp_path / "out").iterdir()) == []
     exp = MlflowClient().get_experiment_by_name("interrupts")
@@ -82,7 +82,7 @@ def test_ctrl_c_in_the_gpu_baseline_keeps_the_partial_trace(tmp_path: Path) -> N
     backend = FakeBackend(device="cuda", cuda_devices=[CUDA0])
     cfg = _cfg(tmp_path, baseline_s=0.1, idle_settle_max_s=0)
     with pytest.raises(
-        RunInterrupted, match="interrupted during idle baseline: no cycle had completed; kept"
+        RunInterrupted, match="interrupted during idle baseline: no measured batch had completed; kept"
     ):
         execute(cfg, backend=backend, gpus=gpus, store_probe=lambda c: None)
     (folder,) = (tmp_path / "out").iterdir()
@@ -127,10 +127,17 @@ def test_a_signal_while_measuring_exits_130_in_one_line_and_keeps_the_result(
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
-    last = [line for line in err.splitlines() if line.startswith("[llem] error") or "interrupted" in line]
-    assert len(last) == 1 and "interrupted during cycle 1 of 3: no cycle had completed" in last[0], err
+    last = [line for line in err.splitlines() if line.startswith("error:") or "interrupted again" in line]
+    assert len(last) == 1 and "during cycle 1 of 3: kept 0 of 3 completed cycle(s) and " in last[0], err
     assert "Traceback" not in err
-    assert list((tmp_path / "out").iterdir()) == []  # CPU: no power trace, so nothing to keep
+    (folder,) = (tmp_path / "out").iterdir()  # CPU: the completed batches of cycle 1 (no energy)
+    result = artifacts.read_result_json(folder / "result.json")
+    assert result.status == "interrupted" and result.cycles is not None
+    (record,) = result.cycles.records
+    assert record.partial is not None and record.partial.batches == 400
+    assert 0 < record.partial.completed_batches < 400
+    assert result.output_tokens == record.partial.completed_batches * 8 and result.total_energy_j is None
+    assert f"and {record.partial.completed_batches} of 400 batches of cycle 1" in last[0], err
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """NVML faults injected through fakes: each rule of docs/reliability/nvml-faults.md, then whole runs.
 
 Faults: a read that errors or is NotSupported mid-run, a counter that goes backwards or wraps, a GPU
-that is lost, and a MIG GPU. No fault may crash a run or leave a wrong energy without a warning.
+that is lost, and a MIG GPU. No fault may crash a run or leave a wrong energy without a warning; whole
+runs are checked down to each cycle's record, the intervals, the flags and what MLflow received.
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ from llem_mlflow.energy import (
 )
 from llem_mlflow.errors import DeviceError
 from llem_mlflow.protocols import CudaDeviceId
-from llem_mlflow.result import ExperimentResult
+from llem_mlflow.result import CycleRecord, ExperimentResult, GpuEnergy
 from llem_mlflow.runner import GpuSet, Outcome, _nvml_gpus, execute
 from llem_mlflow.sampler import PowerSampler
 from llem_mlflow.trace import PowerTrace, TraceSample
-from tests.fakes import FakeBackend, FakeDevice
-from tests.unit.test_device import FakeGpu, FakeNvml, FakeNVMLError
+from tests.fakes import FakeBackend, FakeDevice, FakeGpu, FakeNvml, FakeNVMLError
 
 NOT_SUPPORTED = DeviceError("Reading the power of GPU 0 (Fake GPU) failed: Not Supported.")
 UNKNOWN = DeviceError("Reading the energy counter of GPU 0 (Fake GPU) failed: Unknown Error.")
@@ -199,7 +199,7 @@ def test_counter_wrap_is_taken_across_when_consistent_with_2_64_mj() -> None:
     assert implausible.energy_j == {} and "went backwards" in implausible.unknown[0]
 
 
-# --- Breakdown: unknown GPUs are left out, net is null; sparse traces skip the cross-check ---
+# --- Breakdown: an unknown GPU has a null gross, so has the total; sparse traces skip the cross-check ---
 
 
 def flat_trace(gpus: Iterable[int], start_s: float, end_s: float, step_s: float) -> PowerTrace:
@@ -216,15 +216,18 @@ def two_gpus() -> list[FakeDevice]:
     return [FakeDevice(cuda_index=0), FakeDevice(cuda_index=1, uuid="GPU-fake-1")]
 
 
-def test_breakdown_leaves_an_unknown_gpu_out_and_nulls_net() -> None:
+def test_breakdown_never_presents_a_partial_sum_as_gross() -> None:
     infos = [d.info for d in two_gpus()]
     idle = CounterWindow(start_s=0.0, end_s=2.0, energy_j={0: 100.0, 1: 80.0})
     window = CounterWindow(start_s=10.0, end_s=15.0, energy_j={0: 500.0}, unknown={1: "lost"})
     breakdown = build_breakdown(window, idle, flat_trace([0, 1], 10.0, 15.0, 0.1), infos)
-    assert [g.cuda_index for g in breakdown.per_gpu] == [0]
-    assert breakdown.gross_j == 500.0 and breakdown.idle_power_w == pytest.approx(90.0)
+    assert breakdown.gross_j is None and breakdown.partial_gross_j == 500.0
+    assert breakdown.unknown_gpu_windows == 1 and breakdown.idle_power_w == pytest.approx(90.0)
     assert breakdown.net_j is None and breakdown.edge_uncertainty_j is None
-    assert breakdown.per_gpu[0].net_j == pytest.approx(250.0)  # GPU 0's own figures stay
+    gpu0, gpu1 = breakdown.per_gpu
+    assert gpu0.gross_j == 500.0 and gpu0.net_j == pytest.approx(250.0)  # GPU 0's own figures stay
+    assert (gpu1.gross_j, gpu1.partial_gross_j, gpu1.unknown_windows) == (None, None, 1)
+    assert gpu1.idle_power_w == pytest.approx(40.0) and gpu1.net_j is None
 
 
 def test_summed_breakdown_marks_a_gpu_missing_from_one_window_as_partial() -> None:
@@ -235,10 +238,19 @@ def test_summed_breakdown_marks_a_gpu_missing_from_one_window_as_partial() -> No
     idle = CounterWindow(start_s=0.0, end_s=2.0, energy_j={0: 100.0, 1: 80.0})
     total = sum_breakdowns([build_breakdown(w, idle, trace, infos) for w in (first, second)])
     gpu0, gpu1 = total.per_gpu
-    assert total.gross_j == 1200.0 and gpu0.gross_j == 900.0 and gpu1.gross_j == 300.0
+    assert (total.gross_j, total.partial_gross_j, total.unknown_gpu_windows) == (None, 1200.0, 1)
+    assert gpu0.gross_j == 900.0 and gpu0.partial_gross_j is None and gpu0.unknown_windows == 0
+    assert (gpu1.gross_j, gpu1.partial_gross_j, gpu1.unknown_windows) == (None, 300.0, 1)
     assert gpu0.net_j is not None and gpu0.trace_integral_j is not None
     assert gpu1.net_j is None and gpu1.trace_integral_j is None and gpu1.counter_vs_trace_pct is None
     assert total.net_j is None and total.edge_uncertainty_j is None
+
+
+def test_a_partial_gross_cannot_be_written_as_a_total() -> None:
+    with pytest.raises(ValueError, match="gross_j must be null"):
+        GpuEnergy(cuda_index=0, uuid="GPU-0", gross_j=300.0, unknown_windows=1)
+    with pytest.raises(ValueError, match="partial_gross_j is only set"):
+        GpuEnergy(cuda_index=0, uuid="GPU-0", gross_j=300.0, partial_gross_j=300.0)
 
 
 def test_sparse_trace_skips_the_cross_check_with_a_warning() -> None:
@@ -265,15 +277,28 @@ def cfg(tmp_path: Path, **kw: object) -> ExperimentConfig:
     return ExperimentConfig.model_validate({**base, **kw})
 
 
-def run(tmp_path: Path, devices: list[FakeDevice], backend: FakeBackend, **kw: object) -> ExperimentResult:
+def execute_on(tmp_path: Path, devices: list[FakeDevice], backend: FakeBackend, **kw: object) -> Outcome:
     outcome: Outcome = execute(
         cfg(tmp_path, **kw),
         backend=backend,
         gpus=lambda ids: GpuSet(devices=devices, driver_version="580.159.04"),
+        store_probe=lambda c: None,
     )
     saved = ExperimentResult.model_validate_json((outcome.result_dir / "result.json").read_text())
     assert saved == outcome.result  # the file is written and reads back
-    return outcome.result
+    return outcome
+
+
+def run(tmp_path: Path, devices: list[FakeDevice], backend: FakeBackend, **kw: object) -> ExperimentResult:
+    return execute_on(tmp_path, devices, backend, **kw).result
+
+
+def assert_energy_unknown(record: CycleRecord, gpus: list[int]) -> None:
+    """A cycle with an unknown counter delta: every energy figure null, the GPUs named."""
+    assert record.unknown_gpus == gpus
+    energy = (record.gross_j, record.net_j, record.edge_uncertainty_j)
+    assert energy + (record.energy_per_output_token_j, record.net_energy_per_output_token_j) == (None,) * 5
+    assert record.duration_s > 0 and record.output_tokens > 0  # time and tokens are still measured
 
 
 def cuda_backend(gpus: int = 1, on_generate: Callable[[], None] | None = None) -> FakeBackend:
@@ -286,17 +311,74 @@ def cuda_backend(gpus: int = 1, on_generate: Callable[[], None] | None = None) -
 
 
 def test_run_with_a_counter_read_failing_at_a_cycle_edge(tmp_path: Path) -> None:
+    """Issue 16 item 1: the failed cycle made up a 0 J cycle and a J/token interval of [-365.8, 428.3]."""
+    from mlflow import MlflowClient
+
     # Reads: idle start, idle end, cycle 1 start, end, cycle 2 start, end (every attempt fails).
     device = FakeDevice(energy_script=[10_000.0, 10_030.0, 10_100.0, 11_100.0, 11_200.0, *[UNKNOWN] * 3])
-    r = run(tmp_path, [device], cuda_backend(), cycles=2)
-    assert r.energy is not None and r.energy_source == "nvml"
-    assert r.total_energy_j is None and r.energy.gross_j == 1000.0  # cycle 1's delta kept, the total null
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    outcome = execute_on(tmp_path, [device], cuda_backend(), cycles=2, mlflow=True, tracking_uri=uri)
+    r = outcome.result
+    assert r.energy is not None and r.energy_source == "nvml" and r.cycles is not None
+    # Each cycle: the first complete, the second has no energy at all (not 0 J), so no J/token interval.
+    assert [c.gross_j for c in r.cycles.records] == [1000.0, None]
+    per_token = r.cycles.energy_per_output_token_j_ci95
+    assert per_token is not None and (per_token.ci95_low, per_token.ci95_high) == (None, None)
+    # What MLflow holds: no made-up figure, the flag as a tag, histories without the unknown cycle.
+    client = MlflowClient(uri)
+    assert outcome.run_id is not None
+    logged = client.get_run(outcome.run_id).data
+    made_up = {"energy/total_j", "energy/gross_j", "energy/gpu0_j", "energy/per_output_token_j"}
+    made_up |= {f"energy/per_output_token_j_ci95_{side}" for side in ("low", "high")}
+    assert not made_up & set(logged.metrics)
+    history = client.get_metric_history(outcome.run_id, "cycles/gross_j")
+    assert [(h.step, h.value) for h in history] == [(0, 1000.0)]
+    assert len(client.get_metric_history(outcome.run_id, "cycles/duration_s")) == 2
+    assert logged.tags["llem.quality.energy_incomplete"].startswith("The energy counter delta of 1 of 2")
+    assert "energy_incomplete" in r.quality_flags
+    # The records in detail, and the intervals: the energy ones rest on cycle 1 alone.
+    first, second = r.cycles.records
+    assert first.unknown_gpus == []
+    assert first.energy_per_output_token_j == pytest.approx(1000.0 / first.output_tokens)
+    assert_energy_unknown(second, [0])
+    for interval in (r.cycles.gross_j_ci95, per_token):
+        assert interval is not None and interval.n == 1 and interval.left_out == [1]
+        assert (interval.ci95_low, interval.ci95_high) == (None, None)
+    assert r.cycles.gross_j_ci95 is not None and r.cycles.gross_j_ci95.values == [1000.0]
+    assert r.cycles.output_tokens_per_s_ci95.ci95_low is None  # two cycles: no bounds at all
+    assert "Energy intervals across cycles rest on 1 of 2 cycles: cycle 2/2 left out" in "\n".join(r.warnings)
+    # The total and the breakdown: null, the known part apart and named as partial.
+    assert r.total_energy_j is None and r.avg_energy_per_token_j is None
+    assert (r.energy.gross_j, r.energy.partial_gross_j, r.energy.unknown_gpu_windows) == (None, 1000.0, 1)
+    (gpu,) = r.energy.per_gpu
+    assert (gpu.gross_j, gpu.partial_gross_j, gpu.unknown_windows) == (None, 1000.0, 1)
+    assert r.energy.net_j is None and r.energy.edge_uncertainty_j is None
     assert any(
         w.startswith("Total energy not reported (null): the counter delta of GPU 0") for w in r.warnings
     )
-    assert r.energy.net_j is None and r.energy.edge_uncertainty_j is None
     (warning,) = [w for w in r.warnings if w.startswith("GPU 0, cycle 2/2:")]
-    assert "could not be read at the end edge" in warning and "too low (incomplete)" in warning
+    assert "could not be read at the end edge" in warning and "too low" not in warning
+    from llem_mlflow.cli import summary
+
+    (energy_line,) = [line for line in summary(outcome).splitlines() if line.startswith("energy ")]
+    assert "unknown: the counter delta of 1 (GPU, window) pair(s)" in energy_line
+    assert "the known part is 1,000 J" in energy_line and "not measured" not in energy_line
+
+
+def test_energy_intervals_rest_on_the_cycles_whose_energy_is_known(tmp_path: Path) -> None:
+    # Idle, then 4 cycles of 1000, 1020, (end read fails), 990 J: the interval rests on 3 of them.
+    script = [0.0, 30.0, 100.0, 1100.0, 1200.0, 2220.0, 2300.0, *[UNKNOWN] * 3, 3400.0, 4390.0]
+    r = run(tmp_path, [FakeDevice(energy_script=script)], cuda_backend(), cycles=4)
+    assert r.cycles is not None
+    assert [c.gross_j for c in r.cycles.records] == [1000.0, 1020.0, None, 990.0]
+    assert_energy_unknown(r.cycles.records[2], [0])
+    gross = r.cycles.gross_j_ci95
+    assert gross is not None and gross.values == [1000.0, 1020.0, 990.0] and gross.left_out == [2]
+    assert gross.ci95_low is not None and gross.ci95_high is not None
+    assert 900.0 < gross.ci95_low < 990.0 and 1020.0 < gross.ci95_high < 1100.0
+    assert r.cycles.duration_s_ci95.n == 4  # time is known in every cycle
+    assert r.total_energy_j is None and "energy_incomplete" in r.quality_flags
+    assert "rest on 3 of 4 cycles: cycle 3/4 left out" in "\n".join(r.warnings)
 
 
 def test_run_with_every_power_read_failing_and_idle_settle(tmp_path: Path) -> None:
@@ -318,8 +400,13 @@ def test_run_with_a_gpu_lost_mid_cycle(tmp_path: Path) -> None:
     gpu0 = FakeDevice(cuda_index=0, energy_script=[10_000.0, 10_030.0, 10_100.0, 11_100.0])
     gpu1 = FakeDevice(cuda_index=1, uuid="GPU-fake-1", energy_script=[20_000.0, 20_020.0, 20_100.0])
     r = run(tmp_path, [gpu0, gpu1], cuda_backend(2, on_generate=gpu1.lose))
-    assert r.energy is not None and [g.cuda_index for g in r.energy.per_gpu] == [0]
-    assert r.total_energy_j is None and r.energy.gross_j == 1000.0 and r.energy.net_j is None
+    assert r.energy is not None and [g.cuda_index for g in r.energy.per_gpu] == [0, 1]
+    assert [g.gross_j for g in r.energy.per_gpu] == [1000.0, None]  # GPU 0 complete, GPU 1 unknown
+    assert r.energy.per_gpu[1].partial_gross_j is None and r.energy.per_gpu[1].unknown_windows == 1
+    assert r.total_energy_j is None and r.energy.gross_j is None and r.energy.partial_gross_j == 1000.0
+    assert r.energy.net_j is None and r.cycles is not None
+    assert_energy_unknown(r.cycles.records[0], [1])
+    assert "energy_incomplete" in r.quality_flags
     assert any(w.startswith("GPU 1, cycle 1/1: its energy counter could not be read") for w in r.warnings)
     assert any("GPU 1 was lost" in w for w in r.warnings)
     assert gpu1.energy_reads == 4  # the lost GPU's end read was not retried
@@ -328,9 +415,15 @@ def test_run_with_a_gpu_lost_mid_cycle(tmp_path: Path) -> None:
 def test_run_with_its_only_gpu_lost_is_flagged_not_silent(tmp_path: Path) -> None:
     device = FakeDevice(energy_script=[10_000.0, 10_030.0, 10_100.0])
     r = run(tmp_path, [device], cuda_backend(on_generate=device.lose))
-    assert r.total_energy_j is None and r.energy is not None and r.energy.per_gpu == []
-    assert r.avg_energy_per_token_j is None
-    assert any(w.startswith("GPU 0, cycle 1/1:") and "too low" in w for w in r.warnings)
+    assert r.total_energy_j is None and r.energy is not None and r.avg_energy_per_token_j is None
+    assert (r.energy.gross_j, r.energy.partial_gross_j) == (None, None)  # nothing known: no 0 J
+    (gpu,) = r.energy.per_gpu
+    assert (gpu.gross_j, gpu.partial_gross_j, gpu.unknown_windows) == (None, None, 1)
+    assert r.cycles is not None and r.cycles.energy_per_output_token_j_ci95 is None
+    assert_energy_unknown(r.cycles.records[0], [0])
+    assert any(w.startswith("GPU 0, cycle 1/1:") and "is unknown" in w for w in r.warnings)
+    assert "energy_incomplete" in r.quality_flags  # flagged, not a 0 J/token left to another rule
+    assert "energy_per_token_out_of_bounds" not in r.quality_flags
 
 
 def test_run_with_a_counter_going_backwards(tmp_path: Path) -> None:
@@ -338,7 +431,9 @@ def test_run_with_a_counter_going_backwards(tmp_path: Path) -> None:
     gpu1 = FakeDevice(cuda_index=1, uuid="GPU-fake-1", energy_script=[20_000.0, 20_020.0, 20_100.0, 7.0])
     r = run(tmp_path, [gpu0, gpu1], cuda_backend(2))
     assert r.total_energy_j is None and r.energy is not None and r.energy.net_j is None
-    assert all(g.gross_j >= 0 for g in r.energy.per_gpu)
+    assert [g.gross_j for g in r.energy.per_gpu] == [1000.0, None]  # never negative, never made up
+    assert r.cycles is not None and r.cycles.gross_j_ci95 is None
+    assert_energy_unknown(r.cycles.records[0], [1])
     backwards = "GPU 1, cycle 1/1: its energy counter went backwards by 20093.000 J"
     assert any(w.startswith(backwards) for w in r.warnings)
 
@@ -348,6 +443,9 @@ def test_run_with_a_counter_read_failing_in_the_idle_baseline(tmp_path: Path) ->
     r = run(tmp_path, [device], cuda_backend())
     assert r.total_energy_j == 1000.0 and r.energy is not None  # the measured window is complete
     assert r.energy.idle_power_w is None and r.energy.net_j is None
+    assert r.cycles is not None and r.cycles.records[0].gross_j == 1000.0
+    assert r.cycles.records[0].net_j is None and r.cycles.records[0].unknown_gpus == []
+    assert "energy_incomplete" not in r.quality_flags  # gross is complete: only net is unknown
     idle = "GPU 0, idle baseline: its energy counter could not be read"
     assert any(w.startswith(idle) for w in r.warnings)
 
@@ -361,6 +459,9 @@ def test_steady_state_run_with_the_first_counter_mark_failing(tmp_path: Path) ->
     assert r.steady_state is not None and device.energy_reads == len(script)
     assert r.steady_state.trimmed_batches == [0]  # flat power: no ramp, the window starts at the failed mark
     assert r.total_energy_j is None and r.avg_energy_per_token_j is None
+    assert r.steady_state.full_window_gross_j == [None]  # the ramp window lost its start edge too
+    assert r.cycles is not None
+    assert_energy_unknown(r.cycles.records[0], [0])
     assert any(w.startswith("GPU 0, cycle 1/1") and "start edge" in w for w in r.warnings)
 
 

@@ -92,6 +92,8 @@ def test_compare_figure_numeric_and_categorical(tmp_path: Path) -> None:
     bs16, _ = load("h200_gpt2_bs16")
     rows = compare([("bs8", None, bs8), ("bs16", None, bs16)]).rows
     png_size(plots.compare_figure(rows, "batch_size", tmp_path / "numeric.png"))
+    drawn = plots.draw_compare(rows, "batch_size", tmp_path / "again.png")
+    assert drawn.panels == ((plots.J_PER_TOKEN, 2), (plots.TOKENS_PER_S, 2))
     png_size(plots.compare_figure(rows, "run", tmp_path / "categorical.png"))
     assert plots._positions([8, 16]) == ([8.0, 16.0], None)
     assert plots._positions(["bf16", "fp16", "bf16"]) == ([0.0, 1.0, 0.0], ["bf16", "fp16"])
@@ -100,7 +102,11 @@ def test_compare_figure_numeric_and_categorical(tmp_path: Path) -> None:
 def test_compare_figure_without_energy(cpu_result: ExperimentResult, tmp_path: Path) -> None:
     other = cpu_result.model_copy(update={"avg_tokens_per_second": 80.0})
     rows = compare([("a", None, cpu_result), ("b", None, other)]).rows
-    png_size(plots.compare_figure(rows, "run", tmp_path / "cpu.png"))
+    drawn = plots.draw_compare(rows, "run", tmp_path / "cpu.png")
+    width, height = png_size(drawn.path)
+    assert width > 2 * height  # three panels: no empty J/token panel
+    # this sample has no latency block: those panels say "not measured" and hold no point
+    assert drawn.panels == ((plots.TOKENS_PER_S, 2), (plots.TTFT_MS, 0), (plots.ITL_MS, 0))
 
 
 def test_matplotlib_is_imported_only_when_drawing() -> None:

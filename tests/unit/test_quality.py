@@ -11,6 +11,7 @@ from llem_mlflow.quality import (
     THROTTLE_SLOWDOWN_BITS,
     QualityFlag,
     QualityInputs,
+    check_energy_incomplete,
     check_energy_per_token,
     check_idle_drift,
     check_net_below_uncertainty,
@@ -234,6 +235,17 @@ def test_energy_per_token_ceiling_skipped_without_tokens() -> None:
     assert check_energy_per_token(5.0, 100.0, 10.0, 0) is None
 
 
+# energy_incomplete ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("unknown", "fires"), [(0, False), (1, True), (4, True)])
+def test_energy_incomplete_fires_on_any_unknown_delta(unknown: int, fires: bool) -> None:
+    flag = check_energy_incomplete(unknown, 4)
+    assert _name(flag) == ("energy_incomplete" if fires else None)
+    if flag is not None:
+        assert flag.message.startswith(f"The energy counter delta of {unknown} of 4 (GPU, measured window)")
+
+
 # evaluate ---------------------------------------------------------------------------------------
 
 
@@ -247,6 +259,7 @@ def test_energy_per_token_ceiling_skipped_without_tokens() -> None:
         ({"other_processes": 2}, "other_processes"),
         ({"idle_after_w": 95.0}, "idle_drift"),
         ({"energy_per_token_j": 50.0}, "energy_per_token_out_of_bounds"),
+        ({"unknown_gpu_windows": 1, "gpu_windows": 3}, "energy_incomplete"),
     ],
 )
 def test_evaluate_runs_each_rule(change: dict[str, object], name: str) -> None:
@@ -265,6 +278,8 @@ def test_evaluate_all_rules_in_order() -> None:
         other_processes=1,
         idle_after_w=120.0,
         energy_per_token_j=-1.0,
+        unknown_gpu_windows=2,
+        gpu_windows=4,
     )
     assert [f.name for f in evaluate(bad)] == list(RULE_NAMES)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 from pathlib import Path
 
 import pytest
 
-from llem_mlflow.rapl import RaplReader, RaplZone, cpu_energy_j
+from llem_mlflow.rapl import RaplReader, RaplReading, RaplZone, cpu_energy_j
 
 MAX_UJ = 262143328850  # the usual Intel package range
 
@@ -208,3 +210,57 @@ def test_colliding_keys_get_a_suffix(tmp_path: Path) -> None:
     zone(pkg, "intel-rapl:0:1", "dram", 3)
     reader = open_ok(tmp_path)
     assert [z.key for z in reader.zones] == ["package-0", "dram-0", "dram-0-2"]
+
+
+# ---------------------------------------------------------------- a wrap inside a window is reported
+
+
+def test_a_wrap_is_warned_with_its_period_at_the_power_seen(two_socket: dict[str, Path]) -> None:
+    reader = open_ok(two_socket["root"])
+    start = RaplReading({"package-0": MAX_UJ - 1_000_000, "dram-0": 10, "package-1": 0, "dram-1": 0}, 100.0)
+    end = RaplReading({"package-0": 2_000_000, "dram-0": 20, "package-1": 5, "dram-1": 0}, 110.0)
+    assert reader.delta_j(start, end)["package-0"] == pytest.approx(3.000001)
+    [warning] = reader.warnings  # package-0 only: the others went up
+    # 3.000001 J in 10 s is 0.3 W: the 262 kJ range lasts (MAX_UJ + 1) / 1e6 / 0.3 s = 873,811 s at that power
+    assert warning.startswith("CPU energy, RAPL zone package-0: the counter wrapped during the window")
+    assert (
+        "one wrap was assumed (3.0 J)" in warning and "At the 0.3 W seen it wraps every 873811 s" in warning
+    )
+    reader.delta_j(end, RaplReading({**end, "package-0": 3_000_000}, 120.0))
+    assert len(reader.warnings) == 1  # no wrap, no warning
+
+
+def test_a_wrap_between_plain_reads_is_warned_without_a_period(two_socket: dict[str, Path]) -> None:
+    reader = open_ok(two_socket["root"])
+    reader.delta_j({"dram-1": 65532610987}, {"dram-1": 5})
+    assert len(reader.warnings) == 1 and "RAPL zone dram-1" in reader.warnings[0]
+    assert "wraps every" not in reader.warnings[0]
+
+
+def test_reads_know_when_they_were_taken(two_socket: dict[str, Path]) -> None:
+    reader = open_ok(two_socket["root"])
+    before = time.time()
+    reading = reader.read()
+    assert isinstance(reading, RaplReading) and before <= reading.at_s <= time.time()
+
+
+def test_a_wrap_in_a_measured_window_reaches_the_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llem_mlflow import measure
+    from llem_mlflow.config import ExperimentConfig
+    from llem_mlflow.runner import execute
+    from tests.fakes import FakeBackend
+
+    package = RaplZone("package-0", "package-0", "package", tmp_path / "intel-rapl:0", MAX_UJ)
+    counter = itertools.cycle([MAX_UJ - 1_000_000, 2_000_000])  # every window's end is past the wrap
+    reader = RaplReader([package], [], read_text=lambda path: f"{next(counter)}\n")
+    monkeypatch.setattr(measure, "_open_rapl", lambda: (reader, None))
+    cfg = ExperimentConfig(n=2, batch_size=1, max_input_tokens=4, max_output_tokens=2, mlflow=False,
+                           output_dir=str(tmp_path / "out"))  # fmt: skip
+    result = execute(cfg, backend=FakeBackend(), store_probe=lambda c: None).result
+    assert result.cpu_energy is not None and result.cpu_energy.package_j == pytest.approx(3.000001)
+    wraps = [
+        w for w in result.warnings if w.startswith("CPU energy, RAPL zone package-0: the counter wrapped")
+    ]
+    assert len(wraps) == 1, result.warnings

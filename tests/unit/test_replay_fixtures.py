@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from llem_mlflow import artifacts
@@ -34,21 +36,20 @@ def test_trace_covers_window_and_matches_stored_cross_check(real: ExperimentResu
     gpu = real.energy.per_gpu[0]
     assert len(trace.between(0, window.start_s, window.end_s)) == gpu.samples_in_window
     assert trace.integrate_j(0, window.start_s, window.end_s) == pytest.approx(gpu.trace_integral_j)
-    assert artifacts.read_trace_windows(FIXTURE / "timeseries.parquet")["measure"] == (
-        window.start_s,
-        window.end_s,
-    )
+    meta = pq.read_schema(FIXTURE / "timeseries.parquet").metadata
+    assert json.loads(meta[b"llem.windows"])["measure"] == [window.start_s, window.end_s]
 
 
 def test_mlflow_logging_of_a_real_gpu_result(real: ExperimentResult, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    from llem_mlflow.tracking import log_result
+    from llem_mlflow.tracking import record_result
 
     trace = artifacts.read_trace_parquet(FIXTURE / "timeseries.parquet")
     files = [FIXTURE / "result.json", FIXTURE / "timeseries.parquet"]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run_id = log_result(real, files, trace, tracking_uri=uri, experiment_name="replay", run_name="h200")
+    logged = record_result(real, files, trace, tracking_uri=uri, experiment_name="replay", run_name="h200")
+    run_id = logged.run_id
     run = MlflowClient(tracking_uri=uri).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert (

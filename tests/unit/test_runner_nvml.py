@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llem_mlflow.protocols import CudaDeviceId
 from llem_mlflow.runner import _nvml_gpus
-from tests.unit.test_device import FakeGpu, FakeNvml
+from tests.fakes import FakeGpu, FakeNvml
 
 
 def _nvml(mig_mode: int | None = None) -> FakeNvml:

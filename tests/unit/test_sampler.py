@@ -9,9 +9,11 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from llem_mlflow import artifacts
 from llem_mlflow.errors import ConfigError, DeviceError
 from llem_mlflow.protocols import SlowReading
 from llem_mlflow.sampler import PowerSampler
@@ -148,3 +150,28 @@ def test_thin_power_keeps_short_traces_and_buckets_long_ones() -> None:
     assert [t for t, _ in thinned] == pytest.approx([0.0, 0.3, 0.6, 0.9])
     with pytest.raises(ValueError):
         thin_power(samples, 0)
+
+
+def test_a_slow_value_the_trace_cannot_store_keeps_the_power_sample(tmp_path: Path) -> None:
+    """A reading outside int64 (the Parquet column's type) is left out with a warning; no sample is lost."""
+    device = FakeDevice(slow=dataclasses.replace(DEFAULT_SLOW, memory_used_b=1 << 64))
+    sampler = PowerSampler([device], interval_s=0.001, slow_every=1)
+    sampler.start()
+    wait_until(lambda: device.power_reads >= 5)
+    trace = sampler.stop()
+    assert len(trace.samples) == device.power_reads
+    assert all(s.memory_used_b is None and s.power_w == 100.0 for s in trace.samples)
+    assert any("memory_used_b" in w and "left empty" in w for w in sampler.warnings)
+    path = artifacts.write_trace_parquet(trace, tmp_path, {})  # the trace file is still written
+    assert artifacts.read_trace_parquet(path) == trace
+
+
+def test_the_trace_stop_hands_out_gets_no_late_sample() -> None:
+    device = FakeDevice()
+    sampler = PowerSampler([device], interval_s=0.001)
+    sampler.start()
+    wait_until(lambda: device.power_reads >= 3)
+    trace = sampler.stop()
+    held = len(trace.samples)
+    sampler._sample(slow=True)  # a tick the thread was still taking when stop() returned
+    assert device.power_reads == held + 1 and len(trace.samples) == held

@@ -113,10 +113,12 @@ def test_points_run_at_once_one_worker_per_gpu_and_a_rerun_adds_nothing(
     for c in children:
         assert json.loads(c.data.tags["llem.sweep.point"]) == json.loads(by_run[c.info.run_id].point.label)
     assert MlflowClient().get_run(outcome.parent_run_id).info.status == "FINISHED"
+    assert _figure_points(outcome) == [3, 3, 3]  # compare.png on the parent: tok/s, TTFT, ITL
 
     again = sweep.run_sweep(path, _parts(("0", "1")))
     assert sorted(r.status for r in again.rows) == ["done earlier"] * 3 + ["invalid"]
     assert len(_children(outcome.parent_run_id)) == 3
+    assert _figure_points(again) == [3, 3, 3]
 
 
 def test_a_point_that_raises_or_kills_its_worker_fails_alone(
@@ -134,3 +136,12 @@ def test_a_point_that_raises_or_kills_its_worker_fails_alone(
     assert rows[1].status == rows[8].status == "measured"  # the surviving worker took the rest
     assert outcome.parent_run_id is not None
     assert MlflowClient().get_run(outcome.parent_run_id).info.status == "FAILED"
+    assert _figure_points(outcome) == [2, 2, 2]  # drawn from the two points that have results
+
+
+def _figure_points(outcome: sweep.SweepOutcome) -> list[int]:
+    """Points in each panel of the sweep's compare.png, after checking the parent run holds it."""
+    assert outcome.parent_run_id is not None
+    assert "compare.png" in {a.path for a in MlflowClient().list_artifacts(outcome.parent_run_id)}
+    assert outcome.figure is not None
+    return [points for _, points in outcome.figure.panels]

@@ -249,8 +249,21 @@ def test_prefetch_imports_mlflow_and_the_sql_store_only_for_sql_uris(
     assert proc.stdout.split() == ["True", str(sql_store)]
 
 
-def test_a_failed_background_import_is_left_for_the_logging_step() -> None:
-    tracking._import_all(["llem_no_such_module", "json"])  # does not raise
+def test_a_failed_background_import_is_left_for_the_logging_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "llem_zz_after.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(tracking, "_yield_cpu", lambda: None)  # this is the test's own thread
+    sys.modules.pop("llem_zz_after", None)
+    with caplog.at_level("DEBUG", logger=tracking.__name__):
+        tracking._import_all(["llem_no_such_module", "llem_zz_after"])  # does not raise ...
+    # ... stops at the failure, and leaves it (logged at debug only) for the logging step to report
+    assert "llem_zz_after" not in sys.modules
+    assert [r.levelname for r in caplog.records] == ["DEBUG"]
+    assert "background import of llem_no_such_module failed" in caplog.records[0].getMessage()
+    tracking._import_all(["llem_zz_after"])
+    assert sys.modules.pop("llem_zz_after", None) is not None
 
 
 def test_main_freezes_the_heap_before_exit_even_on_errors(monkeypatch: pytest.MonkeyPatch) -> None:

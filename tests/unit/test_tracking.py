@@ -1,4 +1,4 @@
-"""log_result against a real sqlite MLflow store: run selection, times, names, trace history, probe."""
+"""record_result against a real sqlite MLflow store: run selection, times, names, trace history, probe."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def write_files(result: ExperimentResult, trace: PowerTrace, directory: Path) ->
 def log(result: ExperimentResult, files: list[Path], trace: PowerTrace, **kwargs: str | None) -> str:
     opts: dict[str, str | None] = {"tracking_uri": None, "experiment_name": None, "run_name": None}
     opts.update(kwargs)
-    return tracking.log_result(result, files, trace, **opts)
+    return tracking.record_result(result, files, trace, **opts).run_id
 
 
 def test_new_run_has_everything(tmp_path: Path, sample_result: Sample) -> None:

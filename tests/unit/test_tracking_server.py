@@ -1,4 +1,4 @@
-"""log_result, log_folder and probe_store over HTTP against a real MLflow tracking server."""
+"""record_result, log_folder and probe_store over HTTP against a real MLflow tracking server."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from llem_mlflow.trace import PowerTrace
 pytestmark = pytest.mark.slow
 
 
-def test_log_result_over_http(
+def test_record_result_over_http(
     mlflow_server: str, sample_result: tuple[ExperimentResult, PowerTrace], tmp_path: Path
 ) -> None:
     result, trace = sample_result
@@ -24,9 +24,9 @@ def test_log_result_over_http(
     windows = {k: (w.start_s, w.end_s) for k, w in result.windows.items()}
     files = [artifacts.write_result_json(result, out), artifacts.write_trace_parquet(trace, out, windows)]
 
-    run_id = tracking.log_result(
+    run_id = tracking.record_result(
         result, files, trace, tracking_uri=mlflow_server, experiment_name="http-test", run_name="over-http"
-    )
+    ).run_id
 
     client = MlflowClient(tracking_uri=mlflow_server)
     run = client.get_run(run_id)
