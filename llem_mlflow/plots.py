@@ -38,6 +38,11 @@ _CYCLE_COLOUR = "#4c72b0"
 _IDLE_COLOUR = "#999999"
 
 
+#: Points drawn per GPU in power.png: a longer trace is drawn as bucket means (``trace.thin_power``); the
+#: full trace is in timeseries.parquet.
+POWER_MAX_POINTS = 20_000
+
+
 def write_power_png(folder: Path, result: ExperimentResult, trace: PowerTrace) -> Path | None:
     """Write ``power.png`` into a result folder; None (nothing written) when there is no power trace."""
     return power_figure(result, trace, Path(folder) / POWER_FILE)
@@ -105,8 +110,9 @@ def _draw_gpus(ax: Axes, result: ExperimentResult, trace: PowerTrace, origin: fl
     idle = {g.cuda_index: g.idle_power_w for g in result.energy.per_gpu} if result.energy else {}
     for k, gpu in enumerate(trace.gpus()):
         colour = f"C{k}"
-        times = [t - origin for t in trace.times_s(gpu)]  # columns: no TraceSample objects
-        ax.plot(times, trace.powers_w(gpu), color=colour, lw=0.9, label=f"GPU {gpu}")
+        points = trace.thinned_power(gpu, POWER_MAX_POINTS)  # bucket means past the cap
+        times = [t - origin for t, _ in points]
+        ax.plot(times, [w for _, w in points], color=colour, lw=0.9, label=f"GPU {gpu}")
         level = idle.get(gpu)
         if level is not None:
             ax.axhline(level, color=colour, ls="--", lw=1, alpha=0.8, label=f"GPU {gpu} idle {level:,.0f} W")

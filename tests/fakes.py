@@ -456,3 +456,15 @@ class PoweredGpu:
         self._set_power(self.busy_w)
         time.sleep(self.busy_s)
         self._set_power(self.idle_w)
+
+
+def ctrl_c_at(call: int) -> Callable[[], None]:
+    """An on_generate hook raising KeyboardInterrupt at generate call ``call`` (1-based)."""
+    calls = {"n": 0}
+
+    def hook() -> None:
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+
+    return hook

@@ -25,7 +25,7 @@ from llem_mlflow.errors import RunInterrupted
 from llem_mlflow.protocols import CudaDeviceId
 from llem_mlflow.result import ExperimentResult
 from llem_mlflow.runner import GpuSet, execute
-from tests.fakes import FakeBackend, FakeDevice
+from tests.fakes import FakeBackend, FakeDevice, ctrl_c_at
 
 CUDA0 = CudaDeviceId(cuda_index=0, uuid="GPU-fake-0", pci_bus_id=None)
 REPO = Path(__file__).resolve().parents[2]
@@ -45,18 +45,6 @@ def _cfg(tmp_path: Path, **kw: object) -> ExperimentConfig:
         output_dir=str(tmp_path / "out"), experiment_name="partial", sampling_interval_s=0.005,
     )  # fmt: skip
     return ExperimentConfig.model_validate({**base, **kw})
-
-
-def _ctrl_c_at(call: int) -> Callable[[], None]:
-    """An on_generate hook raising KeyboardInterrupt at generate call ``call`` (call 1 is the warm-up)."""
-    calls = {"n": 0}
-
-    def hook() -> None:
-        calls["n"] += 1
-        if calls["n"] == call:
-            raise KeyboardInterrupt
-
-    return hook
 
 
 def _gpus(*devices: FakeDevice) -> Callable[[Sequence[CudaDeviceId]], GpuSet]:
@@ -82,7 +70,7 @@ def test_ctrl_c_in_the_only_cycle_keeps_its_completed_batches_and_their_energy(t
     # generate calls: 1 warm-up, then batches 1-4: call 4 is batch 3, so batches 1 and 2 completed.
     # Counter reads: the window's start (1000 J) and its end, read after batch 3 was abandoned (1300 J).
     device = FakeDevice(energy_script=[1000.0, 1300.0], power_w=150.0)
-    backend = FakeBackend(device="cuda", cuda_devices=[CUDA0], on_generate=_ctrl_c_at(4))
+    backend = FakeBackend(device="cuda", cuda_devices=[CUDA0], on_generate=ctrl_c_at(4))
     with pytest.raises(RunInterrupted) as info:
         execute(_cfg(tmp_path), backend=backend, gpus=_gpus(device), store_probe=lambda c: None)
     message = str(info.value)
@@ -109,7 +97,7 @@ def test_ctrl_c_on_cpu_keeps_tokens_and_time_and_ends_the_window_where_the_aband
     tmp_path: Path,
 ) -> None:
     with pytest.raises(RunInterrupted, match="kept 0 of 1 completed cycle.s. and 3 of 4 batches"):
-        execute(_cfg(tmp_path), backend=FakeBackend(on_generate=_ctrl_c_at(5)), store_probe=lambda c: None)
+        execute(_cfg(tmp_path), backend=FakeBackend(on_generate=ctrl_c_at(5)), store_probe=lambda c: None)
     r = _kept(tmp_path)
     assert r.status == "interrupted" and r.output_tokens == 3 * TOKENS_PER_BATCH
     assert r.total_energy_j is None and r.energy is None  # no GPU: no energy, but the batches are kept
@@ -127,7 +115,7 @@ def test_steady_state_ends_a_cut_cycle_at_the_counter_read_where_the_abandoned_b
 ) -> None:
     # Counter reads: start 1000, before batch 2: 1100, before batch 3: 1250; batch 3 is abandoned.
     device = FakeDevice(energy_script=[1000.0, 1100.0, 1250.0], power_w=150.0)
-    backend = FakeBackend(device="cuda", cuda_devices=[CUDA0], on_generate=_ctrl_c_at(4))
+    backend = FakeBackend(device="cuda", cuda_devices=[CUDA0], on_generate=ctrl_c_at(4))
     cfg = _cfg(tmp_path, measurement_methodology="steady_state", mlflow=False)
     with pytest.raises(RunInterrupted, match="2 of 4 batches of cycle 1"):
         execute(cfg, backend=backend, gpus=_gpus(device), store_probe=lambda c: None)
@@ -152,7 +140,7 @@ def test_ctrl_c_while_the_end_edge_is_read_keeps_the_whole_cycle(tmp_path: Path)
 def test_a_partial_cycle_is_kept_but_left_out_of_the_intervals(tmp_path: Path) -> None:
     # cycles 1 and 2 complete (calls 2-9), cycle 3 stops in its second batch (call 11)
     device = FakeDevice(energy_script=[0.0, 400.0, 1000.0, 1400.0, 2000.0, 2150.0], power_w=150.0)
-    backend = FakeBackend(device="cuda", cuda_devices=[CUDA0], on_generate=_ctrl_c_at(11))
+    backend = FakeBackend(device="cuda", cuda_devices=[CUDA0], on_generate=ctrl_c_at(11))
     cfg = _cfg(tmp_path, cycles=3, mlflow=False)
     with pytest.raises(RunInterrupted, match="kept 2 of 3 completed cycle.s. and 1 of 4 batches of cycle 3"):
         execute(cfg, backend=backend, gpus=_gpus(device), store_probe=lambda c: None)
@@ -168,7 +156,7 @@ def test_the_cli_exits_130_and_keeps_the_partial_cycle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     device = FakeDevice(energy_script=[1000.0, 1300.0], power_w=150.0)
-    backend = FakeBackend(device="cuda", cuda_devices=[CUDA0], on_generate=_ctrl_c_at(4))
+    backend = FakeBackend(device="cuda", cuda_devices=[CUDA0], on_generate=ctrl_c_at(4))
     monkeypatch.setattr(runner, "_default_backend", lambda cfg: backend)
     monkeypatch.setattr(runner, "_nvml_gpus", _gpus(device))
     args = ["run", "--n", "8", "--batch-size", "2", "--max-input-tokens", "4", "--max-output-tokens", "3",

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.errors import RunInterrupted
 from llem_mlflow.protocols import CudaDeviceId
 from llem_mlflow.runner import GpuSet, execute
-from tests.fakes import FakeBackend, FakeDevice
+from tests.fakes import FakeBackend, FakeDevice, ctrl_c_at
 
 SCRIPT = Path(sys.executable).with_name("llem-mlflow")
 CUDA0 = CudaDeviceId(cuda_index=0, uuid="GPU-fake-0", pci_bus_id=None)
@@ -33,22 +33,10 @@ def _cfg(tmp_path: Path, **kw: object) -> ExperimentConfig:
     return ExperimentConfig.model_validate({**base, **kw})
 
 
-def _ctrl_c_at(call: int) -> Callable[[], None]:
-    """An on_generate hook that raises KeyboardInterrupt (what Ctrl-C raises) at generate call ``call``."""
-    calls = {"n": 0}
-
-    def hook() -> None:
-        calls["n"] += 1
-        if calls["n"] == call:
-            raise KeyboardInterrupt
-
-    return hook
-
-
 def test_ctrl_c_in_the_second_cycle_keeps_the_first_and_the_run_ends_killed(tmp_path: Path) -> None:
     # generate calls: 1 warm-up, then 2 batches per cycle: call 4 is the second cycle's first batch
     with pytest.raises(RunInterrupted) as info:
-        execute(_cfg(tmp_path), backend=FakeBackend(on_generate=_ctrl_c_at(4)), store_probe=lambda c: None)
+        execute(_cfg(tmp_path), backend=FakeBackend(on_generate=ctrl_c_at(4)), store_probe=lambda c: None)
     message = str(info.value)
     assert "interrupted during cycle 2 of 3: kept 1 of 3 completed cycle(s)" in message
     assert "ended KILLED" in message and "\n" not in message
@@ -66,7 +54,7 @@ def test_ctrl_c_in_the_second_cycle_keeps_the_first_and_the_run_ends_killed(tmp_
 
 def test_ctrl_c_in_warm_up_keeps_nothing_and_leaves_no_folder(tmp_path: Path) -> None:
     with pytest.raises(RunInterrupted, match="during warm-up: no measured batch had completed; nothing"):
-        execute(_cfg(tmp_path), backend=FakeBackend(on_generate=_ctrl_c_at(1)), store_probe=lambda c: None)
+        execute(_cfg(tmp_path), backend=FakeBackend(on_generate=ctrl_c_at(1)), store_probe=lambda c: None)
     assert list((tmp_path / "out").iterdir()) == []
     exp = MlflowClient().get_experiment_by_name("interrupts")
     assert exp is None or MlflowClient().search_runs([exp.experiment_id]) == []

@@ -113,3 +113,24 @@ def test_matplotlib_is_imported_only_when_drawing() -> None:
     code = "import sys, llem_mlflow.plots, llem_mlflow.compare; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_long_trace_is_drawn_thinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """power.png draws at most POWER_MAX_POINTS per GPU (bucket means), so a 24 h trace stays cheap."""
+    result, trace = load("h200_gpt2_bs8")
+    drawn: list[int] = []
+    from matplotlib.axes import Axes
+
+    real_plot = Axes.plot
+
+    def spy(self: Axes, *args: object, **kwargs: object) -> object:
+        if str(kwargs.get("label", "")).startswith("GPU ") and "idle" not in str(kwargs.get("label")):
+            drawn.append(len(args[0]))  # type: ignore[arg-type]
+        return real_plot(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    monkeypatch.setattr(plots, "POWER_MAX_POINTS", 50)
+    png_size(plots.write_power_png(tmp_path, result, trace) or Path("missing"))
+    held = [len(trace.times_s(g)) for g in trace.gpus()]
+    assert all(n > 50 for n in held), held
+    assert drawn and all(0 < n <= 50 for n in drawn), drawn
