@@ -108,12 +108,33 @@ def read_result_json(path: Path) -> ExperimentResult:
     Raises:
         TrackingError: the file is missing or does not hold a valid ExperimentResult.
     """
+    _present(Path(path), "result file")
     try:
         return ExperimentResult.model_validate_json(Path(path).read_bytes())
     except OSError as exc:
         raise TrackingError(f"cannot read result file {path}: {exc}") from exc
     except ValidationError as exc:
-        raise TrackingError(f"{path} is not a valid llem result (schema 2.0): {exc}") from exc
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "result"
+        raise TrackingError(
+            f"{path} is not a valid llem result (schema 2.0): {exc.error_count()} problem(s), first "
+            f"{where}: {first['msg']}"
+        ) from exc
+
+
+def _present(path: Path, what: str) -> None:
+    """``path`` is a file; else one line saying it is missing (or not a file) and what a result folder holds.
+
+    Raises:
+        TrackingError: ``path`` is missing, or is a folder or another non-file.
+    """
+    if path.is_file():
+        return
+    state = "is missing" if not path.exists() else "is not a file"
+    raise TrackingError(
+        f"{what} {path} {state}: a result folder holds {RESULT_FILE} and {TRACE_FILE}, both are needed; "
+        "give the folder the run wrote, or restore the file"
+    )
 
 
 def write_trace_parquet(
@@ -155,6 +176,7 @@ def read_trace_parquet(path: Path) -> PowerTrace:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    _present(Path(path), "power trace")
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as exc:

@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import textwrap
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from typer.core import TyperCommand, TyperGroup
 from llem_mlflow._version import __version__
 from llem_mlflow.config import ExperimentConfig, load_config
 from llem_mlflow.errors import ConfigError, LlemError, RunInterrupted
+from llem_mlflow.secrets import scrub_secrets
 
 if TYPE_CHECKING:
     from llem_mlflow.result import Timings
@@ -103,7 +105,7 @@ def _root(
 
 
 def _err(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {scrub_secrets(message)}", err=True)
 
 
 # ---------------------------------------------------------------- config options from the model
@@ -126,12 +128,15 @@ def _default_text(field: str) -> str | bool:
 
 
 def _cfg(field: str, help: str, *names: str, default_text: str | None = None) -> Any:
-    """A ``run`` option for config field ``field``: metavar and shown default from the config."""
+    """A ``run`` option for config field ``field``: metavar, shown default and limits from the config."""
+    from llem_mlflow.config import limits
+
+    bounds = limits(field)
     return Opt(
         *names,
         metavar=_metavar(field),
         show_default=default_text or _default_text(field),
-        help=help,
+        help=f"{help} Allowed: {bounds}." if bounds else help,
     )
 
 
@@ -279,11 +284,13 @@ def _config_path(argument: str | None, option: str | None) -> str | None:
 
 def _execute(cfg: ExperimentConfig) -> None:
     from llem_mlflow.console import ConsoleProgress
+    from llem_mlflow.interrupts import EXIT_CODE, holding
     from llem_mlflow.runner import execute
     from llem_mlflow.timings import process_age_s
 
     startup_s = process_age_s() if _Process.is_cli else None
     _setup_logging()
+    outcome = None
     with _exit_codes():
         try:
             with ConsoleProgress() as progress:
@@ -291,11 +298,19 @@ def _execute(cfg: ExperimentConfig) -> None:
         except RunInterrupted as exc:
             _stopped(str(exc), exc.outcome is None)
         except KeyboardInterrupt:
-            _stopped("interrupted before measuring began: nothing was measured, nothing kept", True)
-    typer.echo(summary(outcome))
-    if outcome.tracking_error:
-        _err(outcome.tracking_error)
+            if outcome is None:  # after it, the run was whole and kept: the summary follows
+                _stopped("interrupted before measuring began: nothing was measured, nothing kept", True)
+    assert outcome is not None
+    with holding() as held:  # a signal now waits for the summary and the last line
+        typer.echo(summary(outcome))
+        if outcome.write_error:  # the result folder could not hold the files: what was kept where
+            _err(outcome.write_error)
+        if outcome.tracking_error:
+            _err(outcome.tracking_error)
+    if outcome.write_error or outcome.tracking_error:
         raise typer.Exit(1)
+    if held.signal:
+        raise typer.Exit(EXIT_CODE)
 
 
 @contextmanager
@@ -478,7 +493,7 @@ class _CurrentStderr(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.write(scrub_secrets(self.format(record)) + "\n")  # MLflow's lines may name the URI
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)
 
@@ -602,6 +617,7 @@ def log_saved(
     from llem_mlflow.recording import log_folder
 
     _setup_logging()
+    _check_names(tracking_uri=tracking_uri, experiment_name=experiment_name, run_name=run_name)
     try:
         logged = log_folder(Path(result_dir), tracking_uri or None, experiment_name or None, run_name or None)
     except LlemError as exc:
@@ -621,39 +637,57 @@ def sync_spool(
         str | None, Opt(metavar="TEXT", help="Log to this store instead of each entry's own.")
     ] = None,
     dry_run: Annotated[bool, Opt("--dry-run", help="List what would be logged; log nothing.")] = False,
+    experiment_name: Annotated[
+        str | None,
+        Opt(metavar="TEXT", help="Log into this MLflow experiment, not the name saved with each entry."),
+    ] = None,
 ) -> None:
     """Upload results spooled when MLflow was unreachable, each once, to the store it was meant for.
 
-    The spool is LLEM_MLFLOW_SPOOL_DIR, else ~/.local/state/llem-mlflow/spool. Credentials come from the
-    environment (MLFLOW_TRACKING_USERNAME / PASSWORD / TOKEN) or --tracking-uri; the spool holds none.
+    The spool is LLEM_MLFLOW_SPOOL_DIR, else ~/.local/state/llem-mlflow/spool. It holds no credentials:
+    they come from --tracking-uri, from MLFLOW_TRACKING_URI when it names the same store (a database
+    password), or from the environment (MLFLOW_TRACKING_USERNAME / PASSWORD / TOKEN, PGPASSWORD).
     """
     from llem_mlflow import spool
 
     _setup_logging()
+    _check_names(tracking_uri=tracking_uri, experiment_name=experiment_name)
     try:
-        chosen = _spool_entries(entries)
+        chosen, skipped = _spool_entries(entries)
     except LlemError as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
-    for folder in spool.broken():
-        _err(f"{folder} is not a readable spool entry; left alone (move it out of the spool)")
+    for bad in skipped:
+        _err(f"{bad.reason}; skipped (move it out of the spool)")
     if not chosen:
         typer.echo(f"[llem] nothing spooled in {spool.spool_dir()}", err=True)
-    rows = spool.sync(chosen, tracking_uri or None, dry_run)
+    rows = spool.sync(chosen, tracking_uri or None, dry_run, experiment_name=experiment_name or None)
     for row in rows:
         where = f" run {row.run_id}" if row.run_id else ""
         note = f" ({row.note})" if row.note else ""
-        typer.echo(f"{row.entry.llem_id}  {row.status}{where} at {row.tracking_uri}{note}")
-    if any(r.status in ("failed", "busy") for r in rows):
-        raise typer.Exit(1)
+        at = f" at {row.tracking_uri}" if row.tracking_uri else ""  # busy/gone rows have no store
+        typer.echo(f"{row.entry.llem_id}  {row.status}{where}{at}{note}")
+    if skipped or any(r.status == "failed" for r in rows):
+        raise typer.Exit(1)  # busy and gone: another sync has them
 
 
-def _spool_entries(names: list[str] | None) -> list[Any]:
+def _check_names(**options: str | None) -> None:
+    """``log``/``sync`` options that name a store, experiment or run fit what MLflow takes (the config's
+    limits); else exit 2 with one line naming the option and the limit."""
+    from llem_mlflow.config import TEXT_LIMITS
+
+    for name, value in options.items():
+        problem = TEXT_LIMITS[name].problem(value) if value else None
+        if problem:
+            _err(f"--{_dashes(name)}: {problem}")
+            raise typer.Exit(2)
+
+
+def _spool_entries(names: list[str] | None) -> tuple[list[Any], list[Any]]:
+    """The entries to sync (those named, else every sound one) and the spool's bad entries, skipped."""
     from llem_mlflow import spool
 
-    if not names:
-        return spool.pending()
-    return [spool.Entry.read(Path(n) if Path(n).is_dir() else spool.spool_dir() / n) for n in names]
+    return (spool.named(names), []) if names else spool.scan()
 
 
 # ---------------------------------------------------------------- config
@@ -900,6 +934,9 @@ def main() -> None:
     try:
         with graceful():  # SIGTERM = Ctrl-C; a second one exits at once
             app()
+    except Exception as exc:  # a bug's traceback, without the credentials its text may hold
+        sys.stderr.write(scrub_secrets("".join(traceback.format_exception(exc))))
+        raise SystemExit(1) from None
     finally:
         gc.freeze()
 

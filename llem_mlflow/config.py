@@ -13,11 +13,14 @@ never end), so a bad value is refused here, before any check or model load.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
+import annotated_types
 import yaml
 from pydantic import (
     BaseModel,
@@ -40,6 +43,113 @@ MAX_PROMPTS = 1_000_000
 MAX_TOKENS = 1_048_576  # 2**20 input or output tokens per prompt
 MAX_SEED = 2**64 - 1  # torch.manual_seed's range
 MAX_PAUSE_S = 3600.0  # time.sleep overflows past ~9.2e9 s
+MAX_SETTLE_S = 600.0  # idle power that has not settled in 10 minutes will not
+MAX_CYCLES = 1000
+MAX_WARMUP_BATCHES = 1000  # as many generate() calls as the most cycles
+MAX_CV_PCT = 100.0  # a settle threshold above 100% accepts any warm-up
+MIN_SAMPLING_INTERVAL_S = 0.001  # NVML refreshes power every ~20-100 ms; below 1 ms only burns a core
+MAX_CARBON_G_PER_KWH = 2000.0  # well above the dirtiest grid (lignite: ~1,100 g/kWh)
+MAX_PUE = 5.0  # the worst data centres measure ~3
+#: Text limits: what MLflow's SQL stores hold (runs.name 250, experiments.name 256 characters), what Linux
+#: takes as a path (PATH_MAX 4,096 bytes with its NUL) and as one file name (NAME_MAX 255 bytes).
+MAX_RUN_NAME = 250
+MAX_EXPERIMENT_NAME = 256
+MAX_PATH_BYTES = 4095
+MAX_NAME_BYTES = 255
+#: output_dir leaves room under PATH_MAX for ``<experiment_id>/<file>`` (and a temporary file's name).
+MAX_OUTPUT_DIR_BYTES = MAX_PATH_BYTES - 2 * MAX_NAME_BYTES
+MAX_URI = 4096  # characters; logged as an MLflow param (at most 6,000)
+MAX_PROMPT_FIELD = 256  # characters of a JSON key
+
+
+def span(low: float, high: float, low_open: bool = False) -> str:
+    """``1 to 1,000,000`` (``above 0, up to 100``: open below), as ``-h`` and README show a range."""
+    return (
+        f"above {_number(low)}, up to {_number(high)}" if low_open else f"{_number(low)} to {_number(high)}"
+    )
+
+
+def _number(value: float) -> str:
+    """``3,600`` for 3600.0, ``0.001``, and every digit of a large integer."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+@dataclass(frozen=True)
+class TextLimit:
+    """What a text field may hold: characters or UTF-8 bytes at most, bytes per path component, controls.
+
+    ``why`` ends the message of a value that is too long (what would reject it). NUL is never allowed
+    (no file name and no MLflow SQL store holds it), nor text that is not UTF-8 (lone surrogates).
+    """
+
+    why: str
+    max_chars: int | None = None
+    max_bytes: int | None = None
+    path: bool = False  # each /-separated component at most MAX_NAME_BYTES bytes (a file name)
+    controls: bool = False  # control characters other than NUL allowed (a file name may hold a newline)
+
+    def text(self) -> str:
+        """The limit in words, as ``-h``, the field description and README show it."""
+        size = f"{self.max_chars:,} characters" if self.max_chars else f"{self.max_bytes:,} bytes"
+        parts = [f"at most {size}"]
+        if self.path:
+            parts.append(f"{MAX_NAME_BYTES} bytes a path component")
+        parts.append("no NUL" if self.controls else "no control characters")
+        return ", ".join(parts)
+
+    def problem(self, value: str) -> str | None:
+        """Why ``value`` is refused (one line naming the limit), None when it fits."""
+        try:
+            data = value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"is not valid UTF-8 text (character {exc.start + 1}); give it as UTF-8"
+        bad = next((i for i, c in enumerate(value) if c == "\0" or not self.controls and _control(c)), None)
+        if bad is not None:
+            kind = "a NUL character" if value[bad] == "\0" else f"a control character ({value[bad]!r})"
+            return f"holds {kind} at position {bad + 1}; {self.text()}"
+        if self.max_chars is not None and len(value) > self.max_chars:
+            return f"is {len(value):,} characters, more than the {self.max_chars:,} {self.why}"
+        if self.max_bytes is not None and len(data) > self.max_bytes:
+            return f"is {len(data):,} bytes as UTF-8, more than the {self.max_bytes:,} {self.why}"
+        return self._component_problem(value) if self.path else None
+
+    @staticmethod
+    def _component_problem(value: str) -> str | None:
+        for part in value.split("/"):
+            size = len(part.encode("utf-8"))
+            if size > MAX_NAME_BYTES:
+                shown = repr(part[:24] + "...")
+                return (
+                    f"path component {shown} is {size:,} bytes; a file or folder name holds at most "
+                    f"{MAX_NAME_BYTES} bytes (NAME_MAX)"
+                )
+        return None
+
+
+def _control(char: str) -> bool:
+    return unicodedata.category(char) == "Cc"
+
+
+_PATH_WHY = "a path may have (PATH_MAX 4,096 with its NUL)"
+#: The text fields and their limits (one source: validation, ``-h``, descriptions and README).
+TEXT_LIMITS = {
+    "model": TextLimit(_PATH_WHY, max_bytes=MAX_PATH_BYTES, path=True, controls=True),
+    "dataset": TextLimit(_PATH_WHY, max_bytes=MAX_PATH_BYTES, path=True, controls=True),
+    "prompt_field": TextLimit("a prompt key may have", max_chars=MAX_PROMPT_FIELD, controls=True),
+    "output_dir": TextLimit(
+        "an output folder may have (PATH_MAX less room for <experiment_id>/<file>)",
+        max_bytes=MAX_OUTPUT_DIR_BYTES,
+        path=True,
+        controls=True,
+    ),
+    "tracking_uri": TextLimit("a tracking URI may have (it is logged as an MLflow param)", max_chars=MAX_URI),
+    "experiment_name": TextLimit(
+        "an experiment name may have (MLflow's SQL stores hold 256)", max_chars=MAX_EXPERIMENT_NAME
+    ),
+    "run_name": TextLimit("a run name may have (MLflow's SQL stores hold 250)", max_chars=MAX_RUN_NAME),
+}
 
 
 class ExperimentConfig(BaseModel):
@@ -47,24 +157,40 @@ class ExperimentConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
-    model: str = Field("gpt2", min_length=1, description="Hub id, shipped config name or local folder.")
+    model: str = Field(
+        "gpt2",
+        min_length=1,
+        description=f"Hub id, shipped config name or local folder ({TEXT_LIMITS['model'].text()}).",
+    )
     backend: Literal["pytorch"] = "pytorch"
-    n: int = Field(32, ge=1, le=MAX_PROMPTS, description="Number of prompts.")
-    batch_size: int = Field(8, ge=1, description="Prompts per generate() call.")
+    n: int = Field(32, ge=1, le=MAX_PROMPTS, description=f"Number of prompts ({span(1, MAX_PROMPTS)}).")
+    batch_size: int = Field(
+        8, ge=1, le=MAX_PROMPTS, description=f"Prompts per generate() call ({span(1, MAX_PROMPTS)})."
+    )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="fp32|fp16|bf16, or auto: bf16 on CUDA (fp16 without bf16), fp32 on CPU."
     )
     max_input_tokens: int = Field(
-        64, ge=1, le=MAX_TOKENS, description="Prompt length (synthetic) or truncation limit."
+        64,
+        ge=1,
+        le=MAX_TOKENS,
+        description=f"Prompt length (synthetic) or truncation limit ({span(1, MAX_TOKENS)}).",
     )
     max_output_tokens: int = Field(
-        64, ge=1, le=MAX_TOKENS, description="Exactly this many new tokens per prompt (EOS ignored)."
+        64,
+        ge=1,
+        le=MAX_TOKENS,
+        description=f"Exactly this many new tokens per prompt, EOS ignored ({span(1, MAX_TOKENS)}).",
     )
     dataset: str = Field(
-        "synthetic", min_length=1, description="'synthetic' or a path to a .jsonl of prompts."
+        "synthetic",
+        min_length=1,
+        description=f"'synthetic' or a path to a .jsonl of prompts ({TEXT_LIMITS['dataset'].text()}).",
     )
     prompt_field: str = Field(
-        "prompt", min_length=1, description="JSON key holding the prompt text in a .jsonl dataset."
+        "prompt",
+        min_length=1,
+        description=f"JSON key of the prompt text in a .jsonl file ({TEXT_LIMITS['prompt_field'].text()}).",
     )
     weights: Literal["auto", "pretrained", "random"] = "auto"
     trust_remote_code: bool = Field(
@@ -72,24 +198,50 @@ class ExperimentConfig(BaseModel):
         description="Run Python code from the model's hub repo (it runs with your rights): off unless asked.",
     )
     device: Literal["auto", "cuda", "cpu"] = "auto"
-    seed: int = Field(42, ge=0, le=MAX_SEED)
-    warmup_batches: int = Field(1, ge=0, description="generate() calls before measuring.")
-    warmup_settle_cv_pct: float | None = Field(
-        None, gt=0.0, description="Keep warming up until the CV of the last 3 batch latencies is below this."
+    seed: int = Field(42, ge=0, le=MAX_SEED, description=f"Random seed ({span(0, MAX_SEED)}).")
+    warmup_batches: int = Field(
+        1,
+        ge=0,
+        le=MAX_WARMUP_BATCHES,
+        description=f"generate() calls before measuring ({span(0, MAX_WARMUP_BATCHES)}).",
     )
-    warmup_max_batches: int = Field(20, ge=1, description="Cap on warm-up batches when settling.")
-    cycles: int = Field(1, ge=1, le=1000, description="Measured windows repeated with the model loaded once.")
+    warmup_settle_cv_pct: float | None = Field(
+        None,
+        gt=0.0,
+        le=MAX_CV_PCT,
+        description="Keep warming up until the CV of the last 3 batch latencies is below this "
+        f"({span(0, MAX_CV_PCT, low_open=True)}).",
+    )
+    warmup_max_batches: int = Field(
+        20,
+        ge=1,
+        le=MAX_WARMUP_BATCHES,
+        description=f"Cap on warm-up batches when settling ({span(1, MAX_WARMUP_BATCHES)}).",
+    )
+    cycles: int = Field(
+        1,
+        ge=1,
+        le=MAX_CYCLES,
+        description=f"Measured windows repeated with the model loaded once ({span(1, MAX_CYCLES)}).",
+    )
     cooldown_s: float = Field(
-        0.0, ge=0.0, le=MAX_PAUSE_S, description="Pause between cycles in seconds (GPU idles)."
+        0.0,
+        ge=0.0,
+        le=MAX_PAUSE_S,
+        description=f"Pause between cycles in seconds, GPU idle ({span(0, MAX_PAUSE_S)}).",
     )
     baseline_s: float = Field(
-        3.0, ge=0.0, le=MAX_PAUSE_S, description="Idle-power baseline length in seconds; 0 disables."
+        3.0,
+        ge=0.0,
+        le=MAX_PAUSE_S,
+        description=f"Idle-power baseline length in seconds; 0 disables ({span(0, MAX_PAUSE_S)}).",
     )
     idle_settle_max_s: float = Field(
         0.0,
         ge=0.0,
-        le=600.0,
-        description="Before the baseline, wait up to this long for idle power to settle",
+        le=MAX_SETTLE_S,
+        description="Before the baseline, wait up to this long for idle power to settle "
+        f"({span(0, MAX_SETTLE_S)}).",
     )
     measurement_methodology: Literal["total", "steady_state"] = Field(
         "total", description="total: every measured batch; steady_state: the ramp is trimmed (see docs)."
@@ -109,20 +261,47 @@ class ExperimentConfig(BaseModel):
     attention: Literal["auto", "eager", "sdpa"] = Field(
         "auto", description="attn_implementation at load; auto: the model's default."
     )
-    sampling_interval_s: float = Field(0.015, gt=0.0, le=1.0, description="Power trace period in seconds.")
+    sampling_interval_s: float = Field(
+        0.015,
+        ge=MIN_SAMPLING_INTERVAL_S,
+        le=1.0,
+        description=f"Power trace period in seconds ({span(MIN_SAMPLING_INTERVAL_S, 1.0)}).",
+    )
     carbon_intensity_g_per_kwh: float | None = Field(
-        None, ge=0.0, description="Grid carbon intensity for an optional carbon figure; never looked up."
+        None,
+        ge=0.0,
+        le=MAX_CARBON_G_PER_KWH,
+        description="Grid carbon intensity for an optional carbon figure; never looked up "
+        f"({span(0, MAX_CARBON_G_PER_KWH)}).",
     )
     gain_uncertainty_pct: float = Field(
-        5.0, ge=0.0, le=100.0, description="NVML power sensor gain uncertainty, +- % of reading."
+        5.0,
+        ge=0.0,
+        le=100.0,
+        description=f"NVML power sensor gain uncertainty, +- % of reading ({span(0, 100.0)}).",
     )
-    pue: float = Field(1.0, ge=1.0, description="Data-centre PUE applied to the carbon figure.")
-    output_dir: str = Field("results", min_length=1, description="Parent folder of <experiment_id>/.")
+    pue: float = Field(
+        1.0,
+        ge=1.0,
+        le=MAX_PUE,
+        description=f"Data-centre PUE applied to the carbon figure ({span(1, MAX_PUE)}).",
+    )
+    output_dir: str = Field(
+        "results",
+        min_length=1,
+        description=f"Parent folder of <experiment_id>/ ({TEXT_LIMITS['output_dir'].text()}).",
+    )
     tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or sqlite."
+        None,
+        description="MLflow tracking URI; default MLFLOW_TRACKING_URI or sqlite "
+        f"({TEXT_LIMITS['tracking_uri'].text()}).",
     )
-    experiment_name: str | None = Field(None, description="MLflow experiment (ignored inside `mlflow run`).")
-    run_name: str | None = None
+    experiment_name: str | None = Field(
+        None,
+        description="MLflow experiment, ignored inside `mlflow run` "
+        f"({TEXT_LIMITS['experiment_name'].text()}).",
+    )
+    run_name: str | None = Field(None, description=f"MLflow run name ({TEXT_LIMITS['run_name'].text()}).")
     mlflow: bool = Field(True, description="Log the result to MLflow.")
 
     @field_validator("*", mode="before")
@@ -145,6 +324,16 @@ class ExperimentConfig(BaseModel):
             raise ValueError(
                 "must be 'synthetic' or a path to a .jsonl file with one {\"prompt\": ...} per line"
             )
+        return value
+
+    @field_validator(*TEXT_LIMITS, mode="before")
+    @classmethod
+    def _text_fits(cls, value: object, info: ValidationInfo) -> object:
+        # names MLflow or the filesystem would reject after the measurement are refused before it
+        # (before pydantic's own checks, which would call text that is not UTF-8 "not a valid string")
+        problem = TEXT_LIMITS[str(info.field_name)].problem(value) if isinstance(value, str) else None
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("device_map", mode="before")
@@ -183,6 +372,24 @@ def _numeric(annotation: Any) -> bool:
 
 #: Fields holding numbers (int or float, optional or not).
 _NUMBER_FIELDS = frozenset(n for n, f in ExperimentConfig.model_fields.items() if _numeric(f.annotation))
+
+
+def limits(name: str) -> str | None:
+    """Field ``name``'s range or text limit in words, as ``-h`` and README show it (None: none to show)."""
+    if name in TEXT_LIMITS:
+        return TEXT_LIMITS[name].text()
+    low: Any = None
+    high: Any = None
+    low_open = False
+    for bound in ExperimentConfig.model_fields[name].metadata:
+        if isinstance(bound, annotated_types.Ge | annotated_types.Gt):
+            low_open = isinstance(bound, annotated_types.Gt)
+            low = bound.gt if isinstance(bound, annotated_types.Gt) else bound.ge
+        elif isinstance(bound, annotated_types.Le):
+            high = bound.le
+    if low is None or high is None:
+        return None
+    return span(low, high, low_open)
 
 
 def _loc_part(part: object) -> str:

@@ -1,14 +1,20 @@
 """The package's one error tree; only the CLI turns these into exit codes.
 
 ``ConfigError`` means the user asked for something invalid (exit 2); every other
-``LlemError`` is a runtime failure (exit 1). Messages say what failed and what to do.
+``LlemError`` is a runtime failure (exit 1). Messages say what failed and what to do, and never hold
+a credential: every message goes through ``secrets.scrub_secrets`` when the error is made.
 """
 
 from __future__ import annotations
 
+from llem_mlflow.secrets import scrub_secrets
+
 
 class LlemError(Exception):
-    """Base class of every error llem-mlflow raises on purpose."""
+    """Base class of every error llem-mlflow raises on purpose; its message is scrubbed of credentials."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(scrub_secrets(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(LlemError):

@@ -1,16 +1,34 @@
-"""Logging a result folder (result.json + timeseries.parquet) to MLflow, once.
+"""Logging a result folder (result.json + timeseries.parquet) to MLflow exactly once: the one protocol.
 
-Used right after a run and by ``llem-mlflow log DIR`` to recover a folder whose logging failed.
-The files are always written before this is called, so a failure here never loses a measurement.
-Logging is idempotent: the folder's ``mlflow_run.json`` and the run tag ``llem.experiment_id`` find
-a FINISHED run that already holds the result, and then nothing is logged again. result.json is
-never rewritten.
+Every path that logs a result goes through ``log_folder``: the run's own logging (``runner``), a sweep's
+points, ``llem-mlflow log DIR`` and ``llem-mlflow sync`` (``spool``). Under ``result_lock(folder)`` (an
+fcntl lock held from the search to the last byte logged, so two processes never log one result at once):
+
+1. find the run that already holds the result: the folder's ``mlflow_run.json``, else the run tag
+   ``llem.experiment_id`` (``tracking.claim_result``). A FINISHED run (KILLED for an interrupted
+   result) holds it: nothing is logged again;
+2. retire every other run of the result that an earlier, broken try left behind (RUNNING, FAILED or
+   KILLED without the result's own ``llem.status = interrupted``): tagged ``llem.retired`` (why),
+   ended KILLED if it was still RUNNING, and soft-deleted (``mlflow runs restore`` brings it back; ``mlflow
+   gc`` removes it). The run ``mlflow run`` made (``MLFLOW_RUN_ID``) and an active fluent run are kept;
+3. log into a new run (or the run the caller opened); a create whose reply never came is looked up by
+   its ``llem.create_token`` tag before it counts as failed, and duplicates a retried create made are
+   retired (``tracking.record_result``);
+4. write ``mlflow_run.json`` (a folder that cannot be written only warns).
+
+A result is logged into the experiment and under the run name saved with it (``result.config``) unless
+the caller names others. The files are always written before this is called, so a failure here never
+loses a measurement; result.json is never rewritten.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import logging
 import os
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,9 +38,16 @@ from llem_mlflow.result import ExperimentResult
 from llem_mlflow.trace import PowerTrace
 from llem_mlflow.tracking import LoggedRun
 
-__all__ = ["LoggedRun", "log_folder"]
+__all__ = ["LOCK_FILE", "LoggedRun", "ResultBusy", "log_folder", "result_lock"]
 
 log = logging.getLogger(__name__)
+
+#: The lock file ``result_lock`` holds in a result folder or spool entry (removed when released).
+LOCK_FILE = ".llem-mlflow.lock"
+
+
+class ResultBusy(Exception):
+    """Another process holds the result's lock (``result_lock(wait=False)``)."""
 
 
 def log_folder(
@@ -32,17 +57,17 @@ def log_folder(
     run_name: str | None,
     loaded: tuple[ExperimentResult, PowerTrace] | None = None,
     child_of: tracking.ChildOf | None = None,
-    replace_unfinished: bool = False,
+    *,
+    locked: bool = False,
 ) -> LoggedRun:
-    """Log a result folder (result.json + trace) to MLflow unless a FINISHED run already holds it.
+    """Log a result folder (result.json + trace) to MLflow unless a run already holds it (module docstring).
 
-    ``child_of``: a new run nested under that parent receives it (a sweep's point).
-    ``replace_unfinished``: first soft-delete runs of this result that a broken earlier try left
-    unfinished (``tracking.retire_unfinished``; the ``mlflow run`` run in ``MLFLOW_RUN_ID`` is kept).
+    ``experiment_name``/``run_name``: None keeps the names saved with the result. ``child_of``: a new run
+    nested under that parent receives it (a sweep's point). ``locked``: the caller already holds
+    ``result_lock(folder)``.
 
     Returns:
         The run; ``already_logged`` is True when it was found in the store and nothing was logged.
-        ``mlflow_run.json`` in ``folder`` then names it (a folder that cannot be written only warns).
 
     Raises:
         TrackingError: logging failed; the message says the files are safe in ``folder``.
@@ -52,37 +77,112 @@ def log_folder(
         artifacts.read_result_json(json_path),
         artifacts.read_trace_parquet(trace_path),
     )
-    record = artifacts.read_run_record(folder)
-    try:
-        logged = tracking.find_logged_run(
-            result.experiment_id, tracking_uri=tracking_uri, run_id_hint=record["run_id"] if record else None
-        )
-        if logged is None:
-            if replace_unfinished:
-                _retire(result, folder, tracking_uri)
-            logged = tracking.record_result(
+    with contextlib.nullcontext() if locked else result_lock(folder):
+        record = artifacts.read_run_record(folder)
+        try:
+            logged = _claimed(result, folder, tracking_uri, record) or tracking.record_result(
                 result,
                 [json_path, trace_path, *_extra_files(folder)],
                 trace,
                 tracking_uri=tracking_uri,
-                experiment_name=experiment_name,
-                run_name=run_name,
+                experiment_name=experiment_name or result.config.experiment_name,
+                run_name=run_name or result.config.run_name,
                 child_of=child_of,
             )
-    except TrackingError as exc:
-        raise TrackingError(
-            f"{exc}\nThe result is saved in {folder}; log it later with: llem-mlflow log {folder}"
-        ) from None
-    if record is None or (record["run_id"], record["tracking_uri"]) != (logged.run_id, logged.tracking_uri):
-        remember(folder, logged)
+        except TrackingError as exc:
+            raise TrackingError(
+                f"{exc}\nThe result is saved in {folder}; log it later with: llem-mlflow log {folder}"
+            ) from None
+        if _differs(record, logged):
+            remember(folder, logged)
     return logged
 
 
-def _retire(result: ExperimentResult, folder: Path, tracking_uri: str | None) -> None:
-    """Soft-delete runs an earlier, broken try left unfinished (the ``mlflow run`` run is kept)."""
-    keep = os.environ.get("MLFLOW_RUN_ID")
-    for run_id in tracking.retire_unfinished(result.experiment_id, tracking_uri=tracking_uri, keep=keep):
-        log.warning("deleted run %s: an earlier, unfinished try at logging %s", run_id, folder.name)
+def _claimed(
+    result: ExperimentResult, folder: Path, tracking_uri: str | None, record: dict[str, str] | None
+) -> LoggedRun | None:
+    """The run already holding the result, after retiring the half-logged ones (steps 1 and 2)."""
+    keep = [run_id for run_id in (os.environ.get("MLFLOW_RUN_ID"), tracking.active_run_id()) if run_id]
+    claim = tracking.claim_result(
+        result.experiment_id,
+        tracking_uri=tracking_uri,
+        run_id_hint=record["run_id"] if record else None,
+        keep=keep,
+    )
+    for run_id in claim.retired:
+        log.warning("retired run %s: an earlier, unfinished try at logging %s", run_id, folder.name)
+    return claim.logged
+
+
+@contextlib.contextmanager
+def result_lock(folder: Path, wait: bool = True) -> Iterator[None]:
+    """Hold the result's lock: ``folder/.llem-mlflow.lock`` under ``fcntl.flock``, removed on release.
+
+    A process that dies lets go of it (the kernel releases flock locks). A lock file found replaced
+    or removed after it was locked (its holder released it meanwhile) is taken afresh. A folder where
+    no lock file can be made (read-only) is locked through the folder itself; where even that fails,
+    logging goes ahead unlocked with a warning (a measurement is worth more than the lock).
+
+    Raises:
+        ResultBusy: ``wait`` is False and another process holds the lock.
+        FileNotFoundError: ``folder`` does not exist (any more).
+    """
+    fd = _lock_file(folder, wait)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                if _same_file(fd, folder / LOCK_FILE):
+                    os.unlink(folder / LOCK_FILE)
+            os.close(fd)
+
+
+def _lock_file(folder: Path, wait: bool) -> int | None:
+    """An fd holding the lock (see ``result_lock``); None when the folder cannot be locked at all."""
+    path = folder / LOCK_FILE
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise  # FileNotFoundError: the folder is gone
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)  # read-only: lock the folder itself
+            return fd if _flocked(fd, wait, folder) else None
+        if not _flocked(fd, wait, folder):
+            return None
+        if _same_file(fd, path):
+            return fd
+        os.close(fd)  # released and removed by its holder after we opened it: take a fresh one
+
+
+def _flocked(fd: int, wait: bool, folder: Path) -> bool:
+    """Lock ``fd``; False (``fd`` closed, a warning) when this filesystem cannot lock it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ResultBusy from None
+    except OSError as exc:
+        os.close(fd)
+        log.warning("cannot lock %s (%s): logging it unlocked", folder, exc)
+        return False
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+
+def _differs(record: dict[str, str] | None, logged: LoggedRun) -> bool:
+    """Whether ``mlflow_run.json`` (``record``) does not name ``logged`` yet."""
+    now = (logged.run_id, logged.tracking_uri)
+    return record is None or (record["run_id"], record["tracking_uri"]) != now
 
 
 def remember(folder: Path, logged: LoggedRun) -> None:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
@@ -89,6 +92,7 @@ class Outcome:
     result_dir: Path
     run_id: str | None
     tracking_error: str | None = None  # MLflow failed after the files were written (message has the hint)
+    write_error: str | None = None  # the result folder could not hold the files: what was kept where
     timings: Timings | None = None  # every stage to the end of logging (result.timings: to result.json)
 
 
@@ -121,8 +125,8 @@ def run_experiment(config: str | Path | ExperimentConfig | None = None, **overri
             says how to log them later. Other ``LlemError``s: runtime failures.
     """
     outcome = execute(load_config(config, **overrides))
-    if outcome.tracking_error:
-        raise TrackingError(outcome.tracking_error)
+    if outcome.tracking_error or outcome.write_error:
+        raise TrackingError("\n".join(e for e in (outcome.write_error, outcome.tracking_error) if e))
     return outcome.result
 
 
@@ -150,6 +154,7 @@ def execute(
         kw = {"gpus": gpus, "progress": progress, "store_probe": store_probe, "startup_s": startup_s}
         return _owning(cfg, _default_backend(cfg), child_of=child_of, **kw)
     clock = Stopwatch()
+    interrupts.last_words(None)  # an earlier run's, in this process
     if startup_s is not None:
         clock.laps["startup"] = startup_s  # before the stopwatch started: not part of total_s
     show = progress or LogProgress()
@@ -172,26 +177,40 @@ def execute(
     gpu_set = (gpus or _nvml_gpus)(loaded.cuda_devices) if loaded.device == "cuda" else _no_gpu(loaded)
     _await(imports, clock)
     context = _Context(cfg, start, experiment_id, resolved, loaded, gpu_set, plan)
-    measurement = _measure(context, backend, folder, _Logging(None, child_of), show, clock)
-    with clock.lap("derive"):
-        result = _build_result(context, measurement, backend)
-    reprobe = probe if plan.store_warning else None
-    outcome = _record(cfg, result, measurement, folder, _Logging(reprobe, child_of), show, clock)
+    how = _Logging(probe if plan.store_warning else None, child_of)
+    with contextlib.ExitStack() as after:  # from the last measured batch until the files are written
+        after.enter_context(interrupts.exit_line(_log_later(folder)))  # outlives the holding block
+        measurement, held = _measure(context, backend, folder, replace(how, reprobe=None), show, clock, after)
+        with clock.lap("derive"):
+            result = _build_result(context, measurement, backend)
+        written = _write(result, measurement, folder, show, clock)
+    if held.signal:
+        _stop_unlogged(cfg, written, how, held.signal)
+    outcome = _finish(cfg, written, measurement, how, show, clock)
     return replace(outcome, timings=_timings(clock))
 
 
 def _measure(
-    c: _Context, backend: Backend, folder: Path, how: _Logging, show: Progress, clock: Stopwatch
-) -> measure.Measurement:
+    c: _Context,
+    backend: Backend,
+    folder: Path,
+    how: _Logging,
+    show: Progress,
+    clock: Stopwatch,
+    after: contextlib.ExitStack,
+) -> tuple[measure.Measurement, interrupts.Held]:
     """``measure.measure`` with the GPUs released after; an interrupt ends in ``_interrupted``.
 
     From a first Ctrl-C on, a second one waits (``interrupts.keeping``) until what was measured is
-    written: the counters read at the cut and the result files are never lost to it.
+    written: the counters read at the cut and the result files are never lost to it. Once measuring
+    has ended, ``after`` holds a first signal (``interrupts.holding``) until the caller has written
+    the files: the returned ``Held`` names it.
     """
     kept: _Kept | None = None
     with interrupts.keeping():
         try:
             m = measure.measure(c.cfg, backend, c.gpu_set.devices, c.plan.prompts, show)
+            held = after.enter_context(interrupts.holding())
         except BackendError:  # e.g. out of memory: nothing was written, leave no empty result folder
             _remove_if_empty(folder)
             raise
@@ -201,9 +220,9 @@ def _measure(
         finally:
             c.gpu_set.close()
     if kept is not None:
-        _interrupted(c.cfg, kept, folder, how, show, clock)
+        _interrupted(c.cfg, kept, how, show, clock)
     clock.laps.update(m.stage_s)
-    return _with_gpu_warning(m, c.gpu_set)
+    return _with_gpu_warning(m, c.gpu_set), held
 
 
 def _with_gpu_warning(m: measure.Measurement, gpu_set: GpuSet) -> measure.Measurement:
@@ -217,7 +236,7 @@ class _Kept:
 
     stage: str
     partial: measure.Measurement | None
-    result: ExperimentResult | None
+    written: _Written | None
     note: str = ""
 
 
@@ -235,30 +254,60 @@ def _keep(
 
 
 def _interrupted(
-    cfg: ExperimentConfig, kept: _Kept, folder: Path, how: _Logging, show: Progress, clock: Stopwatch
+    cfg: ExperimentConfig, kept: _Kept, how: _Logging, show: Progress, clock: Stopwatch
 ) -> NoReturn:
     """Log what ``_keep`` wrote, then raise ``RunInterrupted`` saying what was kept.
 
     A result: its MLflow run ends KILLED (or is spooled). None: the partial trace alone, no MLflow run.
     """
-    if kept.result is None or kept.partial is None:
+    if kept.written is None or kept.partial is None:
         raise RunInterrupted(f"interrupted during {kept.stage}: no measured batch had completed; {kept.note}")
-    outcome = _publish(cfg, kept.result, kept.partial, folder, how, show, clock)
     cycles = kept.partial.cycles
     whole = sum(1 for cycle in cycles if cycle.cut is None)
     cut = cycles[-1].cut
     batches = f" and {cut.completed} of {cut.batches} batches of cycle {cycles[-1].index + 1}" if cut else ""
-    if outcome.run_id:
-        logged = f"MLflow run {outcome.run_id} ended KILLED"
-    elif outcome.tracking_error:
-        logged = outcome.tracking_error.splitlines()[0]
-    else:
-        logged = "not logged (--no-mlflow)"
-    message = (
-        f"interrupted during {kept.stage}: kept {whole} of {cfg.cycles} completed cycle(s){batches} "
-        f"in {folder} (status: interrupted; {logged})"
-    )
+    what = f"interrupted during {kept.stage}: kept {whole} of {cfg.cycles} completed cycle(s){batches}"
+    try:
+        outcome = _publish(cfg, kept.written, kept.partial, how, show, clock)
+    except _Cut as stop:
+        _stop(f"{what} {_where(kept.written, 'logging was cut short')}: {stop}", stop.outcome)
+    _stop(f"{what} {_where(kept.written, _logged_note(outcome, how))}", outcome)
+
+
+def _stop(message: str, outcome: Outcome) -> NoReturn:
+    """Raise ``RunInterrupted`` saying what was kept; a signal before the CLI prints it says it too."""
+    interrupts.last_words(message)
     raise RunInterrupted(message, outcome)
+
+
+def _where(w: _Written, note: str) -> str:
+    """'in DIR (status: S; NOTE)': where the result files are, and ``note``."""
+    place = f"in {w.folder}" if w.on_disk else "in memory only (no file could be written)"
+    return f"{place} (status: {w.result.status}; {note})"
+
+
+def _logged_note(outcome: Outcome, how: _Logging) -> str:
+    """What logging did with an interrupted run's result, in a few words (see ``_killed``)."""
+    if outcome.run_id:
+        return _killed(outcome.run_id, how.mlflow_run)
+    if outcome.tracking_error:
+        return outcome.tracking_error.splitlines()[0]
+    return "not logged (--no-mlflow)"
+
+
+def _killed(run_id: str, mlflow_run: str | None) -> str:
+    """'MLflow run X ended KILLED'; for the run of ``mlflow run``, also what ``mlflow run`` makes of it."""
+    if run_id != mlflow_run or tracking.mlflow_run_keeps_status():
+        return f"MLflow run {run_id} ended KILLED"
+    return (
+        f"MLflow run {run_id} ended KILLED, but `mlflow run` marks it FAILED and exits 1 once this process "
+        f"exits {interrupts.EXIT_CODE} (MLflow {tracking.mlflow_version()} overrides a KILLED status)"
+    )
+
+
+def _log_later(folder: Path) -> str:
+    """The way back when the process exits before logging: the command that logs ``folder``."""
+    return f"MLflow logging skipped; `llem-mlflow log {folder}` logs what was written there"
 
 
 def _keep_trace(trace: PowerTrace | None, folder: Path) -> str:
@@ -681,26 +730,49 @@ def _experiment_id(start: datetime, config_hash: str) -> str:
 
 @dataclass(frozen=True)
 class _Logging:
-    """How to log: ``reprobe`` the store (it was down at the start); nest under ``child_of``'s parent."""
+    """How to log: ``reprobe`` the store (it was down at the start); nest under ``child_of``'s parent.
+
+    ``mlflow_run``: the run ``mlflow run`` made for this process (``MLFLOW_RUN_ID`` when this was made).
+    """
 
     reprobe: preflight.StoreProbe | None
     child_of: tracking.ChildOf | None
+    mlflow_run: str | None = field(default_factory=lambda: os.environ.get("MLFLOW_RUN_ID"))
 
 
-def _record(
-    cfg: ExperimentConfig,
-    result: ExperimentResult,
-    m: measure.Measurement,
-    folder: Path,
-    how: _Logging,
-    show: Progress,
-    clock: Stopwatch,
-) -> Outcome:
-    """Write the files, then log them as ``how`` says."""
-    return _publish(cfg, _write(result, m, folder, show, clock), m, folder, how, show, clock)
+@dataclass(frozen=True)
+class _Written:
+    """The result as written and where its files are: the result folder, else where ``_rescue`` put
+    them (``problem``: why the result folder could not hold them), else nowhere (``on_disk`` False)."""
+
+    result: ExperimentResult
+    folder: Path
+    problem: str | None = None
+    on_disk: bool = True
+
+
+class _Cut(Exception):  # noqa: N818 - it names what happened
+    """A signal cut MLflow logging short; the message says where the result is and the way back."""
+
+    def __init__(self, message: str, outcome: Outcome) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 def _write(
+    result: ExperimentResult, m: measure.Measurement, folder: Path, show: Progress, clock: Stopwatch
+) -> _Written:
+    """Write the result files into ``folder``; when it cannot hold them (a full disk, a file size
+    limit), into the first other place that can (``_rescue``), so the disk never costs the measurement."""
+    try:
+        return _Written(_write_files(result, m, folder, show, clock), folder)
+    except TrackingError as exc:
+        problem = str(exc)
+    log.warning("%s; writing the result elsewhere", problem)
+    return _rescue(result, m, folder, problem, show, clock)
+
+
+def _write_files(
     result: ExperimentResult, m: measure.Measurement, folder: Path, show: Progress, clock: Stopwatch
 ) -> ExperimentResult:
     """Write timeseries.parquet, result.json and power.png; the result as written.
@@ -718,35 +790,180 @@ def _write(
     return result
 
 
-def _publish(
-    cfg: ExperimentConfig,
+def _rescue(
     result: ExperimentResult,
     m: measure.Measurement,
     folder: Path,
+    problem: str,
+    show: Progress,
+    clock: Stopwatch,
+) -> _Written:
+    """Write the files into a new private folder of the first of ``rescue_roots()`` that holds them;
+    when none does, the result stays in memory (``on_disk`` False: it is logged from memory)."""
+    _remove_if_empty(folder)
+    for root in rescue_roots():
+        try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            place = Path(tempfile.mkdtemp(prefix=f"llem-{result.experiment_id}-", dir=root))
+        except OSError:
+            continue
+        try:
+            written = _write_files(result, m, place, show, clock)
+        except TrackingError:
+            shutil.rmtree(place, ignore_errors=True)
+            continue
+        return _Written(written, place, f"{problem}; the result files were written to {place} instead")
+    unwritten = result.model_copy(update={"timings": _timings(clock)})
+    where = ", ".join(str(root) for root in rescue_roots())
+    return _Written(unwritten, folder, f"{problem}; nor could they be written in {where}", on_disk=False)
+
+
+def rescue_roots() -> list[Path]:
+    """Where result files go when the result folder cannot hold them: the temp folder, then the spool."""
+    return [Path(tempfile.gettempdir()), spool.spool_dir()]
+
+
+def _stop_unlogged(cfg: ExperimentConfig, w: _Written, how: _Logging, signal: str) -> NoReturn:
+    """A signal came while the result was derived or written: stop (exit 130) without logging; the
+    result is spooled for ``llem-mlflow sync`` (with ``mlflow: false``: only the files)."""
+    done = f"interrupted ({signal}) while writing the result files: every cycle had completed; kept"
+    outcome = Outcome(result=w.result, result_dir=w.folder, run_id=None)
+    if not cfg.mlflow:
+        _stop(f"{done} {_where(w, 'not logged: --no-mlflow')}", outcome)
+    target = spool.target_now(cfg.tracking_uri, cfg.experiment_name, cfg.run_name, how.child_of)
+    with interrupts.keeping():
+        note = _spool_note(w, target, f"interrupted ({signal}) before logging")
+    if how.mlflow_run:
+        note = f"`mlflow run` marks its run {how.mlflow_run} FAILED once this process exits; {note}"
+    message = f"{done} {_where(w, 'not logged to MLflow')}: {note}"
+    _stop(message, replace(outcome, tracking_error=note))
+
+
+def _spool_note(w: _Written, target: spool.Target, reason: str) -> str:
+    """Spool the written result for ``llem-mlflow sync``; one line saying where it went and the way back."""
+    if not w.on_disk:
+        return "no file could be written, so nothing was spooled"
+    try:
+        entry = spool.spool_result(w.folder, w.result.experiment_id, target, reason)
+    except TrackingError as exc:
+        first = str(exc).splitlines()[0]
+        return f"{first}; log it later with: llem-mlflow log {w.folder}"
+    return f"spooled in {entry}; upload it with: llem-mlflow sync"
+
+
+def _finish(
+    cfg: ExperimentConfig,
+    w: _Written,
+    m: measure.Measurement,
+    how: _Logging,
+    show: Progress,
+    clock: Stopwatch,
+) -> Outcome:
+    """Log the written result (``_publish``); a signal that cuts logging short stops the run (exit 130)."""
+    try:
+        outcome = _publish(cfg, w, m, how, show, clock)
+    except _Cut as stop:
+        where = _where(w, "logging was cut short")
+        _stop(
+            f"interrupted while logging to MLflow: every cycle had completed; kept {where}: {stop}",
+            stop.outcome,
+        )
+    return replace(outcome, write_error=_write_error(w, outcome))
+
+
+def _write_error(w: _Written, outcome: Outcome) -> str | None:
+    """Why the result is not in its folder and what was kept where (None: it is)."""
+    if w.problem is None:
+        return None
+    if w.on_disk:
+        logged = f" and logged to MLflow run {outcome.run_id}" if outcome.run_id else ""
+        return f"{w.problem}{logged}"
+    if outcome.run_id:
+        return (
+            f"{w.problem}: MLflow run {outcome.run_id} holds the result, logged from memory (params, "
+            "metrics, the power trace as metric history; result.json as an artifact if the temp folder "
+            "had room)"
+        )
+    return f"{w.problem}: nothing could be kept on disk or in MLflow; the summary above is all that is left"
+
+
+def _publish(
+    cfg: ExperimentConfig,
+    w: _Written,
+    m: measure.Measurement,
     how: _Logging,
     show: Progress,
     clock: Stopwatch,
 ) -> Outcome:
     """Log the written files as ``how`` says (nothing with ``mlflow: false``)."""
     if not cfg.mlflow:
-        return Outcome(result=result, result_dir=folder, run_id=None)
+        return Outcome(result=w.result, result_dir=w.folder, run_id=None)
     show.stage("logging to MLflow")
     with clock.lap("log"):
-        return _log(cfg, result, m, folder, how)
+        return _log(cfg, w, m, how)
 
 
-def _log(
-    cfg: ExperimentConfig, result: ExperimentResult, m: measure.Measurement, folder: Path, how: _Logging
-) -> Outcome:
+def _log(cfg: ExperimentConfig, w: _Written, m: measure.Measurement, how: _Logging) -> Outcome:
+    """Log ``w``; a failure spools it. A signal (first or repeated) cuts logging short: ``_cut``."""
     target = spool.target_now(cfg.tracking_uri, cfg.experiment_name, cfg.run_name, how.child_of)
-    still_down = preflight.probe_now(cfg, how.reprobe) if how.reprobe is not None else None
     try:
-        if still_down:
-            raise TrackingError(still_down)
-        logged = recording.log_folder(
-            folder, cfg.tracking_uri, cfg.experiment_name, cfg.run_name, (result, m.trace), how.child_of
-        )
+        with interrupts.cutting():
+            still_down = preflight.probe_now(cfg, how.reprobe) if how.reprobe is not None else None
+            if still_down:
+                raise TrackingError(still_down)
+            run_id = _log_now(cfg, w, m, how)
     except TrackingError as exc:  # the files are written: spool them for `llem-mlflow sync`
-        message = spool.keep(folder, result.experiment_id, target, str(exc))
-        return Outcome(result=result, result_dir=folder, run_id=None, tracking_error=message)
-    return Outcome(result=result, result_dir=folder, run_id=logged.run_id)
+        if w.on_disk:
+            message = spool.keep(w.folder, w.result.experiment_id, target, str(exc))
+        else:
+            message = f"{exc}\nNo file could be written either: the summary above is all that is left."
+        return Outcome(result=w.result, result_dir=w.folder, run_id=None, tracking_error=message)
+    except KeyboardInterrupt as stop:
+        raise _cut(w, target, stop, how) from None
+    return Outcome(result=w.result, result_dir=w.folder, run_id=run_id)
+
+
+def _log_now(cfg: ExperimentConfig, w: _Written, m: measure.Measurement, how: _Logging) -> str:
+    """Log the result folder (``recording``), or, when no file could be written, the result from memory."""
+    if w.on_disk:
+        logged = recording.log_folder(
+            w.folder, cfg.tracking_uri, cfg.experiment_name, cfg.run_name, (w.result, m.trace), how.child_of
+        )
+        return logged.run_id
+    run = tracking.record_result(
+        w.result,
+        [],
+        m.trace,
+        tracking_uri=cfg.tracking_uri,
+        experiment_name=cfg.experiment_name,
+        run_name=cfg.run_name,
+        child_of=how.child_of,
+    )
+    text = w.result.model_dump_json(indent=2)
+    tracking.log_text_quietly(cfg.tracking_uri, run.run_id, artifacts.RESULT_FILE, text)
+    return run.run_id
+
+
+def _cut(w: _Written, target: spool.Target, stop: KeyboardInterrupt, how: _Logging) -> _Cut:
+    """Logging was cut short: spool the result first (a further signal waits for that), then end the
+    half-logged run KILLED (a further signal exits at once; ``sync`` then retires the run)."""
+    run_id = getattr(stop, "run_id", None)  # tracking.LoggingCut: the run it had made or resumed
+    with contextlib.ExitStack() as stack:
+        with interrupts.keeping():
+            note = _spool_note(w, target, "MLflow logging was interrupted")
+            stack.enter_context(interrupts.exit_line(_left_running(run_id, how, note)))
+        if run_id is not None:  # a signal from here on exits at once with the line above
+            ended = tracking.end_cut(stop)
+            note = f"{_killed(run_id, how.mlflow_run) if ended else _left_running(run_id, how, '')}; {note}"
+    return _Cut(note, Outcome(result=w.result, result_dir=w.folder, run_id=None, tracking_error=note))
+
+
+def _left_running(run_id: str | None, how: _Logging, note: str) -> str:
+    """What becomes of a half-logged run left RUNNING, then ``note`` (where the result is)."""
+    if run_id is None:
+        return note
+    if run_id == how.mlflow_run:
+        run = f"`mlflow run` marks run {run_id} FAILED when this process exits (sync logs into it)"
+    else:
+        run = f"MLflow run {run_id} left RUNNING (`llem-mlflow sync` retires it)"
+    return f"{run}; {note}" if note else run

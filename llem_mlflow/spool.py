@@ -7,13 +7,25 @@ and power.png into ``<spool>/<llem experiment id>/`` with ``spool.json``: where 
 when and why it was spooled. Those files hold the whole MLflow payload (params, tags, metrics, trace
 history with its original timestamps, artifacts): logging rebuilds it from them (``recording``).
 
-The spool is per user: ``LLEM_MLFLOW_SPOOL_DIR``, else ``$XDG_STATE_HOME/llem-mlflow/spool``, else
-``~/.local/state/llem-mlflow/spool`` (folders 0700). ``sync`` logs every entry, or those given, exactly
-once: an entry is locked while it is synced (a lock file; a lock whose process is gone is taken over),
-logging finds a run that already holds the result (tag ``llem.experiment_id``) and then adds nothing,
-and the entry is removed only after the store holds the run. Credentials are never written here: at
-sync time they come from the environment (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN``) or from
-``--tracking-uri``.
+The spool is per user: ``<LLEM_MLFLOW_SPOOL_DIR>/llem-mlflow-spool-<uid>`` (a folder of our own inside
+the one named, which may be shared: it is never chmod-ed), else ``$XDG_STATE_HOME/llem-mlflow/spool``,
+else ``~/.local/state/llem-mlflow/spool``. The spool folder is created 0700 and must be a real folder of
+this user. ``sync`` logs every entry, or those given, exactly once, through ``recording.log_folder``'s
+protocol: an entry is locked while it is synced (``recording.result_lock``, taken without waiting: a
+concurrent sync skips the entry and goes on with the others), a run already holding the result is
+found (tag ``llem.experiment_id``) and nothing is added, half-logged runs are retired, and the entry is
+removed only after the store holds the run.
+
+Nothing read from the spool is trusted: a manifest is validated by a strict frozen model (``Manifest``,
+unknown keys refused), an entry must be a real folder directly in the spool named by its id, holding
+regular files (no symbolic links), and the original result folder is written to (``mlflow_run.json``)
+only when it is an absolute, symlink-free path to a folder of that very result. A bad entry is skipped
+with one line saying why (``scan``), and ``sync`` goes on with the rest.
+
+Credentials are never written here (the URI is stored as ``secrets.scrub_secrets`` leaves it: a database
+URI keeps its user name); at sync time they come back as ``sync_uri`` says: ``--tracking-uri``,
+``MLFLOW_TRACKING_URI`` naming the same store, or the environment (``MLFLOW_TRACKING_USERNAME``/
+``PASSWORD``/``TOKEN``, ``PGPASSWORD``).
 """
 
 from __future__ import annotations
@@ -21,42 +33,64 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext, suppress
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from llem_mlflow.errors import LlemError, TrackingError
-from llem_mlflow.secrets import scrub_secrets
+from llem_mlflow.secrets import same_store, scrub_secrets, usable_uri
 
 ENV_DIR = "LLEM_MLFLOW_SPOOL_DIR"
 MANIFEST = "spool.json"
-LOCK = ".lock"
-VERSION = 1
+VERSION: Literal[1] = 1
 #: The files of a result folder a spool entry keeps (power.png when there is one).
 FILES = ("result.json", "timeseries.parquet", "power.png")
+#: Files an entry must hold to be logged.
+REQUIRED = ("result.json", "timeseries.parquet")
+#: An entry's name: the llem experiment id (``identity``), safe as a folder name and in a filter string.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+_RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+MAX_MANIFEST_BYTES = 1_000_000
 
 
 def spool_dir() -> Path:
     """This user's spool folder (see the module docstring); not created here."""
     if os.environ.get(ENV_DIR):
-        return Path(os.environ[ENV_DIR]).expanduser()
+        return Path(os.environ[ENV_DIR]).expanduser() / f"llem-mlflow-spool-{os.getuid()}"
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "llem-mlflow" / "spool"
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(BaseModel):
     """Where a result was meant to be logged (no credentials)."""
 
-    tracking_uri: str
-    experiment_name: str | None = None
-    run_name: str | None = None
-    mlflow_run_id: str | None = None  # the run `mlflow run` made for this entry point
-    parent_run_id: str | None = None  # a sweep point: the sweep's parent run
-    child_tags: dict[str, str] = field(default_factory=dict)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    tracking_uri: str = Field(min_length=1, max_length=10_000)
+    experiment_name: str | None = Field(None, max_length=10_000)
+    run_name: str | None = Field(None, max_length=10_000)
+    mlflow_run_id: str | None = Field(None, pattern=_RUN_ID_PATTERN)  # the run `mlflow run` made
+    parent_run_id: str | None = Field(None, pattern=_RUN_ID_PATTERN)  # a sweep point: the parent run
+    child_tags: dict[str, str] = Field(default_factory=dict, max_length=100)
+
+
+class Manifest(BaseModel):
+    """``spool.json``: as strict as a config (types exact, unknown keys refused)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    version: Literal[1]
+    llem_id: str = Field(pattern=ID_PATTERN)
+    target: Target
+    result_dir: str = Field(min_length=1, max_length=4096)
+    spooled_at: AwareDatetime
+    reason: str = Field(max_length=100_000)
 
 
 @dataclass(frozen=True)
@@ -71,20 +105,80 @@ class Entry:
     reason: str
 
     @classmethod
-    def read(cls, folder: Path) -> Entry:
-        """The entry in ``folder``.
+    def read(cls, folder: Path, root: Path | None = None) -> Entry:
+        """The entry in ``folder``, checked (module docstring) against the spool ``root``.
 
         Raises:
-            TrackingError: ``spool.json`` is missing or not a spool manifest.
+            TrackingError: one line; ``folder`` is not a sound spool entry, and why.
         """
+        root = root or spool_dir()
         try:
-            raw = json.loads((folder / MANIFEST).read_text())
-            return cls(folder, raw["llem_id"], Target(**raw["target"]), raw["result_dir"],
-                       raw["spooled_at"], raw["reason"])  # fmt: skip
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise TrackingError(
-                f"{folder} is not a readable spool entry ({exc}); move it out of the spool"
-            ) from None
+            manifest = _checked_manifest(folder, root)
+        except (OSError, ValueError) as exc:
+            raise TrackingError(f"{folder} is not a sound spool entry: {_why(exc)}") from None
+        when = manifest.spooled_at.astimezone(timezone.utc).isoformat()
+        return cls(folder, manifest.llem_id, manifest.target, manifest.result_dir, when, manifest.reason)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A spool folder ``sync`` leaves alone, and why (one line)."""
+
+    folder: Path
+    reason: str
+
+
+def _checked_manifest(folder: Path, root: Path) -> Manifest:
+    """The entry's manifest once the folder, its files and the manifest passed every check."""
+    _check_inside(folder, root)
+    manifest = Manifest.model_validate_json(_regular(folder / MANIFEST, MAX_MANIFEST_BYTES))
+    if manifest.llem_id != folder.name:
+        raise ValueError(f"its manifest names {manifest.llem_id!r}, not the folder's name {folder.name!r}")
+    if not _clean_absolute(manifest.result_dir):
+        raise ValueError(f"result_dir {manifest.result_dir!r} is not a plain absolute path")
+    for name in FILES:
+        if name in REQUIRED or os.path.lexists(folder / name):
+            _regular(folder / name)
+    return manifest
+
+
+def _check_inside(folder: Path, root: Path) -> None:
+    """``folder``: a real folder (no symbolic link) directly in the spool ``root``."""
+    if os.path.islink(folder):
+        raise ValueError("it is a symbolic link; an entry must be a folder of its own")
+    if folder.resolve().parent != root.resolve() or not folder.is_dir():
+        raise ValueError(f"it is not a folder in the spool {root}")
+
+
+def _regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of ``path`` (only ``limit`` are read); it must be a regular file, not a link."""
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path.name} is {'a symbolic link' if stat.S_ISLNK(mode) else 'not a file'}")
+    if limit is None:
+        return b""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path.name} is larger than {limit} bytes")
+    return data
+
+
+def _clean_absolute(path: str) -> bool:
+    return "\0" not in path and os.path.isabs(path) and os.path.normpath(path) == path
+
+
+def _why(exc: Exception) -> str:
+    """One line: the first problem pydantic found (field path and message), else the error's text."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "spool.json"
+        return f"{MANIFEST} field {where}: {first['msg']}" + (
+            f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        )
+    if isinstance(exc, FileNotFoundError):
+        return f"{Path(exc.filename or '?').name} is missing"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def spool_result(folder: Path, llem_id: str, target: Target, reason: str, root: Path | None = None) -> Path:
@@ -102,14 +196,14 @@ def spool_result(folder: Path, llem_id: str, target: Target, reason: str, root: 
         return entry
     tmp = root / f".incoming-{llem_id}-{os.getpid()}"
     try:
-        _make_private(root)
+        _own_folder(root)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(mode=0o700)
         for name in FILES:
             if (folder / name).is_file():
                 shutil.copy2(folder / name, tmp / name)
         manifest = _manifest(llem_id, target, folder, reason)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
         _fsync_tree(tmp)
         os.replace(tmp, entry)
     except OSError as exc:
@@ -138,13 +232,9 @@ def keep(folder: Path, llem_id: str, target: Target, error: str) -> str:
 def target_now(tracking_uri: str | None, experiment_name: str | None, run_name: str | None,
                child_of: Any = None) -> Target:  # fmt: skip
     """Where a result logged now would go: the store, and the run ``mlflow run`` or the caller opened."""
-    import sys
-
     from llem_mlflow import tracking
 
-    mlflow = sys.modules.get("mlflow")
-    active = mlflow.active_run() if mlflow is not None else None
-    run_id = active.info.run_id if active is not None else os.environ.get("MLFLOW_RUN_ID")
+    run_id = tracking.active_run_id() or os.environ.get("MLFLOW_RUN_ID")
     return Target(
         tracking_uri=tracking.target_tracking_uri(tracking_uri),
         experiment_name=experiment_name,
@@ -155,21 +245,36 @@ def target_now(tracking_uri: str | None, experiment_name: str | None, run_name: 
     )
 
 
-def _manifest(llem_id: str, target: Target, folder: Path, reason: str) -> dict[str, Any]:
-    clean = Target(**{**target.__dict__, "tracking_uri": scrub_secrets(target.tracking_uri)})
-    return {
-        "version": VERSION,
-        "llem_id": llem_id,
-        "target": clean.__dict__,
-        "result_dir": str(folder.resolve()),
-        "spooled_at": datetime.now(timezone.utc).isoformat(),
-        "reason": scrub_secrets(reason),
-    }
+def _manifest(llem_id: str, target: Target, folder: Path, reason: str) -> Manifest:
+    return Manifest(
+        version=VERSION,
+        llem_id=llem_id,
+        target=target.model_copy(update={"tracking_uri": scrub_secrets(target.tracking_uri)}),
+        result_dir=str(folder.resolve()),
+        spooled_at=datetime.now(timezone.utc),
+        reason=scrub_secrets(reason),
+    )
 
 
-def _make_private(root: Path) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    os.chmod(root, 0o700)
+def _own_folder(root: Path) -> None:
+    """Create the spool folder 0700 (parents as the umask says); an existing one must be this user's own
+    real folder. No folder's mode is ever changed.
+
+    Raises:
+        OSError: the spool path is a symbolic link, not a folder, or another user's.
+    """
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with suppress(FileExistsError):
+        root.mkdir(mode=0o700)
+    _check_root(root)
+
+
+def _check_root(root: Path) -> None:
+    st = os.lstat(root)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise OSError(f"the spool {root} is not a folder (a symbolic link?); remove it or set {ENV_DIR}")
+    if st.st_uid != os.getuid():
+        raise OSError(f"the spool {root} belongs to another user; set {ENV_DIR} to a folder of yours")
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -183,32 +288,48 @@ def _fsync_tree(folder: Path) -> None:
         os.close(fd)
 
 
+def scan(root: Path | None = None) -> tuple[list[Entry], list[Skipped]]:
+    """Every sound entry in the spool, oldest first, and every folder or file left alone with why.
+
+    Raises:
+        TrackingError: the spool folder itself is not this user's own real folder.
+    """
+    root = root or spool_dir()
+    if not os.path.lexists(root):
+        return [], []
+    try:
+        _check_root(root)
+        names = sorted(os.listdir(root))
+    except OSError as exc:
+        raise TrackingError(str(exc)) from None
+    entries, skipped = [], []
+    for name in names:
+        if name.startswith("."):
+            continue  # a half-copied entry (.incoming-*), never ready
+        try:
+            entries.append(Entry.read(root / name, root))
+        except TrackingError as exc:
+            skipped.append(Skipped(root / name, str(exc)))
+    return sorted(entries, key=lambda e: e.spooled_at), skipped
+
+
 def pending(root: Path | None = None) -> list[Entry]:
-    """Every ready entry in the spool, oldest first (unreadable ones are skipped: see ``broken``)."""
-    entries = []
-    for folder in _entry_folders(root or spool_dir()):
-        try:
-            entries.append(Entry.read(folder))
-        except TrackingError:
-            continue
-    return sorted(entries, key=lambda e: e.spooled_at)
+    """Every sound entry in the spool, oldest first (see ``scan`` for those left alone)."""
+    return scan(root)[0]
 
 
-def broken(root: Path | None = None) -> list[Path]:
-    """Entry folders whose manifest cannot be read (left alone by ``sync``)."""
+def named(names: Sequence[str], root: Path | None = None) -> list[Entry]:
+    """The entries ``names`` (ids, or folders in the spool).
+
+    Raises:
+        TrackingError: a name is not a sound entry of this spool (the message says which and why).
+    """
+    root = root or spool_dir()
     out = []
-    for folder in _entry_folders(root or spool_dir()):
-        try:
-            Entry.read(folder)
-        except TrackingError:
-            out.append(folder)
+    for name in names:
+        folder = Path(name) if os.sep in name else root / name  # Entry.read: it must be in ``root``
+        out.append(Entry.read(folder, root))
     return out
-
-
-def _entry_folders(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
 
 
 # ---------------------------------------------------------------- sync
@@ -217,7 +338,8 @@ def _entry_folders(root: Path) -> list[Path]:
 @dataclass(frozen=True)
 class Synced:
     """What ``sync`` did with one entry: ``logged``, ``already logged``, ``would log`` (dry run),
-    ``busy`` (another sync holds it) or ``failed`` (``note`` says why)."""
+    ``busy`` (another sync holds it), ``gone`` (another sync logged it meanwhile) or ``failed``
+    (``note`` says why). Only ``failed`` is a failure."""
 
     entry: Entry
     status: str
@@ -226,40 +348,93 @@ class Synced:
     note: str = ""
 
 
-def sync(entries: Sequence[Entry], tracking_uri: str | None = None, dry_run: bool = False) -> list[Synced]:
-    """Log each entry to its store (or ``tracking_uri``); remove it once the store holds it."""
-    return [_sync_one(e, tracking_uri, dry_run) for e in entries]
+def sync(
+    entries: Sequence[Entry],
+    tracking_uri: str | None = None,
+    dry_run: bool = False,
+    experiment_name: str | None = None,
+) -> list[Synced]:
+    """Log each entry to its store (or ``tracking_uri``) and experiment (or ``experiment_name``); remove
+    it once the store holds it."""
+    return [_sync_one(e, tracking_uri, dry_run, experiment_name) for e in entries]
 
 
-def _sync_one(entry: Entry, tracking_uri: str | None, dry_run: bool) -> Synced:
-    uri = tracking_uri or entry.target.tracking_uri
+def sync_uri(stored: str, given: str | None) -> str:
+    """The URI an entry whose store is ``stored`` (no secrets) is logged to, its credentials brought back.
+
+    ``given`` (``sync --tracking-uri``) when there is one; else ``MLFLOW_TRACKING_URI`` when it names the
+    same store (scheme, user, host, port, database: ``secrets.same_store``), so a database password
+    written there comes back; else ``stored`` (parameters masked to ``***`` dropped), whose credentials
+    come from the environment: ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN`` for http(s), the
+    driver's own (``PGPASSWORD``, ``~/.pgpass``) for databases.
+    """
+    if given:
+        return given
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and same_store(env, stored):
+        return env
+    return usable_uri(stored)
+
+
+def _sync_one(entry: Entry, tracking_uri: str | None, dry_run: bool, experiment_name: str | None) -> Synced:
+    from llem_mlflow import recording
+
+    uri = sync_uri(entry.target.tracking_uri, tracking_uri)
     if dry_run:
         return Synced(entry, "would log", tracking_uri=scrub_secrets(uri))
+    gone = Synced(entry, "gone", note="another sync logged it meanwhile")
     try:
-        with _locked(entry.folder):
-            logged = _log(entry, uri)
+        with recording.result_lock(entry.folder, wait=False):
+            if not os.path.lexists(entry.folder / MANIFEST):
+                return gone
+            logged = _log(entry, uri, experiment_name)
             shutil.rmtree(entry.folder)
-    except _Busy:
+    except recording.ResultBusy:
         return Synced(entry, "busy", note="another sync is logging it")
     except LlemError as exc:
         return Synced(entry, "failed", tracking_uri=scrub_secrets(uri), note=str(exc).splitlines()[0])
+    except OSError as exc:
+        if not os.path.lexists(entry.folder):
+            return gone
+        return Synced(entry, "failed", tracking_uri=scrub_secrets(uri), note=scrub_secrets(str(exc)))
     status = "already logged" if logged.already_logged else "logged"
     return Synced(entry, status, logged.run_id, logged.tracking_uri)
 
 
-def _log(entry: Entry, uri: str) -> Any:
+def _log(entry: Entry, uri: str, experiment_name: str | None) -> Any:
+    """Log the entry under its lock and the original result folder's (when that is sound)."""
     from llem_mlflow import recording, tracking
 
     t = entry.target
     child_of = tracking.ChildOf(t.parent_run_id, dict(t.child_tags)) if t.parent_run_id else None
-    with _run_id_env(t.mlflow_run_id):
+    original = _original_folder(entry)
+    with recording.result_lock(original) if original else nullcontext(), _run_id_env(t.mlflow_run_id):
         logged = recording.log_folder(
-            entry.folder, uri, t.experiment_name, t.run_name, child_of=child_of, replace_unfinished=True
+            entry.folder,
+            uri,
+            experiment_name or t.experiment_name,
+            t.run_name,
+            child_of=child_of,
+            locked=True,
         )
-    original = Path(entry.result_dir)
-    if original.is_dir():  # the result folder names its run too (best effort)
-        recording.remember(original, logged)
+        if original is not None:  # the result folder names its run too
+            recording.remember(original, logged)
     return logged
+
+
+def _original_folder(entry: Entry) -> Path | None:
+    """The folder the result was spooled from, when it is still there and really is that result's:
+    an absolute path without symbolic links, named by the id, holding a result.json of that id."""
+    path = Path(entry.result_dir)
+    try:
+        if os.path.realpath(path) != entry.result_dir or path.name != entry.llem_id or not path.is_dir():
+            return None
+        _regular(path / "result.json")
+        with (path / "result.json").open("rb") as f:
+            held = json.loads(f.read(10_000_000)).get("experiment_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return path if held == entry.llem_id else None
 
 
 @contextmanager
@@ -274,45 +449,3 @@ def _run_id_env(run_id: str | None) -> Iterator[None]:
         os.environ.pop("MLFLOW_RUN_ID", None)
         if before is not None:
             os.environ["MLFLOW_RUN_ID"] = before
-
-
-class _Busy(Exception):
-    """Another live process holds the entry's lock."""
-
-
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """Hold ``folder/.lock`` (O_EXCL, holding our pid); take over a lock whose process has gone."""
-    lock = folder / LOCK
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            break
-        except FileExistsError:
-            if _holder_alive(lock):
-                raise _Busy from None
-            lock.unlink(missing_ok=True)
-    else:
-        raise _Busy
-    try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _holder_alive(lock: Path) -> bool:
-    try:
-        pid = int(lock.read_text() or "0")
-    except (OSError, ValueError):
-        return False
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -1,22 +1,36 @@
-"""Is the MLflow tracking store reachable? Answered in seconds, without importing MLflow.
+"""Is the MLflow tracking store reachable and whole? Answered in seconds, without importing MLflow.
 
 ``probe_store(uri)`` returns None when the store answers, else one line saying what is wrong and
 what to do: http(s) (``/health``, then the experiments API), sqlite (the file or its folder exists
-and is readable and writable, and holds a SQLite header), database servers (a TCP connect), and
-MLflow 3.13+'s ban on file stores. Other schemes (databricks, plugins) are not probed.
+and is readable and writable, holds a SQLite header, and is not half-created by a cut migration),
+database servers (a TCP connect), and MLflow 3.13+'s ban on file stores. Other schemes (databricks,
+plugins) are not probed.
+
+The MLflow-free half of making a sqlite store safely (``tracking.ready_store`` is the other half):
+``store_lock`` (an ``flock`` on ``<db>.llem-lock``) lets one process at a time create or migrate it,
+``build_path``/``put_in_place`` build a store beside the file and rename it into place whole,
+``read_schema`` tells a half-made store from an older or a newer one, and the one-line messages.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
+import glob
 import os
 import socket
+import sqlite3
 import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from llem_mlflow.secrets import scrub_secrets
 
@@ -36,7 +50,7 @@ def probe_store(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
 
     Returns None when it can, else one line saying what is wrong and what to do. http(s): ``GET
     /health`` (then the experiments API) within ``timeout_s``; sqlite: the file (or its folder) is
-    there, readable and writable, and is an SQLite file, checked without opening it; postgresql,
+    there, readable and writable, an SQLite file, not half-created (read-only); postgresql,
     mysql, mssql: a TCP connect to host:port within ``timeout_s``; file stores: the MLflow 3.13+ ban
     and the folder. Other schemes (databricks, plugins) are not probed: None.
     """
@@ -90,8 +104,9 @@ def _http_status(url: str, parts: SplitResult, timeout_s: float) -> int:
 
 
 def _auth_headers(parts: SplitResult) -> dict[str, str]:
-    user = parts.username or os.environ.get("MLFLOW_TRACKING_USERNAME")
-    password = parts.password or os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    # URI credentials are percent-decoded, as requests (MLflow's HTTP client) decodes them
+    user = unquote(parts.username or "") or os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = unquote(parts.password or "") or os.environ.get("MLFLOW_TRACKING_PASSWORD")
     token = os.environ.get("MLFLOW_TRACKING_TOKEN")
     if user and password:
         return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
@@ -148,7 +163,145 @@ def _check_sqlite_file(path: Path) -> str | None:
         return f"cannot be read: {exc.strerror}"
     if header and header != b"SQLite format 3\x00":
         return f"is not an SQLite database: {path} holds something else; point the URI at another file"
-    return None
+    schema = read_schema(path) if header else None
+    return None if schema is None or not schema.half_made() else half_created(path)
+
+
+# --- a sqlite store is created or migrated whole, once (``tracking.ready_store`` does the MLflow part) ---
+
+LOCK_SUFFIX = ".llem-lock"  # beside the database file: ``store_lock``
+_BUILD_TAG = ".llem-new-"  # a store being built: .<name>.llem-new-<pid>, renamed into place when whole
+_ALEMBIC_LEFTOVER = "_alembic_tmp_"  # a table alembic's batch migration drops when the step completes
+
+
+@dataclass(frozen=True)
+class SqliteSchema:
+    """What a sqlite file holds, read without MLflow: its tables, alembic revision, experiment rows."""
+
+    tables: frozenset[str]
+    revision: str | None  # alembic_version's row; None when the table or its row is missing
+    experiments: int | None  # rows of ``experiments``; None without that table
+
+    def half_made(self) -> bool:
+        """A batch migration's leftover table: a migration was cut mid-step (no migration can go on)."""
+        return any(t.startswith(_ALEMBIC_LEFTOVER) for t in self.tables)
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI; None for other schemes and in-memory databases."""
+    if urlsplit(uri).scheme.lower().split("+")[0] != "sqlite":
+        return None
+    rest = uri.split("?", 1)[0].split(":", 1)[1]
+    if not rest.startswith("///") or rest in ("///", "///:memory:"):
+        return None
+    return Path(rest[3:])
+
+
+def read_schema(path: Path) -> SqliteSchema | None:
+    """The tables of the sqlite file ``path`` (read-only); None when it cannot be read now."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = frozenset(r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+            rows = _rows(db, "SELECT version_num FROM alembic_version", "alembic_version" in tables)
+            count = _rows(db, "SELECT COUNT(*) FROM experiments", "experiments" in tables)
+    except (sqlite3.Error, OSError):
+        return None  # locked by a writer, or unreadable: no verdict, MLflow reports it
+    return SqliteSchema(
+        tables, str(rows[0][0]) if rows else None, int(count[0][0]) if "experiments" in tables else None
+    )
+
+
+def _rows(db: sqlite3.Connection, query: str, table_exists: bool) -> list[tuple[Any, ...]]:
+    return db.execute(query).fetchall() if table_exists else []
+
+
+def half_created(path: Path) -> str:
+    """The one line (after the store's URI) for a store a cut migration left half made."""
+    return (
+        f"is half-created (an interrupted migration) and unusable: move it aside "
+        f"(mv {path} {path}.broken); the next use makes a new one"
+    )
+
+
+def older_schema(uri: str, revision: str, head: str) -> str:
+    """The one line for a store made by an older MLflow that this MLflow does not migrate by itself."""
+    return (
+        f"has an older schema ({revision}; this MLflow needs {head}): back it up, then run "
+        f"mlflow db upgrade {scrub_secrets(uri)}"
+    )
+
+
+def newer_schema(revision: str) -> str:
+    """The one line for a store made by a newer MLflow."""
+    return (
+        f"was made by a newer MLflow (schema {revision}, unknown to this one): upgrade mlflow "
+        "(pip install -U mlflow) or use another store"
+    )
+
+
+@contextmanager
+def store_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive inter-process lock (``flock``) on ``<path>.llem-lock`` (created, never removed).
+
+    Best effort: where the lock file cannot be made or locked (a read-only folder, a file system
+    without ``flock``) the block runs unlocked.
+    """
+    try:
+        fd = os.open(f"{path}{LOCK_SUFFIX}", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def build_path(path: Path) -> Path:
+    """Where a store for ``path`` is built before it is renamed into place (same folder: same disk)."""
+    return path.with_name(f".{path.name}{_BUILD_TAG}{os.getpid()}")
+
+
+def remove_stale_builds(path: Path) -> None:
+    """Remove builds (and their journals) that a killed process left; call it holding ``store_lock``."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}{_BUILD_TAG}*"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+@contextmanager
+def copied(path: Path, copy: Path) -> Iterator[None]:
+    """Copy the sqlite store ``path`` to ``copy``; other writers of ``path`` wait until the block ends."""
+    writer = sqlite3.connect(path, timeout=60)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # a write lock, so the copy misses no write
+        with (
+            contextlib.closing(sqlite3.connect(path)) as reader,
+            contextlib.closing(sqlite3.connect(copy)) as to,
+        ):
+            reader.backup(to)  # a second connection: the writer's own cannot back itself up
+        os.chmod(copy, path.stat().st_mode & 0o7777)
+        yield
+    finally:
+        writer.close()
+
+
+def put_in_place(built: Path, path: Path) -> None:
+    """Rename the whole store ``built`` onto ``path`` atomically, flushed to disk first."""
+    for target in (built, built.parent):
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.replace(built, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _probe_tcp(parts: SplitResult, default_port: int, timeout_s: float) -> str | None:

@@ -414,8 +414,10 @@ def run_sweep(config: str | Path | SweepPlan, parts: Parts | None = None, **over
 def _open_parent(plan: SweepPlan) -> SweepParent | None:
     if not plan.base.mlflow:
         return None
-    from llem_mlflow import tracking
+    from llem_mlflow import preflight, tracking
     from llem_mlflow._version import __version__
+
+    preflight.check_tracking(plan.base)  # a URI no MLflow store handles: exit 2, before any point
 
     tags = {
         tracking.SWEEP_ID_TAG: plan.sweep_id,

@@ -11,6 +11,10 @@ Which run receives the result (one result per run: two measurements are never me
    (tag ``mlflow.parentRunId``, as ``mlflow.start_run(nested=True)``), ended FINISHED;
 2. ``MLFLOW_RUN_ID`` is set (inside ``mlflow run``): resume that run, end it FINISHED;
 3. otherwise: a new run in ``resolve_experiment_name(experiment_name)``, ended FINISHED.
+Every run is created through ``create_run_once`` (a run whose create reply was lost is found by its
+``llem.create_token`` tag; duplicates a retried create made are retired), and ``claim_result`` finds
+the run already holding a result and retires half-logged ones (``retire_run``): ``recording`` calls
+both under its lock per result, so a result is held by one run.
 Every run this module creates or resumes is ended FAILED when logging fails. Runs we own carry
 the measurement's own times (``create_run(start_time=result.start_time)``,
 ``set_terminated(end_time=result.end_time)``).
@@ -22,6 +26,8 @@ no kind yet, so the MLflow 3.17 UI opens its runs table.
 
 A dead store costs seconds, not minutes: ``store_probe.probe_store`` (re-exported here) checks it
 first without MLflow, and MLflow's HTTP retries and SQL engine retries are bounded before a client is made.
+A SQL store is made ready first (``ready_store``): created or migrated once, under a lock, whole (a sqlite
+store is built beside the file and renamed into place), with signals deferred; a broken one is one line.
 """
 
 from __future__ import annotations
@@ -34,18 +40,20 @@ import os
 import re
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from llem_mlflow.config import DEFAULT_EXPERIMENT
+from llem_mlflow import interrupts, store_probe
+from llem_mlflow.config import DEFAULT_EXPERIMENT, MAX_RUN_NAME
 from llem_mlflow.errors import TrackingError
 from llem_mlflow.result import ExperimentResult, mlflow_power_point
-from llem_mlflow.secrets import scrub_secrets
+from llem_mlflow.secrets import scrub_secrets, scrubbed_stdout
 from llem_mlflow.store_probe import DB_PORTS, probe_store
 from llem_mlflow.store_probe import one_line as _one_line
 from llem_mlflow.trace import PowerTrace
@@ -60,6 +68,8 @@ log = logging.getLogger(__name__)
 
 PARAM_CONFLICT_PREFIX = "cfg."
 LLEM_EXPERIMENT_TAG = "llem.experiment_id"
+RETIRED_TAG = "llem.retired"  # why a run was retired (ended KILLED if RUNNING, soft-deleted): retire_run
+CREATE_TOKEN_TAG = "llem.create_token"  # one per create_run call: finds the run a lost reply created
 PARENT_RUN_TAG = "mlflow.parentRunId"  # what mlflow.start_run(nested=True) sets
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3.17 UI: "model training", the runs table
@@ -149,16 +159,47 @@ def target_tracking_uri(explicit: str | None) -> str:
     return resolve_tracking_uri(explicit)
 
 
+#: Schemes every MLflow registers a tracking store for: answered without importing mlflow.
+_BUILTIN_SCHEMES = frozenset(
+    {"", "file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks"}
+)
+
+
+def unknown_scheme(uri: str) -> str | None:
+    """None when an installed MLflow tracking store handles ``uri``'s scheme, else one line saying why not.
+
+    A common scheme answers at once; any other is looked up in MLflow's own store registry (plugins'
+    entry points included), which imports mlflow. A registry that cannot be asked lets the URI pass.
+    """
+    if urlsplit(uri).scheme.lower() in _BUILTIN_SCHEMES:
+        return None
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry as registry
+    except ImportError:
+        return None
+    try:
+        registry.get_store_builder(uri)  # type: ignore[no-untyped-call]
+    except Exception:
+        known = ", ".join(sorted(s for s in getattr(registry, "_registry", {}) if s))
+        scheme = urlsplit(uri).scheme or uri.split(":", 1)[0]
+        return f"no installed MLflow tracking store handles the scheme {scheme!r} (known: {known})"
+    return None
+
+
 def resolve_experiment_name(explicit: str | None) -> str:
     """``explicit``, else ``MLFLOW_EXPERIMENT_NAME``, else ``"llem-mlflow"``."""
     return explicit or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
 
 def default_run_name(result: ExperimentResult) -> str:
-    """``<model tail>-bs<batch size>-<precision>``, e.g. ``gpt2-bs8-bf16`` for ``openai/gpt2``."""
+    """``<model tail>-bs<batch size>-<precision>``, e.g. ``gpt2-bs8-bf16`` for ``openai/gpt2``.
+
+    A long model folder name is cut so the whole fits ``MAX_RUN_NAME`` (what MLflow's SQL stores hold).
+    """
     model_tail = result.model.rstrip("/").rsplit("/", 1)[-1] or result.model
     batch_size = result.resolved.batch_size if result.resolved is not None else result.config.batch_size
-    return f"{model_tail}-bs{batch_size}-{result.precision}"
+    suffix = f"-bs{batch_size}-{result.precision}"
+    return model_tail[: MAX_RUN_NAME - len(suffix)] + suffix
 
 
 def scrub_uri(uri: str) -> str:
@@ -176,15 +217,18 @@ class Prefetch:
     Started after the checks, so the ~3-5 s import overlaps the model load (which waits on the disk
     and the GPU) instead of following the measurement; ``wait`` before measuring keeps it out of the
     measured windows. An import that fails here is left for the logging step, which imports again
-    and reports the error itself.
+    and reports the error itself. A SQL store is then made ready (``ready_store``: created or migrated
+    whole, once, under a lock), so it is ready before measuring and runs starting together on a new
+    store take turns; a store found broken is a warning here and the logging step's error.
     """
 
     def __init__(self, tracking_uri: str | None) -> None:
         modules = ["mlflow", "mlflow.tracking"]
-        scheme = urlsplit(target_tracking_uri(tracking_uri)).scheme.lower().split("+")[0]
-        if scheme == "sqlite" or scheme in DB_PORTS:
+        if _is_sql(target_tracking_uri(tracking_uri)):
             modules.append("mlflow.store.tracking.sqlalchemy_store")  # sqlalchemy, alembic: ~1-4 s more
-        self._thread = threading.Thread(target=_import_all, args=(modules,), name="llem-import", daemon=True)
+        uri = target_tracking_uri(tracking_uri)
+        args = (modules, uri)
+        self._thread = threading.Thread(target=_import_and_ready, args=args, name="llem-import", daemon=True)
         self._thread.start()
 
     def wait(self, timeout_s: float = PREFETCH_WAIT_S) -> bool:
@@ -196,6 +240,20 @@ class Prefetch:
 def prefetch(tracking_uri: str | None) -> Prefetch:
     """Start importing what logging to ``tracking_uri`` needs, in the background (see ``Prefetch``)."""
     return Prefetch(tracking_uri)
+
+
+def _import_and_ready(modules: Sequence[str], uri: str) -> None:
+    _import_all(modules)
+    if not _is_sql(uri) or "mlflow.store.tracking.sqlalchemy_store" not in sys.modules:
+        return
+    if probe_store(uri) is not None:
+        return  # the checks warned already; the logging step reports it
+    try:
+        ready_store(uri)
+    except TrackingError as exc:
+        log.warning("%s; measuring anyway, the result files are kept (and spooled if logging fails)", exc)
+    except Exception as exc:  # the logging step opens the store again and reports it
+        log.debug("making the store ready failed: %s", exc)
 
 
 def _import_all(modules: Sequence[str]) -> None:
@@ -224,6 +282,7 @@ SWEEP_ID_TAG = "llem.sweep.id"  # hash of the sweep's base config and points: fi
 SWEEP_FIELDS_TAG = "llem.sweep.fields"
 SWEEP_POINT_TAG = "llem.sweep.point"  # a child's overrides, compact JSON
 SWEEP_POINT_HASH_TAG = "llem.sweep.point_hash"  # hash of a child's full requested config
+SWEEP_SUPERSEDED_TAG = "llem.sweep.superseded_by"  # a retired parent: the run its points moved to
 
 
 @dataclass(frozen=True)
@@ -259,7 +318,9 @@ def open_sweep_parent(
 ) -> SweepParent:
     """The sweep's parent run, RUNNING: found again by ``llem.sweep.id = sweep_id``, else created.
 
-    Inside ``mlflow run`` (``MLFLOW_RUN_ID``) that run is the parent. With an active fluent run the
+    Inside ``mlflow run`` (``MLFLOW_RUN_ID``) that run is the parent, and a rerun resumes as the CLI
+    does: the finished points of earlier parents of the same sweep move under it and those parents are
+    retired (``_take_over_earlier``). With an active fluent run the
     parent is looked up in its experiment and a new one is nested under it; otherwise in
     ``resolve_experiment_name(experiment_name)``.
 
@@ -275,7 +336,8 @@ def open_sweep_parent(
 
     def parent() -> tuple[Run, bool]:
         if env_run_id:
-            return _adopt_parent(client, env_run_id, run_name, tags), True
+            adopted = _adopt_parent(client, env_run_id, run_name, tags)
+            return adopted, _take_over_earlier(client, adopted, sweep_id)
         exp_id = (
             active.info.experiment_id
             if active
@@ -286,7 +348,8 @@ def open_sweep_parent(
             client.update_run(found.info.run_id, status="RUNNING")
             return found, True
         nest = {PARENT_RUN_TAG: active.info.run_id} if active else {}
-        return client.create_run(exp_id, run_name=run_name, tags={**_context_tags(), **tags, **nest}), False
+        made = create_run_once(client, exp_id, run_name=run_name, tags={**_context_tags(), **tags, **nest})
+        return made, False
 
     run, resumed = _guarded(uri, "open the sweep's parent run", parent)
     done = _guarded(uri, "list the sweep's finished points", lambda: _finished_children(client, run))
@@ -328,6 +391,37 @@ def _adopt_parent(client: MlflowClient, run_id: str, run_name: str, tags: Mappin
     client.log_batch(run_id, tags=_tags(dict(tags)))
     _ensure_kind(client, run.info.experiment_id)
     return client.get_run(run_id)
+
+
+def _take_over_earlier(client: MlflowClient, parent: Run, sweep_id: str) -> bool:
+    """Resume a sweep under a new ``mlflow run`` run: move the finished points of earlier parents
+    (same ``llem.sweep.id``, same experiment) under ``parent`` and retire those parents.
+
+    A retired parent is tagged ``llem.sweep.superseded_by`` = ``parent``'s id, so a point spooled for it
+    is logged under ``parent`` (``_new_child``). Returns whether an earlier parent was found.
+    """
+    run_id = parent.info.run_id
+    found = _find_parents(client, parent.info.experiment_id, sweep_id)
+    earlier = [r for r in found if r.info.run_id != run_id]
+    for old in earlier:
+        for child in _finished_children(client, old).values():
+            client.set_tag(child.run_id, PARENT_RUN_TAG, run_id)
+        client.set_tag(old.info.run_id, SWEEP_SUPERSEDED_TAG, run_id)
+        retire_run(client, old, f"superseded by run {run_id}: the sweep resumed there under `mlflow run`")
+    return bool(earlier)
+
+
+def _find_parents(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[Run]:
+    from mlflow.entities import ViewType
+
+    return list(
+        client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=100,
+        )
+    )
 
 
 def _find_parent(client: MlflowClient, experiment_id: str, sweep_id: str) -> Run | None:
@@ -394,6 +488,8 @@ def record_result(
     end_ms = _epoch_ms(result.end_time)
     try:
         _log_everything(target, result, files, trace)
+    except KeyboardInterrupt:  # Ctrl-C/SIGTERM: the caller spools the result, then ends the run (end_cut)
+        raise LoggingCut(target.run_id if target.owned else None, target.uri) from None
     except Exception as exc:
         if target.owned:
             _end_quietly(target, "FAILED", end_ms)
@@ -418,7 +514,8 @@ def end_env_run(status: str) -> str | None:
     if not run_id:
         return None
     try:
-        _client(target_tracking_uri(None)).set_terminated(run_id, status=status)
+        with scrubbed_stdout():  # MLflow prints "View run at <tracking URI>" here
+            _client(target_tracking_uri(None)).set_terminated(run_id, status=status)
     except Exception:
         return None
     return run_id
@@ -429,32 +526,125 @@ def end_status(result: ExperimentResult) -> str:
     return "KILLED" if result.status == "interrupted" else "FINISHED"
 
 
-def find_logged_run(
-    llem_experiment_id: str, *, tracking_uri: str | None, run_id_hint: str | None = None
-) -> LoggedRun | None:
-    """A FINISHED, active run in the target store tagged ``llem.experiment_id = llem_experiment_id``.
+# --- a signal during logging (runner: interrupts.cutting), a result logged from memory ---------
 
-    ``run_id_hint`` (e.g. from the folder's ``mlflow_run.json``) is checked first; otherwise every
-    active experiment is searched. A run that is not FINISHED (failed half-way) does not count.
+#: ``llem.status`` of a run whose logging a signal cut short: it never passes for a run holding the result.
+CUT_STATUS = "logging interrupted"
+
+
+class LoggingCut(KeyboardInterrupt):
+    """Ctrl-C/SIGTERM cut ``record_result`` short in run ``run_id`` (None: not ours to end, left as is)."""
+
+    def __init__(self, run_id: str | None, uri: str) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+        self.uri = uri
+
+
+def end_cut(cut: KeyboardInterrupt) -> bool:
+    """End the run a cut left half-logged: KILLED, tagged ``llem.status = logging interrupted`` so that it
+    never passes for the result (``claim_result`` retires it). Whether it was ended; best effort."""
+    if not isinstance(cut, LoggingCut) or cut.run_id is None:
+        return False
+    try:
+        client = _client(cut.uri)
+        with scrubbed_stdout():  # MLflow prints "View run at <tracking URI>" here
+            client.set_tag(cut.run_id, "llem.status", CUT_STATUS)
+            client.set_terminated(cut.run_id, status="KILLED")
+    except Exception:
+        return False
+    return True
+
+
+def mlflow_run_keeps_status() -> bool:
+    """Whether ``mlflow run`` keeps the status its entry point gave its run when the entry point exits
+    non-zero. MLflow 3.17 does not: ``_maybe_set_run_terminated`` tests the run's status string against
+    ``RunStatus``'s int statuses, never finds it ended, and marks the run FAILED."""
+    try:
+        from mlflow.entities import RunStatus
+    except ImportError:
+        return False
+    return bool(RunStatus.is_terminated("KILLED"))  # type: ignore[arg-type]  # what mlflow run passes
+
+
+def log_text_quietly(tracking_uri: str | None, run_id: str, name: str, text: str) -> bool:
+    """Log ``text`` as artifact ``name`` of run ``run_id``; whether it was. A failure only warns (MLflow
+    writes it to a temp file first, and a full disk may have no room for that)."""
+    uri = target_tracking_uri(tracking_uri)
+    try:
+        _client(uri).log_text(run_id, text, name)
+    except Exception as exc:
+        log.warning("%s not logged to MLflow run %s: %s", name, run_id, _one_line(scrub_secrets(str(exc))))
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``claim_result`` found: the run holding the result (None: none yet), the runs it retired."""
+
+    logged: LoggedRun | None
+    retired: Sequence[str] = ()
+
+
+def claim_result(
+    llem_experiment_id: str,
+    *,
+    tracking_uri: str | None,
+    run_id_hint: str | None = None,
+    keep: Sequence[str] = (),
+) -> Claim:
+    """The run in the target store already holding the result, after retiring half-logged ones.
+
+    A run holds the result when it is FINISHED (KILLED for an interrupted result), active and tagged
+    ``llem.experiment_id = llem_experiment_id``; ``run_id_hint`` (the folder's ``mlflow_run.json``) is
+    preferred among several. Every other active run with that tag, except those in ``keep`` (the ``mlflow
+    run`` run, an active fluent run), is an earlier try that broke half-way: it is retired (``retire_run``).
+    Call it under ``recording.result_lock``: a run another process is logging right now looks half-logged.
 
     Raises:
-        TrackingError: one line; the store is unreachable or the search failed.
+        TrackingError: one line; the store is unreachable, or the search or a retirement failed.
     """
     uri = target_tracking_uri(tracking_uri)
     client = _client(uri)
     return _guarded(
         uri,
         f"look for a run already holding {llem_experiment_id}",
-        lambda: _find_logged(client, uri, llem_experiment_id, run_id_hint),
+        lambda: _claim(client, uri, llem_experiment_id, run_id_hint, set(keep)),
     )
 
 
-def _find_logged(client: MlflowClient, uri: str, llem_id: str, hint: str | None) -> LoggedRun | None:
-    hinted = _run_or_none(client, hint) if hint else None
-    if hinted is not None and _holds(hinted, llem_id):
-        return _logged(hinted, uri)
-    found = [run for run in _search_tagged(client, llem_id) if _holds(run, llem_id)]
-    return _logged(found[0], uri) if found else None
+def _claim(client: MlflowClient, uri: str, llem_id: str, hint: str | None, keep: set[str]) -> Claim:
+    tagged = _search_tagged(client, llem_id)
+    hinted = _run_or_none(client, hint) if hint and hint not in {r.info.run_id for r in tagged} else None
+    runs = ([hinted] if hinted is not None else []) + tagged
+    holding = [r for r in runs if _holds(r, llem_id)]
+    holding.sort(key=lambda r: r.info.run_id != hint)  # the recorded run first, then newest first
+    partial = [r for r in tagged if not _holds(r, llem_id) and r.info.run_id not in keep]
+    for run in partial:
+        retire_run(client, run, "an earlier try at logging this result that did not finish")
+    logged = _logged(holding[0], uri) if holding else None
+    return Claim(logged, [r.info.run_id for r in partial])
+
+
+def retire_run(client: MlflowClient, run: Run, why: str) -> None:
+    """Retire ``run``: tag ``llem.retired`` = ``why``, end it KILLED if still RUNNING, soft-delete it.
+
+    It stays restorable (``mlflow runs restore --run-id``) until ``mlflow gc`` removes it.
+    """
+    run_id = run.info.run_id
+    client.set_tag(run_id, RETIRED_TAG, why[:5000])
+    if run.info.status in ("RUNNING", "SCHEDULED"):
+        with scrubbed_stdout():  # MLflow prints "View run at <tracking URI>" here
+            client.set_terminated(run_id, status="KILLED")
+    client.delete_run(run_id)
+
+
+def active_run_id() -> str | None:
+    """The id of MLflow's active fluent run; None when there is none (or mlflow is not imported)."""
+    mlflow = sys.modules.get("mlflow")
+    run = mlflow.active_run() if mlflow is not None else None
+    return None if run is None else str(run.info.run_id)
 
 
 def _holds(run: Run, llem_id: str) -> bool:
@@ -567,20 +757,74 @@ def _new_child(
 ) -> Run:
     from mlflow.tracking.context.registry import resolve_tags
 
-    experiment_id = client.get_run(child_of.parent_run_id).info.experiment_id
+    parent = _live_parent(client, child_of.parent_run_id)
+    experiment_id = parent.info.experiment_id
     _ensure_kind(client, experiment_id)
     tags = {
         **resolve_tags(),
         **child_of.tags,
-        PARENT_RUN_TAG: child_of.parent_run_id,
+        PARENT_RUN_TAG: parent.info.run_id,
         LLEM_EXPERIMENT_TAG: result.experiment_id,  # a half-logged run can be found (and retired) again
     }
-    return client.create_run(
+    return create_run_once(
+        client,
         experiment_id,
         start_time=_epoch_ms(result.start_time),
         run_name=run_name or default_run_name(result),
         tags=tags,
     )
+
+
+def create_run_once(
+    client: MlflowClient, experiment_id: str, *, tags: Mapping[str, str], **kwargs: object
+) -> Run:
+    """``client.create_run`` that yields exactly one run, however its replies go.
+
+    The run is tagged with a fresh ``llem.create_token``. MLflow's HTTP client retries a request whose
+    reply was slower than ``MLFLOW_HTTP_REQUEST_TIMEOUT``, and every try creates a run: the runs holding
+    the token other than the one returned are retired. A create that failed is looked up by its token
+    before it counts as failed (the server may have made the run and lost only the reply).
+    """
+    token = uuid.uuid4().hex
+    tagged = {**tags, CREATE_TOKEN_TAG: token}
+    try:
+        run = client.create_run(experiment_id, tags=tagged, **kwargs)  # type: ignore[arg-type]
+    except Exception:
+        made = _made_with(client, experiment_id, token)
+        if not made:
+            raise
+        run = made[0]
+    for extra in _made_with(client, experiment_id, token):
+        if extra.info.run_id != run.info.run_id:
+            why = f"a duplicate of run {run.info.run_id} made by a retried create request"
+            retire_run(client, extra, why)
+    return run
+
+
+def _made_with(client: MlflowClient, experiment_id: str, token: str) -> list[Run]:
+    """Runs of the experiment tagged with ``token``, oldest first."""
+    from mlflow.entities import ViewType
+
+    return list(
+        client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{CREATE_TOKEN_TAG}` = '{token}'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=50,
+            order_by=["attributes.start_time ASC"],
+        )
+    )
+
+
+def _live_parent(client: MlflowClient, run_id: str) -> Run:
+    """The run ``run_id``, or the run it was superseded by (a sweep resumed under ``mlflow run``)."""
+    run = client.get_run(run_id)
+    for _ in range(100):  # a chain of resumed sweeps; never a loop
+        successor = run.data.tags.get(SWEEP_SUPERSEDED_TAG)
+        if not successor:
+            break
+        run = client.get_run(successor)
+    return run
 
 
 def _create_experiment(client: MlflowClient, name: str) -> str | None:
@@ -595,50 +839,164 @@ def _create_experiment(client: MlflowClient, name: str) -> str | None:
         raise
 
 
-def retire_unfinished(
-    llem_experiment_id: str, *, tracking_uri: str | None, keep: str | None = None
-) -> list[str]:
-    """Soft-delete active runs tagged ``llem.experiment_id`` that are not FINISHED, except ``keep``.
-
-    Such a run is an earlier try whose logging broke half-way; ``sync`` logs the result afresh, so the
-    store ends with one active run per result. Deleted runs stay restorable (``mlflow gc`` removes them).
-
-    Raises:
-        TrackingError: one line; the store is unreachable or the search failed.
-    """
-    uri = target_tracking_uri(tracking_uri)
-    client = _client(uri)
-
-    def retire() -> list[str]:
-        from mlflow.entities import ViewType
-
-        experiment_ids = _active_experiment_ids(client)
-        runs = (
-            client.search_runs(
-                experiment_ids,
-                filter_string=f"tags.`{LLEM_EXPERIMENT_TAG}` = '{llem_experiment_id}'",
-                run_view_type=ViewType.ACTIVE_ONLY,
-            )
-            if experiment_ids
-            else []
-        )
-        gone = [r.info.run_id for r in runs if r.info.run_id != keep and not _holds(r, llem_experiment_id)]
-        for run_id in gone:
-            client.delete_run(run_id)
-        return gone
-
-    return _guarded(uri, f"retire half-logged runs of {llem_experiment_id}", retire)
-
-
 def _client(uri: str) -> MlflowClient:
-    """An MlflowClient for ``uri``, after the probe passed and MLflow's retries were bounded."""
+    """An MlflowClient for ``uri``: the probe passed, MLflow's retries bounded, the store ready."""
     problem = probe_store(uri)
     if problem is not None:
         raise TrackingError(problem)
     _prepare_mlflow(uri)
+    ready_store(uri)
     from mlflow.tracking import MlflowClient
 
     return _guarded(uri, "open the store", lambda: MlflowClient(tracking_uri=uri))
+
+
+# --- a SQL store is created or migrated whole, once, and never while a signal can cut it ---------------
+
+_READY: set[str] = set()  # URIs made ready in this process (MLflow caches their stores too)
+
+
+def _is_sql(uri: str) -> bool:
+    scheme = urlsplit(uri).scheme.lower().split("+")[0]
+    return scheme == "sqlite" or scheme in DB_PORTS
+
+
+def ready_store(uri: str) -> None:
+    """Make the SQL store at ``uri`` ready to use: created or migrated whole, once per process.
+
+    MLflow creates and migrates a store on first use, in place and not atomically: a signal, a kill or
+    a second process starting at the same time leaves it half made and unusable for good. Here a sqlite
+    file is only ever created or migrated holding ``store_probe.store_lock`` (other processes wait, then
+    find it ready), built beside the file and renamed into place whole (a kill leaves no store, never
+    half of one), with SIGINT/SIGTERM deferred (``interrupts.deferred``). Other SQL stores are opened
+    under a lock file in the temp folder (this host only) with signals deferred: best effort.
+    Other schemes: nothing to do.
+
+    Raises:
+        TrackingError: one line; the store is half made, of an older or newer MLflow, or cannot be opened.
+    """
+    if uri in _READY or not _is_sql(uri):
+        return
+    _prepare_mlflow(uri)
+    path = store_probe.sqlite_file(uri)
+    lock_path = path if path is not None else _host_lock_path(uri)
+    with store_probe.store_lock(lock_path):
+        if path is not None:
+            _ready_sqlite(uri, path)
+        with interrupts.deferred():  # MLflow's own open may create its Default experiment, or migrate
+            _guarded(uri, "open the store", lambda: _open_store(uri))
+    _READY.add(uri)
+
+
+def _open_store(uri: str) -> None:
+    """Build (and so cache) MLflow's store for ``uri``; an out-of-date schema is one line saying so."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:
+        if "out-of-date database schema" not in str(exc):
+            raise
+        raise TrackingError(
+            f"MLflow tracking store {scrub_uri(uri)} has an older schema than this MLflow needs: back it up, "
+            f"then run mlflow db upgrade {scrub_uri(uri)}"
+        ) from None
+
+
+def _db_utils() -> Any:
+    """``mlflow.store.db.utils`` (untyped): its engine, schema revision and table-creation helpers."""
+    return importlib.import_module("mlflow.store.db.utils")
+
+
+def _host_lock_path(uri: str) -> Path:
+    import tempfile
+
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"llem-store-{digest}"
+
+
+def _ready_sqlite(uri: str, path: Path) -> None:
+    """Holding the store's lock: build a missing or empty store, migrate an older one, refuse a broken one."""
+    store_probe.remove_stale_builds(path)
+    schema = store_probe.read_schema(path) if path.exists() else None
+    if schema is None and path.exists() and path.stat().st_size:
+        return  # unreadable now: MLflow's own open reports it
+    if schema is None or not schema.tables:
+        _guarded(uri, "create the store", lambda: _build_store(path, source=None))
+        return
+    if schema.half_made():
+        raise TrackingError(f"MLflow tracking store {scrub_uri(uri)} {store_probe.half_created(path)}")
+    db_utils = _db_utils()
+
+    head = str(db_utils._get_latest_schema_revision())
+    if schema.revision == head:
+        return
+    problem = _schema_problem(uri, schema, head)
+    if problem is not None:
+        raise TrackingError(f"MLflow tracking store {scrub_uri(uri)} {problem}")
+    try:
+        _build_store(path, source=path)
+    except Exception as exc:
+        problem = _unmigrated(uri, path, schema, exc)
+        raise TrackingError(f"MLflow tracking store {scrub_uri(uri)} {problem}") from None
+
+
+def _schema_problem(uri: str, schema: store_probe.SqliteSchema, head: str) -> str | None:
+    """Why a store at another revision than ``head`` is not migrated here (None: migrate a copy of it)."""
+    if schema.revision is None:
+        return None  # tables without a revision: a creation cut before its first step ended; try to go on
+    if schema.revision not in _known_revisions(uri):
+        return store_probe.newer_schema(schema.revision)
+    if schema.experiments and _all_tables_exist(uri):  # MLflow refuses it too ("out-of-date schema")
+        return store_probe.older_schema(uri, schema.revision, head)
+    return None  # MLflow would migrate it in place on first use; here a copy is, then renamed into place
+
+
+def _unmigrated(uri: str, path: Path, schema: store_probe.SqliteSchema, exc: BaseException) -> str:
+    """Why migrating a copy failed; the store is left as it was."""
+    if schema.revision is None or not schema.experiments:  # MLflow makes its Default experiment last
+        return store_probe.half_created(path)
+    return (
+        f"could not be migrated to this MLflow's schema ({_one_line(str(exc))}); it is left as it was: "
+        f"back it up and run mlflow db upgrade {scrub_uri(uri)}"
+    )
+
+
+def _known_revisions(uri: str) -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    db_utils = _db_utils()
+
+    script = ScriptDirectory.from_config(db_utils._get_alembic_config(uri))
+    return {str(rev.revision) for rev in script.walk_revisions()}
+
+
+def _all_tables_exist(uri: str) -> bool:
+    db_utils = _db_utils()
+
+    engine = db_utils.create_sqlalchemy_engine(uri)
+    try:
+        return bool(db_utils._all_tables_exist(engine))
+    finally:
+        engine.dispose()
+
+
+def _build_store(path: Path, source: Path | None) -> None:
+    """Build MLflow's schema beside ``path`` (on a copy of ``source`` when given), then rename it onto
+    ``path`` whole. Signals wait meanwhile; other writers of ``source`` wait too, so none is lost."""
+    built = store_probe.build_path(path)
+    copied = store_probe.copied(source, built) if source is not None else contextlib.nullcontext()
+    try:
+        with interrupts.deferred(), copied:
+            engine = _db_utils().create_sqlalchemy_engine(f"sqlite:///{built}")
+            try:
+                _db_utils()._initialize_tables(engine)  # what MLflow runs on a new or older store
+            finally:
+                engine.dispose()
+            store_probe.put_in_place(built, path)
+    finally:
+        with contextlib.suppress(OSError):
+            built.unlink()
 
 
 def _prepare_mlflow(uri: str) -> None:
@@ -710,7 +1068,8 @@ def _new_run(
 ) -> Run:
     from mlflow.tracking.context.registry import resolve_tags
 
-    return client.create_run(
+    return create_run_once(
+        client,
         _experiment_named(client, experiment_name),
         start_time=_epoch_ms(result.start_time),
         run_name=run_name or default_run_name(result),
@@ -748,7 +1107,8 @@ def _ensure_kind(client: MlflowClient, experiment_id: str, tags: dict[str, str] 
 def _guarded(uri: str, what: str, action: Callable[[], _T]) -> _T:
     """Run ``action``; turn any failure into a one-line TrackingError naming the (scrubbed) URI."""
     try:
-        return action()
+        with scrubbed_stdout():  # MLflow prints "View run at <tracking URI>" when a run ends
+            return action()
     except TrackingError:
         raise
     except Exception as exc:
@@ -894,7 +1254,8 @@ def _end_quietly(target: _Target, status: str, end_ms: int) -> None:
 
 
 def _end(target: _Target, status: str, end_ms: int) -> None:
-    target.client.set_terminated(target.run_id, status=status, end_time=end_ms)
+    with scrubbed_stdout():  # MLflow prints "View run at <tracking URI>" here
+        target.client.set_terminated(target.run_id, status=status, end_time=end_ms)
 
 
 # ---- reading runs (compare)
@@ -1050,7 +1411,8 @@ def log_tracked(tracked: Tracked) -> str:
         mlflow.set_tags(tags)
     finally:
         if active is None:
-            mlflow.end_run()
+            with scrubbed_stdout():  # MLflow prints "View run at <tracking URI>" here
+                mlflow.end_run()
     return str(run.info.run_id)
 
 

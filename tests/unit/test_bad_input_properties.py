@@ -7,8 +7,11 @@ was loaded" is observed, not assumed. Each example runs in a fresh folder that i
 file may appear there (no result folder, no ``mlflow.db``).
 
 The invalid values are derived from ``ExperimentConfig.model_fields`` (types, bounds, choices), so a new
-field or a changed bound is covered without editing this file. ``@example`` rows commented "was: ..."
-failed before the fixes that came with these tests (see docs/reliability/bad-input.md).
+field or a changed bound is covered without editing this file. Text fields are held to ``TEXT_RULES``,
+literals of what MLflow's SQL stores and Linux refuse (not read from the code under test). Datasets that
+are folders or FIFOs, tracking URIs no MLflow store handles, ``log``/``sync`` names and result folders
+missing a file are cases of their own at the end. ``@example`` rows commented "was: ..." failed before
+the fixes that came with these tests (see docs/reliability/bad-input.md).
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import math
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
@@ -113,6 +117,22 @@ def flag(name: str) -> str:
 FLAG_FIELDS = [name for name in FIELDS if name != "mlflow"]
 #: What pydantic reads as a boolean (any case).
 BOOL_WORDS = {"0", "off", "f", "false", "n", "no", "1", "on", "t", "true", "y", "yes"}
+#: What each text field may hold, as literals (not read from the code under test): (unit, most), where the
+#: unit is characters, or UTF-8 bytes for a path (each component at most NAME_MAX bytes). MLflow's SQL
+#: stores hold run names of 250 and experiment names of 256 characters; Linux paths are PATH_MAX 4,096 bytes
+#: with their NUL; output_dir leaves 2 x NAME_MAX for ``<experiment_id>/<file>``.
+NAME_MAX = 255
+TEXT_RULES: dict[str, tuple[str, int]] = {
+    "model": ("bytes", 4095),
+    "dataset": ("bytes", 4095),
+    "output_dir": ("bytes", 4095 - 2 * NAME_MAX),
+    "prompt_field": ("chars", 256),
+    "tracking_uri": ("chars", 4096),
+    "experiment_name": ("chars", 256),
+    "run_name": ("chars", 250),
+}
+#: Text fields that refuse every control character (one-line names, URIs); the others refuse NUL only.
+NO_CONTROLS = {"tracking_uri", "experiment_name", "run_name"}
 #: Prompts x tokens the sweep/run files below ask for: tiny, so a wrongly accepted input fails fast.
 SMALL = {"model": "gpt2", "n": 2, "batch_size": 1, "max_input_tokens": 4, "max_output_tokens": 2}
 
@@ -149,6 +169,27 @@ def _above(b: Bounds, integer: bool) -> st.SearchStrategy[Any]:
         return st.one_of(ints, st.integers(min_value=max(first, 10**18), max_value=10**40))
     floats = st.floats(min_value=b.high, exclude_min=True, allow_nan=False, allow_infinity=False)
     return st.one_of(floats, ints)
+
+
+def bad_string(name: str, nul: bool = True) -> st.SearchStrategy[str]:
+    """Strings ``name`` must refuse by ``TEXT_RULES``: too long, a component too long, NUL (``nul``: a
+    command line cannot carry one), a control character in a name, text that is not UTF-8."""
+    unit, most = TEXT_RULES[name]
+    end = ".jsonl" if name == "dataset" else ""
+    over = st.integers(most + 1, most + 64)
+    options = [
+        over.map(lambda k: "a" * (k - len(end)) + end),  # one long component, or too many characters
+        st.just("\udcff" + end),  # a byte of argv that is not UTF-8
+    ]
+    if unit == "bytes":  # short components, too many bytes in all; or one component of NAME_MAX + 1 bytes
+        options.append(over.map(lambda k: "/".join(["d" * 99] * (k // 100 + 1)) + end))
+        options.append(st.integers(NAME_MAX // 2 + 1, NAME_MAX).map(lambda k: "x/" + "é" * k + end))
+    if nul:
+        options.append(_text(0, 5).map(lambda s: s + "\x00" + end))
+    if name in NO_CONTROLS:
+        controls = st.sampled_from([chr(c) for c in [*range(1, 32), 127]])
+        options.append(st.tuples(_text(1, 5), controls).map(lambda t: t[0] + t[1] + end))
+    return st.one_of(options)
 
 
 def bad_value(name: str) -> st.SearchStrategy[Any]:
@@ -202,6 +243,8 @@ def bad_value(name: str) -> st.SearchStrategy[Any]:
             options.append(st.just(""))
         if name == "dataset":
             options.append(_text().filter(lambda s: s != "synthetic" and not s.endswith(".jsonl")))
+        if name in TEXT_RULES:
+            options.append(bad_string(name))
     return st.one_of(options)
 
 
@@ -245,8 +288,13 @@ def bad_text(name: str) -> st.SearchStrategy[str] | None:
             _text(max_size=10).map(lambda s: "{" + s).filter(_not_a_json_object),
         )
     if name == "dataset":
-        return _text().filter(lambda s: s != "synthetic" and not s.endswith(".jsonl"))
-    return None  # any non-empty string is a valid model name, folder, URI or run name as far as config goes
+        return st.one_of(
+            _text().filter(lambda s: s != "synthetic" and not s.endswith(".jsonl")),
+            bad_string(name, nul=False),
+        )
+    if name in TEXT_RULES:
+        return bad_string(name, nul=False)
+    return None
 
 
 TEXT_FIELDS = [name for name in FLAG_FIELDS if bad_text(name) is not None]
@@ -373,16 +421,28 @@ def _folder() -> Iterator[Path]:
 
 
 def invoke(
-    loads: Loads, args: list[str], files: Mapping[str, str | bytes] | None = None, output_dir: str = "results"
+    loads: Loads,
+    args: list[str],
+    files: Mapping[str, str | bytes] | None = None,
+    output_dir: str = "results",
+    env: Mapping[str, str] | None = None,
+    make: Callable[[Path], None] | None = None,
 ) -> Ran:
-    """``llem-mlflow *args`` in a fresh folder holding ``files``; MLflow's store is ``mlflow.db`` there."""
+    """``llem-mlflow *args`` in a fresh folder holding ``files`` (and what ``make`` makes there); MLflow's
+    store is ``mlflow.db`` there unless ``env`` says otherwise."""
     loads.built, loads.refused[:] = 0, []
     with _folder() as d:
         for name, content in (files or {}).items():
             path = d / name
             path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
-        env = {"COLUMNS": "400", "TERMINAL_WIDTH": "400", "MLFLOW_TRACKING_URI": f"sqlite:///{d}/mlflow.db"}
-        result = CliRunner().invoke(cli.app, args, env=env)
+        if make is not None:
+            make(d)
+        environ = {
+            "COLUMNS": "400",
+            "TERMINAL_WIDTH": "400",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{d}/mlflow.db",
+        }
+        result = CliRunner().invoke(cli.app, args, env={**environ, **(env or {})})
         inputs = {str(d / name) for name in files or {}}
         new = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and str(p) not in inputs)
         out = d / output_dir
@@ -431,6 +491,13 @@ def yaml_text(data: Mapping[Any, Any]) -> str:
 @example(case=("n", 10**12))  # was: accepted; building 10^12 synthetic prompts never ends
 @example(case=("max_input_tokens", 10**9))  # was: accepted
 @example(case=("device_map", '{"a": ' + "[" * 2000 + "}"))  # was: RecursionError traceback
+@example(case=("batch_size", 10**7))  # was: accepted
+@example(case=("warmup_batches", 10**9))  # was: accepted; 10^9 warm-up batches never end
+@example(case=("sampling_interval_s", 1e-300))  # was: accepted; the sampler spins a core
+@example(case=("pue", 1e300))  # was: accepted
+@example(case=("run_name", "r" * 251))  # was: accepted; MLflow's SQL stores hold 250 characters
+@example(case=("experiment_name", "a\nb"))  # was: accepted
+@example(case=("output_dir", "o" * 256))  # was: accepted by the config (refused later, without the limit)
 def test_invalid_value_is_a_config_error_naming_the_field(case: tuple[str, Any]) -> None:
     name, value = case
     with pytest.raises(ConfigError) as info:
@@ -479,6 +546,7 @@ def test_any_yaml_file_loads_or_is_a_config_error(text: str | bytes) -> None:
 @example(case=("cooldown_s", INF), other={})  # was: loaded the model
 @example(case=("seed", 2**64), other={})  # was: loaded the model, then failed (exit 1)
 @example(case=("device_map", {}), other={})  # refused by the backend as it is made, before any check
+@example(case=("output_dir", "out\x00put"), other={})  # was: ValueError traceback, exit 1
 def test_run_yaml_with_an_invalid_value(loads: Loads, case: tuple[str, Any], other: dict[str, Any]) -> None:
     name, value = case
     data = {**{k: v for k, v in other.items() if k != name}, name: value}
@@ -616,8 +684,8 @@ def preflight_case(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, str | byt
         n = draw(st.integers(2**25 // inp + 1, 1_000_000))
         return {"n": n, "max_input_tokens": inp, "max_output_tokens": 1}, {}, "n"
     if which == "output_dir":
-        kind_ = draw(st.sampled_from(["nul", "file", "under_file"]))
-        bad = {"nul": "out\x00put", "file": "taken", "under_file": "taken/results"}[kind_]
+        kind_ = draw(st.sampled_from(["file", "under_file"]))  # a NUL is the config's (bad_string)
+        bad = {"file": "taken", "under_file": "taken/results"}[kind_]
         return {"output_dir": bad}, {"taken": "a file"}, "output_dir"
     if which == "dataset_missing":
         return {"dataset": draw(_text(1, 10)).replace("/", "_") + ".jsonl"}, {}, "dataset"
@@ -628,7 +696,6 @@ def preflight_case(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, str | byt
 
 @CLI
 @given(case=preflight_case())
-@example(case=({"output_dir": "out\x00put"}, {}, "output_dir"))  # was: ValueError traceback, exit 1
 @example(case=({"max_input_tokens": 2**20}, {}, "max_output_tokens"))  # was: 32 x 2^20 ids built first
 @example(case=({"n": 1_000_000, "max_input_tokens": 1000, "max_output_tokens": 1}, {}, "n"))  # was: 10^9
 @example(case=({"dataset": "p.jsonl"}, {"p.jsonl": b'{"prompt": "\xff"}\n'}, "dataset"))  # was: traceback
@@ -737,8 +804,10 @@ SCRIPT = Path(sys.executable).with_name("llem-mlflow")
         ({"c.yaml": "n: yes\n"}, ["c.yaml"], "n"),
         ({}, ["--cooldown-s", "1e400"], "cooldown_s"),
         ({}, ["--device_map", '{"a": ' + "[" * 2000 + "}"], "device_map"),
+        ({}, ["--run-name", "r" * 300], "run_name"),  # was: measured, then logged with a 300-character name
+        ({}, ["--tracking-uri", "fooscheme://x"], "tracking_uri"),  # was: measured, then spooled
     ],
-    ids=["not-utf8", "deep-yaml", "bool-as-int", "inf", "deep-json"],
+    ids=["not-utf8", "deep-yaml", "bool-as-int", "inf", "deep-json", "long-run-name", "unknown-scheme"],
 )
 def test_script_exits_2_without_traceback(
     tmp_path: Path, files: dict[str, str | bytes], args: list[str], named: str
@@ -759,6 +828,145 @@ def test_script_exits_2_without_traceback(
     )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    assert "loading" not in proc.stderr  # no model load stage began
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("[llem] checking")]
     assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)
+
+
+# ---------------------------------------------------------------- names, files and stores (issue 17, point 7)
+
+
+def assert_one_line(output: str) -> None:
+    """One ``error:`` line, after at most the checks' own stage line; no model load stage began."""
+    lines = [line for line in output.strip().splitlines() if not line.startswith("[llem] checking")]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "loading" not in output, output
+
+
+def _names_a_limit(name: str, text: str) -> bool:
+    """The message says which limit the value broke (its size, NAME_MAX, NUL, controls or UTF-8)."""
+    most = TEXT_RULES[name][1]
+    return any(w in text for w in (f"{most:,}", str(NAME_MAX), "NUL", "control character", "UTF-8"))
+
+
+@CLI
+@given(name=st.sampled_from(sorted(TEXT_RULES)), data=st.data())
+@example(name="output_dir", data=None)  # was: "cannot write results ... (File name too long)", no limit named
+def test_run_with_a_name_mlflow_or_the_filesystem_would_reject(
+    loads: Loads, name: str, data: st.DataObject | None
+) -> None:
+    """Refused before the model loads, one line naming the field and the limit; was: accepted, and MLflow or
+    the filesystem refused it after the measurement (or, for a path, without saying which limit)."""
+    value = data.draw(bad_string(name, nul=False)) if data else "o" * (NAME_MAX + 1)
+    ran = invoke(loads, ["run", "--model", "gpt2", f"{flag(name)}={value}"])
+    assert_refused(ran, loads, name)
+    assert _names_a_limit(name, ran.output), ran.output
+    assert_one_line(ran.output)
+
+
+def _special(kind_: str) -> Callable[[Path], None]:
+    def make(folder: Path) -> None:
+        os.mkfifo(folder / "p.jsonl") if kind_ == "fifo" else (folder / "p.jsonl").mkdir()
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("kind_", "says"),
+    [("fifo", "is a FIFO, not a regular file"), ("dir", "is a directory, not a regular file")],
+)
+def test_a_dataset_that_is_not_a_regular_file_says_what_it_is(loads: Loads, kind_: str, says: str) -> None:
+    """Was: "dataset: file not found" for both (and a FIFO is never opened: that would block)."""
+    ran = invoke(loads, ["run", "--model", "gpt2", "--dataset", "p.jsonl"], make=_special(kind_))
+    assert_refused(ran, loads, "dataset")
+    assert says in ran.output and "not found" not in ran.output, ran.output
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--tracking-uri", "fooscheme://x"], {}, "tracking_uri"),
+        ([], {"MLFLOW_TRACKING_URI": "fooscheme://x"}, "MLFLOW_TRACKING_URI"),
+        ([], {"MLFLOW_EXPERIMENT_NAME": "e" * 300}, "MLFLOW_EXPERIMENT_NAME"),
+    ],
+    ids=["flag", "env", "env-experiment-name"],
+)
+def test_a_store_or_experiment_mlflow_cannot_take_is_refused_before_loading(
+    loads: Loads, args: list[str], env: dict[str, str], named: str
+) -> None:
+    """Was: the model loaded and measured; logging failed after, and the result was spooled."""
+    ran = invoke(loads, ["run", "--model", "gpt2", *args], env=env)
+    assert_refused(ran, loads, named)
+    assert_one_line(ran.output)
+
+
+@pytest.mark.parametrize("option", ["--tracking-uri", "--experiment-name", "--run-name"])
+def test_log_refuses_a_name_mlflow_cannot_take(tmp_path: Path, option: str) -> None:
+    """``log``'s names are held to the config's limits (exit 2, one line), before anything is read; was:
+    logged with the 257-character experiment and 251-character run name (sqlite takes them), exit 1 for
+    the URI (a failed connection)."""
+    value = {"--tracking-uri": "http://h/\n", "--experiment-name": "e" * 257, "--run-name": "r" * 251}[option]
+    shutil.copytree(FIXTURE, tmp_path / "r")  # a loggable folder: only the name is wrong
+    result = CliRunner().invoke(cli.app, ["log", str(tmp_path / "r"), option, value])
+    assert result.exit_code == 2, result.output
+    assert option in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+FIXTURE = ROOT / "tests" / "fixtures" / "h200_gpt2"
+
+
+@pytest.mark.parametrize("gone", ["timeseries.parquet", "result.json"])
+def test_log_of_a_folder_missing_a_file_says_missing(tmp_path: Path, gone: str) -> None:
+    """Was: "cannot read power trace <path>: <path>" (pyarrow's words); "cannot read result file ...:
+    [Errno 2] No such file or directory"."""
+    folder = tmp_path / "r"
+    shutil.copytree(FIXTURE, folder)
+    (folder / gone).unlink()
+    result = CliRunner().invoke(cli.app, ["log", str(folder)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and gone in line and "is missing" in line, line
+
+
+def test_sync_logs_an_entry_into_the_experiment_named_on_the_command_line(tmp_path: Path) -> None:
+    """A result spooled for an experiment MLflow refuses (here: deleted) is logged with ``--experiment-name``;
+    was: no such option, so the entry could never be logged."""
+    from mlflow.tracking import MlflowClient
+
+    from llem_mlflow.runner import execute
+    from tests.fakes import FakeBackend
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.delete_experiment(client.create_experiment("gone"))
+    cfg = load_config(
+        {**SMALL, "output_dir": str(tmp_path / "out"), "tracking_uri": uri, "experiment_name": "gone"},
+        baseline_s=0.0,
+    )
+    outcome = execute(cfg, backend=FakeBackend(), store_probe=lambda c: None)
+    assert outcome.run_id is None and outcome.tracking_error is not None  # refused: spooled
+    first = CliRunner().invoke(cli.app, ["sync"])
+    assert first.exit_code == 1 and "failed" in first.output, first.output
+    second = CliRunner().invoke(cli.app, ["sync", "--experiment-name", "kept"])
+    assert second.exit_code == 0 and " logged run " in second.output, second.output
+    kept = client.get_experiment_by_name("kept")
+    assert kept is not None and len(client.search_runs([kept.experiment_id])) == 1
+
+
+def test_a_default_run_name_from_a_long_model_folder_fits_mlflow(sample_result: tuple[Any, Any]) -> None:
+    """Was: a model folder name of 255 bytes made a run name over 250 characters, which a PostgreSQL or
+    MySQL store refuses (runs.name is VARCHAR(250)) when logging, after the measurement."""
+    from llem_mlflow import tracking
+
+    result, _ = sample_result
+    short = tracking.default_run_name(result)
+    name = tracking.default_run_name(result.model_copy(update={"model": "/models/" + "m" * NAME_MAX}))
+    assert len(name) == 250 and name.startswith("mmm") and name.endswith(short[short.index("-bs") :])
+
+
+def test_a_sweep_to_a_store_no_mlflow_handles_is_refused_before_any_point(loads: Loads) -> None:
+    """Was: exit 1 with MLflow's "Model registry functionality is unavailable; got unsupported URI" text."""
+    sweep = yaml_text({**SMALL, "sweep": {"batch_size": [1, 2]}})
+    ran = invoke(loads, ["sweep", "s.yaml", "--tracking-uri", "fooscheme://x"], {"s.yaml": sweep})
+    assert_refused(ran, loads, "tracking_uri")
+    assert "scheme 'fooscheme'" in ran.output, ran.output

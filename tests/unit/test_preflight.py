@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,73 @@ def test_a_probe_that_hangs_or_raises_never_blocks_the_run(tmp_path: Path) -> No
 
     outcome = execute(_cfg(tmp_path, mlflow=True), backend=FakeBackend(), store_probe=boom)
     assert outcome.tracking_error is not None and "probe bug" in outcome.tracking_error
+
+
+# ---------------------------------------------------------------- inputs that are not what they seem
+
+
+def test_a_dataset_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    folder = tmp_path / "prompts.jsonl"
+    folder.mkdir()
+    err = _fails_before_load(_cfg(tmp_path, dataset=str(folder)), FakeBackend(), "dataset")
+    assert "is a directory, not a regular file" in str(err)  # was: "file not found"
+
+
+def test_a_dataset_that_is_a_fifo_says_so_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "prompts.jsonl"
+    os.mkfifo(fifo)  # opening it would wait for a writer for ever
+    err = _fails_before_load(_cfg(tmp_path, dataset=str(fifo)), FakeBackend(), "dataset")
+    assert "is a FIFO, not a regular file" in str(err)  # was: "file not found"
+
+
+def test_a_link_to_a_dataset_file_is_read(tmp_path: Path) -> None:
+    data = tmp_path / "real.jsonl"
+    data.write_text('{"prompt": "a"}\n' * 4)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(data)
+    assert execute(
+        _cfg(tmp_path, dataset=str(link)), backend=FakeBackend(), store_probe=lambda c: None
+    ).result
+
+
+@pytest.mark.parametrize(
+    "uri", ["fooscheme://x", "postgres://u@h/db"]
+)  # MLflow knows postgresql, not postgres
+def test_a_tracking_uri_no_mlflow_store_handles_is_refused_before_loading(tmp_path: Path, uri: str) -> None:
+    """Was: accepted; the model loaded and measured, then logging failed and the result was spooled."""
+    scheme = uri.split(":")[0]
+    err = _fails_before_load(_cfg(tmp_path, mlflow=True, tracking_uri=uri), FakeBackend(), "tracking_uri")
+    assert f"scheme {scheme!r}" in str(err) and "sqlite" in str(err)  # the known schemes are listed
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_unknown_scheme_from_the_environment_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "fooscheme://x")
+    _fails_before_load(_cfg(tmp_path, mlflow=True), FakeBackend(), "MLFLOW_TRACKING_URI")
+
+
+def test_no_scheme_check_without_mlflow(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, mlflow=False, tracking_uri="fooscheme://x")  # files only: the URI is never used
+    assert execute(cfg, backend=FakeBackend(), store_probe=lambda c: None).result
+
+
+def test_a_scheme_a_plugin_registers_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer comes from MLflow's own store registry (entry-point plugins register there)."""
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry as registry
+
+    from llem_mlflow import tracking
+
+    assert tracking.unknown_scheme("myplugin://store") is not None
+    monkeypatch.setitem(registry._registry, "myplugin", lambda store_uri, artifact_uri=None: None)
+    assert tracking.unknown_scheme("myplugin://store") is None
+
+
+def test_an_experiment_name_from_the_environment_is_held_to_the_same_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: accepted; MLflow refused the name only when logging, after the measurement."""
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "x" * 600)
+    err = _fails_before_load(_cfg(tmp_path, mlflow=True), FakeBackend(), "MLFLOW_EXPERIMENT_NAME")
+    assert "256" in str(err)

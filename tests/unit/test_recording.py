@@ -63,7 +63,7 @@ def test_found_by_tag_without_a_record(folder: Path) -> None:
     assert record is not None and record["run_id"] == first.run_id
 
 
-def test_a_failed_run_is_left_alone_and_a_new_one_made(folder: Path, sample_result: Sample) -> None:
+def test_a_failed_run_is_retired_and_a_new_one_made(folder: Path, sample_result: Sample) -> None:
     result, _ = sample_result
     client = MlflowClient()
     failed = client.create_run(
@@ -75,7 +75,9 @@ def test_a_failed_run_is_left_alone_and_a_new_one_made(folder: Path, sample_resu
 
     assert not logged.already_logged and logged.run_id != failed.info.run_id
     statuses = {r.info.run_id: r.info.status for r in all_runs()}
-    assert statuses == {failed.info.run_id: "FAILED", logged.run_id: "FINISHED"}
+    assert statuses == {logged.run_id: "FINISHED"}  # one run per result (issue 17)
+    retired = client.get_run(failed.info.run_id)
+    assert retired.info.lifecycle_stage == "deleted" and "llem.retired" in retired.data.tags
 
 
 def test_record_of_another_store_does_not_stop_logging_here(folder: Path, tmp_path: Path) -> None:

@@ -459,7 +459,7 @@ def test_probe_database_server_port() -> None:
     port = free_port()
     problem = tracking.probe_store(f"postgresql://bob:pw@127.0.0.1:{port}/mlflow", timeout_s=1)
     assert problem == (
-        f"MLflow tracking store postgresql://127.0.0.1:{port}/mlflow is unreachable: nothing listens on "
+        f"MLflow tracking store postgresql://bob@127.0.0.1:{port}/mlflow is unreachable: nothing listens on "
         f"127.0.0.1:{port} (connection refused); start the tracking server or fix --tracking-uri / "
         "MLFLOW_TRACKING_URI"
     )
