@@ -11,6 +11,11 @@ The GPUs are those the process can see: NVML's, narrowed by ``CUDA_VISIBLE_DEVIC
 (indices or ``GPU-`` UUID prefixes; like CUDA, the list ends at the first entry that names no GPU).
 They are read once per process; without NVML or GPUs the provider is not in context and adds nothing.
 It never raises: a tag is not worth a failed ``start_run``.
+
+Loading this module also keeps credentials off the terminal in processes llem-mlflow does not run:
+``mlflow run``'s parent prints "View run at <URI>" with the URI as given, so when
+``MLFLOW_TRACKING_URI`` holds credentials, MLflow's ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT`` is set
+(unless the user set it): ``secrets.quiet_url_printing``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from llem_mlflow.protocols import GpuInfo
+from llem_mlflow.secrets import quiet_url_printing
+
+quiet_url_printing()  # MLflow imports this module in every process that imports mlflow
 
 
 def visible(gpus: Sequence[GpuInfo], cuda_visible: str | None) -> list[GpuInfo]:

@@ -1,8 +1,12 @@
-"""Logging a result folder (result.json + timeseries.parquet) to MLflow exactly once: the one protocol.
+"""Logging a result to MLflow exactly once: the one protocol, for a result folder or a result in memory.
 
-Every path that logs a result goes through ``log_folder``: the run's own logging (``runner``), a sweep's
-points, ``llem-mlflow log DIR`` and ``llem-mlflow sync`` (``spool``). Under ``result_lock(folder)`` (an
-fcntl lock held from the search to the last byte logged, so two processes never log one result at once):
+Every path that logs a result goes through ``log_once``: ``log_folder`` for a result folder (result.json +
+timeseries.parquet): the run's own logging (``runner``), a sweep's points, ``llem-mlflow log DIR`` and
+``llem-mlflow sync`` (``spool``); ``log_from_memory`` for a result no file of which could be written (a
+full disk, a file size limit: ``runner``). Under the result's lock (an fcntl lock held from the search to
+the last byte logged, so two processes never log one result at once): ``result_lock(folder)`` for a folder,
+``memory_lock`` for a result in memory (its folder's lock where that folder can hold one, else a lock
+file named by the llem experiment id in the spool folder, else in a private folder of the temp folder):
 
 1. find the run that already holds the result: the folder's ``mlflow_run.json``, else the run tag
    ``llem.experiment_id`` (``tracking.claim_result``). A FINISHED run (KILLED for an interrupted
@@ -14,11 +18,12 @@ fcntl lock held from the search to the last byte logged, so two processes never 
 3. log into a new run (or the run the caller opened); a create whose reply never came is looked up by
    its ``llem.create_token`` tag before it counts as failed, and duplicates a retried create made are
    retired (``tracking.record_result``);
-4. write ``mlflow_run.json`` (a folder that cannot be written only warns).
+4. write ``mlflow_run.json`` (a folder that cannot be written only warns); a result logged from memory
+   gets result.json as a text artifact instead (best effort: MLflow needs a temp file for it).
 
 A result is logged into the experiment and under the run name saved with it (``result.config``) unless
-the caller names others. The files are always written before this is called, so a failure here never
-loses a measurement; result.json is never rewritten.
+the caller names others. The files are always written before ``log_folder`` is called, so a failure there
+never loses a measurement; result.json is never rewritten.
 """
 
 from __future__ import annotations
@@ -26,19 +31,32 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import logging
 import os
-from collections.abc import Iterator
+import re
+import stat
+import tempfile
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from llem_mlflow import artifacts, tracking
+from llem_mlflow import artifacts, spool, tracking
 from llem_mlflow.errors import TrackingError
 from llem_mlflow.result import ExperimentResult
 from llem_mlflow.trace import PowerTrace
 from llem_mlflow.tracking import LoggedRun
 
-__all__ = ["LOCK_FILE", "LoggedRun", "ResultBusy", "log_folder", "result_lock"]
+__all__ = [
+    "LOCK_FILE",
+    "LoggedRun",
+    "ResultBusy",
+    "log_folder",
+    "log_from_memory",
+    "log_once",
+    "memory_lock",
+    "result_lock",
+]
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +95,12 @@ def log_folder(
         artifacts.read_result_json(json_path),
         artifacts.read_trace_parquet(trace_path),
     )
+    files = [json_path, trace_path, *_extra_files(folder)]
     with contextlib.nullcontext() if locked else result_lock(folder):
         record = artifacts.read_run_record(folder)
+        hint = record["run_id"] if record else None
         try:
-            logged = _claimed(result, folder, tracking_uri, record) or tracking.record_result(
-                result,
-                [json_path, trace_path, *_extra_files(folder)],
-                trace,
-                tracking_uri=tracking_uri,
-                experiment_name=experiment_name or result.config.experiment_name,
-                run_name=run_name or result.config.run_name,
-                child_of=child_of,
-            )
+            logged = log_once(result, trace, files, tracking_uri, experiment_name, run_name, child_of, hint)
         except TrackingError as exc:
             raise TrackingError(
                 f"{exc}\nThe result is saved in {folder}; log it later with: llem-mlflow log {folder}"
@@ -98,19 +110,69 @@ def log_folder(
     return logged
 
 
-def _claimed(
-    result: ExperimentResult, folder: Path, tracking_uri: str | None, record: dict[str, str] | None
-) -> LoggedRun | None:
+def log_from_memory(
+    result: ExperimentResult,
+    trace: PowerTrace,
+    folder: Path,
+    tracking_uri: str | None,
+    experiment_name: str | None,
+    run_name: str | None,
+    child_of: tracking.ChildOf | None = None,
+) -> LoggedRun:
+    """Log a result no file of which could be written (``folder``: where it was meant to go) from memory,
+    by the same protocol as a folder (module docstring) under ``memory_lock``: params, tags, metrics and the
+    trace as metric history; result.json as a text artifact of a new run (a failure only warns).
+
+    Returns:
+        The run; ``already_logged`` is True when it was found in the store and nothing was logged.
+
+    Raises:
+        TrackingError: one line; logging failed.
+    """
+    with memory_lock(result.experiment_id, folder):
+        logged = log_once(result, trace, [], tracking_uri, experiment_name, run_name, child_of)
+        if not logged.already_logged:
+            text = result.model_dump_json(indent=2)
+            tracking.log_text_quietly(tracking_uri, logged.run_id, artifacts.RESULT_FILE, text)
+    return logged
+
+
+def log_once(
+    result: ExperimentResult,
+    trace: PowerTrace,
+    files: Sequence[Path],
+    tracking_uri: str | None,
+    experiment_name: str | None,
+    run_name: str | None,
+    child_of: tracking.ChildOf | None = None,
+    run_id_hint: str | None = None,
+) -> LoggedRun:
+    """Steps 1 to 3 of the protocol (module docstring) for a result whose lock the caller holds: the run
+    already holding it, else a new run holding ``result``, ``trace`` and ``files``, logged into the
+    experiment and under the run name saved with the result unless others are given.
+
+    Raises:
+        TrackingError: one line; the store is unreachable, or the search or logging failed.
+    """
+    return _claimed(result, tracking_uri, run_id_hint) or tracking.record_result(
+        result,
+        files,
+        trace,
+        tracking_uri=tracking_uri,
+        experiment_name=experiment_name or result.config.experiment_name,
+        run_name=run_name or result.config.run_name,
+        child_of=child_of,
+    )
+
+
+def _claimed(result: ExperimentResult, tracking_uri: str | None, run_id_hint: str | None) -> LoggedRun | None:
     """The run already holding the result, after retiring the half-logged ones (steps 1 and 2)."""
     keep = [run_id for run_id in (os.environ.get("MLFLOW_RUN_ID"), tracking.active_run_id()) if run_id]
     claim = tracking.claim_result(
-        result.experiment_id,
-        tracking_uri=tracking_uri,
-        run_id_hint=record["run_id"] if record else None,
-        keep=keep,
+        result.experiment_id, tracking_uri=tracking_uri, run_id_hint=run_id_hint, keep=keep
     )
     for run_id in claim.retired:
-        log.warning("retired run %s: an earlier, unfinished try at logging %s", run_id, folder.name)
+        log.warning("retired run %s: an earlier, unfinished try at logging %s", run_id, result.experiment_id)
     return claim.logged
 
 
@@ -127,20 +189,69 @@ def result_lock(folder: Path, wait: bool = True) -> Iterator[None]:
         ResultBusy: ``wait`` is False and another process holds the lock.
         FileNotFoundError: ``folder`` does not exist (any more).
     """
-    fd = _lock_file(folder, wait)
+    fd = _lock_file(folder / LOCK_FILE, wait)
+    if fd is None:
+        log.warning("logging %s unlocked", folder)
     try:
         yield
     finally:
+        _release(fd, folder / LOCK_FILE)
+
+
+@contextlib.contextmanager
+def memory_lock(llem_id: str, folder: Path) -> Iterator[None]:
+    """Hold the lock of a result held only in memory: the first of ``folder``'s lock file (when the folder
+    is still there and can hold one), ``.memory-<id>.lock`` in the spool folder and ``<id>.lock`` in a
+    private folder of the temp folder that can be made and locked (each as ``result_lock`` locks). Where
+    none can, logging goes ahead unlocked with a warning (a measurement is worth more than the lock).
+    """
+    fd, path = None, folder / LOCK_FILE
+    for path in _memory_lock_paths(llem_id, folder):
+        with contextlib.suppress(OSError):
+            fd = _lock_file(path, wait=True)
         if fd is not None:
-            with contextlib.suppress(OSError):
-                if _same_file(fd, folder / LOCK_FILE):
-                    os.unlink(folder / LOCK_FILE)
-            os.close(fd)
+            break
+    else:
+        log.warning("no lock file could be made for %s anywhere: logging it unlocked", llem_id)
+    try:
+        yield
+    finally:
+        _release(fd, path)
 
 
-def _lock_file(folder: Path, wait: bool) -> int | None:
-    """An fd holding the lock (see ``result_lock``); None when the folder cannot be locked at all."""
-    path = folder / LOCK_FILE
+def _memory_lock_paths(llem_id: str, folder: Path) -> Iterator[Path]:
+    """Where ``memory_lock`` tries to lock, in order; a place whose folder cannot be made is left out."""
+    safe = re.fullmatch(spool.ID_PATTERN, llem_id)
+    name = llem_id if safe else hashlib.sha256(llem_id.encode()).hexdigest()
+    yield folder / LOCK_FILE
+    places = [
+        (spool.spool_dir(), f".memory-{name}.lock"),  # a dot name: ``spool.scan`` passes it by
+        (Path(tempfile.gettempdir()) / f"llem-mlflow-locks-{os.getuid()}", f"{name}.lock"),
+    ]
+    for root, lock_name in places:
+        try:
+            _own_folder(root)
+        except OSError as exc:
+            log.debug("no lock in %s: %s", root, exc)
+            continue
+        yield root / lock_name
+
+
+def _own_folder(root: Path) -> None:
+    """Make ``root`` 0700 if missing; it must be this user's own real folder (OSError otherwise)."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(root)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise OSError(f"{root} is not a folder of this user's own")
+
+
+def _lock_file(path: Path, wait: bool) -> int | None:
+    """An fd holding the lock file ``path`` (see ``result_lock``); None when it cannot be locked at all.
+
+    Raises:
+        OSError: no lock file can be made there (a folder that is gone, a full disk).
+    """
+    folder = path.parent
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -156,6 +267,16 @@ def _lock_file(folder: Path, wait: bool) -> int | None:
         os.close(fd)  # released and removed by its holder after we opened it: take a fresh one
 
 
+def _release(fd: int | None, path: Path) -> None:
+    """Let go of a lock ``_lock_file`` took, removing its lock file ``path`` (when it still is ours)."""
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        if _same_file(fd, path):
+            os.unlink(path)
+    os.close(fd)
+
+
 def _flocked(fd: int, wait: bool, folder: Path) -> bool:
     """Lock ``fd``; False (``fd`` closed, a warning) when this filesystem cannot lock it."""
     try:
@@ -165,7 +286,7 @@ def _flocked(fd: int, wait: bool, folder: Path) -> bool:
         raise ResultBusy from None
     except OSError as exc:
         os.close(fd)
-        log.warning("cannot lock %s (%s): logging it unlocked", folder, exc)
+        log.warning("cannot lock %s (%s)", folder, exc)
         return False
     return True
 

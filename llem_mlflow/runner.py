@@ -924,24 +924,18 @@ def _log(cfg: ExperimentConfig, w: _Written, m: measure.Measurement, how: _Loggi
 
 
 def _log_now(cfg: ExperimentConfig, w: _Written, m: measure.Measurement, how: _Logging) -> str:
-    """Log the result folder (``recording``), or, when no file could be written, the result from memory."""
+    """Log the result folder, or, when no file could be written, the result from memory: both exactly once
+    (``recording``'s protocol: under the result's lock, a run already holding it is kept, half-logged ones
+    are retired)."""
     if w.on_disk:
         logged = recording.log_folder(
             w.folder, cfg.tracking_uri, cfg.experiment_name, cfg.run_name, (w.result, m.trace), how.child_of
         )
-        return logged.run_id
-    run = tracking.record_result(
-        w.result,
-        [],
-        m.trace,
-        tracking_uri=cfg.tracking_uri,
-        experiment_name=cfg.experiment_name,
-        run_name=cfg.run_name,
-        child_of=how.child_of,
-    )
-    text = w.result.model_dump_json(indent=2)
-    tracking.log_text_quietly(cfg.tracking_uri, run.run_id, artifacts.RESULT_FILE, text)
-    return run.run_id
+    else:
+        logged = recording.log_from_memory(
+            w.result, m.trace, w.folder, cfg.tracking_uri, cfg.experiment_name, cfg.run_name, how.child_of
+        )
+    return logged.run_id
 
 
 def _cut(w: _Written, target: spool.Target, stop: KeyboardInterrupt, how: _Logging) -> _Cut:

@@ -14,11 +14,13 @@ prints). The rule, whatever the scheme and however the URI is written (percent-e
 
 ``same_store`` and ``usable_uri`` let the spool keep a URI without secrets and get them back at sync.
 ``scrubbed_stdout`` scrubs what a library prints (MLflow's "View run at <URI>" line) while it is held.
+``quiet_url_printing`` keeps that line off the terminal in processes we do not run (``mlflow run``'s parent).
 Standard library only, no imports from the package, so config, errors and tracking can all use it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import threading
@@ -135,3 +137,23 @@ def scrubbed_stdout() -> Iterator[None]:
             current: Any = sys.stdout
             if _stdout_holders == 0 and isinstance(current, _Scrubbing):
                 sys.stdout = current.target
+
+
+#: MLflow's switch for its "View run at <URI>" line (``mlflow.environment_variables``).
+SUPPRESS_URL_VAR = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+
+
+def quiet_url_printing(environ: dict[str, str] | None = None) -> bool:
+    """Turn MLflow's "View run at <URI>" line off when ``MLFLOW_TRACKING_URI`` holds credentials.
+
+    For processes whose stdout we cannot scrub: ``mlflow run``'s parent prints that line with the URI
+    as given, password included, when the run ends. Called when MLflow loads our run context provider
+    (every process that imports ``mlflow``). A user's own setting of the variable is left as it is.
+    True when the line was turned off here.
+    """
+    env: Any = os.environ if environ is None else environ
+    uri = env.get("MLFLOW_TRACKING_URI", "")
+    if not uri or SUPPRESS_URL_VAR in env or scrub_secrets(uri) == uri:
+        return False
+    env[SUPPRESS_URL_VAR] = "true"
+    return True

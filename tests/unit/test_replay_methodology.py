@@ -95,3 +95,24 @@ def test_the_run_description_summarises_the_result() -> None:
     assert note.startswith("**TinyLlama/TinyLlama-1.1B-Chat-v1.0**") and "batch 64, 3 cycles" in note
     assert "0.1205 J per output token" in note and "2 GPUs" in note and "Quality flags: none" in note
     assert r.measurement_config_hash in note
+
+
+SIGINT = FIXTURES / "h200_gpt2_sigint"
+
+
+def test_a_run_interrupted_3_s_into_its_window_keeps_the_completed_batches() -> None:
+    """The H200 run of issue 16: SIGINT 3 s into a default run's window (gpt2, batch 8, 64 new tokens)."""
+    r = _load(SIGINT)
+    assert r.status == "interrupted"
+    (cycle,) = r.cycles.records
+    assert cycle.partial is not None and cycle.partial.batches == r.config.n // r.config.batch_size
+    done = cycle.partial.completed_batches
+    assert 0 < done < cycle.partial.batches
+    assert r.output_tokens == cycle.output_tokens == done * r.config.batch_size * r.config.max_output_tokens
+    assert 2.5 < r.total_inference_time_sec < 4.0  # the signal came 3 s in
+    assert 0 < cycle.partial.abandoned_s < r.total_inference_time_sec
+    assert r.energy is not None and r.energy.gross_j is not None and r.energy.gross_j > 0
+    avg_power_w = r.energy.gross_j / r.total_inference_time_sec
+    assert r.energy.idle_power_w is not None and r.energy.idle_power_w < avg_power_w < 700  # H200 limit
+    assert any("kept as a partial cycle" in w for w in r.warnings)
+    assert r.mlflow_tags()["llem.status"] == "interrupted"
