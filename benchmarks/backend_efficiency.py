@@ -38,7 +38,7 @@ from typing import Any
 
 import bench_common as bc
 
-from llem_mlflow.catalogue import shipped_config
+from llem_mlflow.backends.catalogue import shipped_config
 
 MODES = ("eager", "static", "static+compile")
 CPU_MODELS, GPU_MODELS = "llem/tiny-gpt2", "gpt2,TinyLlama/TinyLlama-1.1B-Chat-v1.0"

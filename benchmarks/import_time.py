@@ -4,7 +4,7 @@ Each command runs ``--runs`` times (default 5) as a fresh subprocess after one u
 warms the file cache); the median and min/max are reported, beside a bare ``python -c pass`` for the
 interpreter's own start-up. A separate child per command then lists which heavy modules (torch,
 transformers, mlflow, pynvml, pyarrow, plus numpy/pandas for information) ended up in ``sys.modules``:
-for ``--help`` that child calls ``llem_mlflow.cli.main`` with ``sys.argv = ["llem-mlflow", "--help"]``.
+for ``--help`` that child calls ``llem_mlflow.cli.app.main`` with ``sys.argv = ["llem-mlflow", "--help"]``.
 
 Targets: ``import llem_mlflow`` <= 0.3 s and ``--help`` <= 0.5 s, with none of torch, transformers,
 mlflow, pynvml or pyarrow imported.
@@ -37,7 +37,7 @@ _REPORT = (
 _HELP_CHILD = (
     "import sys\n"
     "sys.argv = ['llem-mlflow', '--help']\n"
-    "from llem_mlflow.cli import main\n"
+    "from llem_mlflow.cli.app import main\n"
     "try:\n    main()\nexcept SystemExit:\n    pass\n"
 )
 

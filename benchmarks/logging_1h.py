@@ -37,9 +37,10 @@ from typing import Any
 import bench_common as bc
 import synthetic
 
-from llem_mlflow import artifacts, recording
-from llem_mlflow.result import ExperimentResult
-from llem_mlflow.trace import PowerTrace
+from llem_mlflow.measure.trace import PowerTrace
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.results.schema import ExperimentResult
+from llem_mlflow.tracking import recording
 
 TARGET_S = 3.0
 

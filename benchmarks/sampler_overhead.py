@@ -12,7 +12,7 @@ process CPU time difference on - off is reported beside it, as a cross-check tha
 * CPU (default): the workload is a pure-Python loop interleaved with small torch matmuls, and the sampler
   reads ``tests.fakes.FakeDevice`` objects. This measures thread wake-up and GIL contention only, not
   NVML read cost.
-* GPU (``--gpu``): real ``NvmlDevice`` objects opened through ``llem_mlflow.device`` (as
+* GPU (``--gpu``): real ``NvmlDevice`` objects opened through ``llem_mlflow.measure.device`` (as
   ``runner._nvml_gpus`` does), and the workloads ``matmul`` (GPU-bound: large bf16 matmuls),
   ``launch`` (launch-bound: many tiny kernels from a Python loop) and ``decode`` (gpt2 with random
   weights, batch 1, eager ``generate``: a real launch-bound decode).
@@ -36,8 +36,8 @@ from typing import Any
 
 import bench_common as bc
 
+from llem_mlflow.measure.sampler import PowerSampler
 from llem_mlflow.protocols import CudaDeviceId, GpuDevice
-from llem_mlflow.sampler import PowerSampler
 
 TARGET_RATIO = 1.005
 TARGET_CORE_PCT = 1.0
@@ -184,7 +184,7 @@ def cuda_device_id(index: int) -> CudaDeviceId:
 
 def nvml_devices(count: int) -> tuple[list[GpuDevice], Callable[[], None]]:
     """NvmlDevice objects for CUDA devices 0..count-1, matched by UUID/PCI as ``runner._nvml_gpus`` does."""
-    from llem_mlflow.device import NvmlSession
+    from llem_mlflow.measure.device import NvmlSession
 
     ids = [cuda_device_id(index) for index in range(count)]
     session = NvmlSession.open()

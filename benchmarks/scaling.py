@@ -51,10 +51,13 @@ from typing import Any
 import bench_common as bc
 import synthetic
 
-from llem_mlflow import artifacts, assess, energy, recording
-from llem_mlflow.energy import CounterWindow
+from llem_mlflow.measure import energy
+from llem_mlflow.measure.energy import CounterWindow
+from llem_mlflow.measure.trace import PowerTrace
 from llem_mlflow.protocols import GpuInfo
-from llem_mlflow.trace import PowerTrace
+from llem_mlflow.results import assess
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.tracking import recording
 
 Step = dict[str, Any]
 
@@ -141,7 +144,7 @@ def prompts_scale(scale: int, args: Any, root: Path, uri: str) -> list[Step]:
     bc.repo_on_path()
     from llem_mlflow.config import ExperimentConfig
     from llem_mlflow.protocols import CudaDeviceId
-    from llem_mlflow.runner import GpuSet, execute
+    from llem_mlflow.run.execute import GpuSet, execute
     from tests.fakes import FakeBackend, FakeDevice
 
     n = args.base_prompts * scale
@@ -286,7 +289,7 @@ def rl_segments(seconds: float) -> tuple[list[tuple[float, float, float]], list[
 
 def rl_trace(segments: Sequence[tuple[float, float, float]]) -> Any:
     """The 15 ms trace of both GPUs (``PowerTrace.add`` when the code has it, else ``TraceSample``s)."""
-    from llem_mlflow.trace import TraceSample
+    from llem_mlflow.measure.trace import TraceSample
 
     trace = PowerTrace(interval_s=RL_INTERVAL_S)
     fast = hasattr(trace, "add")
@@ -310,8 +313,8 @@ def rl_cycles(
     segments: Sequence[tuple[float, float, float]], spans: Sequence[tuple[float, float]]
 ) -> list[Any]:
     """``measure.Cycle``s with a batch a second, counter marks at every edge (counter = segment power)."""
-    from llem_mlflow import measure
-    from llem_mlflow.energy import CounterMark, CounterWindow
+    from llem_mlflow.measure import stages as measure
+    from llem_mlflow.measure.energy import CounterMark, CounterWindow
     from llem_mlflow.protocols import BatchStats
 
     step_s = (RL_BATCH_S - 0.03) / (RL_NEW_TOKENS - 1)
@@ -345,10 +348,11 @@ def rl_cycles(
 def rl_context(root: Path) -> tuple[Any, Any, Any]:
     """(runner context, backend, devices) of a steady-state run on two fake H200s."""
     bc.repo_on_path()
-    from llem_mlflow import preflight, runner
     from llem_mlflow.config import ExperimentConfig
-    from llem_mlflow.identity import resolve
     from llem_mlflow.protocols import CudaDeviceId, ModelFacts
+    from llem_mlflow.results.identity import resolve
+    from llem_mlflow.run import execute as runner
+    from llem_mlflow.run import preflight
     from tests.fakes import FakeBackend, FakeDevice
 
     cfg = ExperimentConfig.model_validate(
@@ -388,7 +392,9 @@ def rl_context(root: Path) -> tuple[Any, Any, Any]:
 
 def rl_derive(run: dict[str, Any], context: Any, backend: Any, devices: Any) -> Any:
     """What follows the sampler's stop: trim each cycle's ramp, check trace gaps, build the result."""
-    from llem_mlflow import energy, measure, runner
+    from llem_mlflow.measure import energy
+    from llem_mlflow.measure import stages as measure
+    from llem_mlflow.run import execute as runner
 
     trace = run["trace"]
     cycles = [measure._trim_ramp(c, trace, devices) for c in run["cycles"]]
@@ -402,7 +408,7 @@ def rl_derive(run: dict[str, Any], context: Any, backend: Any, devices: Any) -> 
 
 def rl_build(seconds: float) -> dict[str, Any]:
     """The synthetic run's trace, cycles, idle window and idle-after span."""
-    from llem_mlflow.energy import CounterWindow
+    from llem_mlflow.measure.energy import CounterWindow
 
     segments, spans = rl_segments(seconds)
     idle = CounterWindow(T0_RL, T0_RL + RL_IDLE_S, {g: (72.25 + g) * RL_IDLE_S for g in range(RL_GPUS)})

@@ -10,8 +10,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from llem_mlflow.config import ExperimentConfig
-from llem_mlflow.identity import resolve
-from llem_mlflow.result import (
+from llem_mlflow.measure.trace import PowerTrace, TraceSample
+from llem_mlflow.results.identity import resolve
+from llem_mlflow.results.schema import (
     EnergyBreakdown,
     EnvironmentSnapshot,
     ExperimentResult,
@@ -19,7 +20,6 @@ from llem_mlflow.result import (
     GpuSnapshot,
     Window,
 )
-from llem_mlflow.trace import PowerTrace, TraceSample
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 IDLE_S = 3.0

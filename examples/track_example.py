@@ -1,4 +1,4 @@
-"""Measure any block of code into MLflow with ``llem_mlflow.track``: here, a small training loop.
+"""Measure any block of code into MLflow with ``llem_mlflow.run.track``: here, a small training loop.
 
     python examples/track_example.py
 
@@ -24,9 +24,9 @@ def main() -> None:
     optimiser = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.randn(4096, 256, device=device), torch.randn(4096, 1, device=device)
     mlflow.set_experiment("llem-mlflow-track")
-    with mlflow.start_run(run_name="track-example"), llem_mlflow.track("train"):
+    with mlflow.start_run(run_name="track-example"), llem_mlflow.run.track("train"):
         for epoch in range(3):
-            with llem_mlflow.track(f"epoch-{epoch}") as tracked:
+            with llem_mlflow.run.track(f"epoch-{epoch}") as tracked:
                 for batch in range(0, len(x), 256):
                     loss = torch.nn.functional.mse_loss(model(x[batch : batch + 256]), y[batch : batch + 256])
                     optimiser.zero_grad()

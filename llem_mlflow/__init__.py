@@ -13,19 +13,19 @@ from llem_mlflow._version import __version__
 
 if TYPE_CHECKING:
     from llem_mlflow.config import ExperimentConfig
-    from llem_mlflow.result import ExperimentResult
-    from llem_mlflow.runner import run_experiment
-    from llem_mlflow.sweep import run_sweep
-    from llem_mlflow.track import track
+    from llem_mlflow.results.schema import ExperimentResult
+    from llem_mlflow.run.execute import run_experiment
+    from llem_mlflow.run.track import track
+    from llem_mlflow.sweep.execute import run_sweep
 
 __all__ = ["track", "ExperimentConfig", "ExperimentResult", "__version__", "run_experiment", "run_sweep"]
 
 _LAZY = {
     "ExperimentConfig": "llem_mlflow.config",
-    "ExperimentResult": "llem_mlflow.result",
-    "run_experiment": "llem_mlflow.runner",
-    "run_sweep": "llem_mlflow.sweep",
-    "track": "llem_mlflow.track",
+    "ExperimentResult": "llem_mlflow.results.schema",
+    "run_experiment": "llem_mlflow.run.execute",
+    "run_sweep": "llem_mlflow.sweep.execute",
+    "track": "llem_mlflow.run.track",
 }
 
 

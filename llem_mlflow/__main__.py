@@ -1,5 +1,5 @@
 """``python -m llem_mlflow``: the CLI."""
 
-from llem_mlflow.cli import main
+from llem_mlflow.cli.app import main
 
 main()

@@ -14,7 +14,7 @@ python3 -m llem_mlflow compare --parent "$parent" --csv "$out/compare.csv" --fig
 python3 - "$out" <<'PY' > "$out/track.log" 2>&1
 import sys, time, torch, mlflow, llem_mlflow
 x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-with mlflow.start_run(run_name="track-demo") as run, llem_mlflow.track("matmuls") as t:
+with mlflow.start_run(run_name="track-demo") as run, llem_mlflow.run.track("matmuls") as t:
     t0 = time.time()
     while time.time() - t0 < 2.0:
         y = x @ x

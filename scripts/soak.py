@@ -72,9 +72,9 @@ CLI = ("signal-write", "signal-log", "fsize-limit", "disk-full", "first-use")
 FAULTS = IN_PROCESS + CLI
 FIRST_USE_RUNS = 3
 HOLD = str(ROOT / "tests" / "hold_stage.py")
-WRITE = "llem_mlflow.artifacts:write_result_json"
+WRITE = "llem_mlflow.results.files:write_result_json"
 LOG = "mlflow.tracking.client:MlflowClient.log_batch"
-FILL = "llem_mlflow.artifacts:write_trace_parquet!fill"
+FILL = "llem_mlflow.results.files:write_trace_parquet!fill"
 LLEM_ID = re.compile(r"\b\d{8}T\d{6}Z-[0-9a-f]{8}-[0-9a-f]{6}\b")
 RUN_ID = re.compile(r"MLflow run ([0-9a-f]{32})", re.IGNORECASE)
 SYNC_ROW = re.compile(r"^\S+  (logged|already logged|busy|gone|failed)\b", re.MULTILINE)
@@ -119,7 +119,7 @@ class Soak:
 
     @property
     def spool(self) -> Path:
-        from llem_mlflow import spool
+        from llem_mlflow.tracking import spool
 
         return spool.spool_dir()
 
@@ -179,7 +179,7 @@ def _in_process(i: int, fault: str, soak: Soak) -> Kept:
     """Run experiment ``i`` here with ``fault``."""
     from llem_mlflow.errors import DeviceError, RunInterrupted
     from llem_mlflow.protocols import CudaDeviceId
-    from llem_mlflow.runner import GpuSet, execute
+    from llem_mlflow.run.execute import GpuSet, execute
 
     server = soak.server
     cuda0 = CudaDeviceId(cuda_index=0, uuid="GPU-soak-0", pci_bus_id=None)
@@ -504,7 +504,7 @@ def _retired(kept: Sequence[Kept]) -> dict[str, int]:
 
 
 def _spooled() -> set[str]:
-    from llem_mlflow import spool
+    from llem_mlflow.tracking import spool
 
     return {e.llem_id for e in spool.pending()}
 

@@ -4,8 +4,8 @@ They script exact numbers so tests can assert exact energies and token counts, a
 so tests can assert what was (not) read, e.g. that the sampler never reads the energy counter.
 NVML faults are injected through the scripts (an exception in a scripted sequence is raised at that
 read) or with ``FakeDevice.lose()`` (every later read fails as NVML's GPU-is-lost does).
-``FakeNvml`` stands in for the pynvml module itself (``llem_mlflow.device``); ``PoweredGpu`` is a board
-whose counter integrates its power over wall time, so a run on it is physically plausible.
+``FakeNvml`` stands in for the pynvml module itself (``llem_mlflow.measure.device``); ``PoweredGpu`` is a
+board whose counter integrates its power over wall time, so a run on it is physically plausible.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from llem_mlflow.device import DeviceLostError
+from llem_mlflow.measure.device import DeviceLostError
 from llem_mlflow.protocols import (
     BatchStats,
     CudaDeviceId,
@@ -252,7 +252,7 @@ class FakeBackend:
         return {"torch": None, "transformers": None, "cuda_runtime": None}
 
 
-# --- FakeNvml: the pynvml module, for NvmlSession / NvmlDevice (llem_mlflow.device) -----------------
+# --- FakeNvml: the pynvml module, for NvmlSession / NvmlDevice (llem_mlflow.measure.device) -----------------
 
 
 class FakeNVMLError(Exception):
@@ -282,7 +282,7 @@ class FakeLibraryMismatchError(Exception):
 
 
 class FakeNvml:
-    """The subset of pynvml that llem_mlflow.device uses; strings returned as bytes like older pynvml."""
+    """The subset of pynvml that ``llem_mlflow.measure.device`` uses; strings come as bytes (older pynvml)."""
 
     NVMLError = FakeNVMLError
     NVMLLibraryMismatchError = FakeLibraryMismatchError

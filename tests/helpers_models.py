@@ -13,7 +13,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from llem_mlflow.catalogue import shipped_config
+from llem_mlflow.backends.catalogue import shipped_config
 
 #: Special tokens of the helper tokenizer, at ids 0..3 (match the tiny configs: pad 0, bos 1, eos 2).
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]

@@ -97,7 +97,7 @@ def main(argv: list[str]) -> None:
     split = argv.index("--")
     for spec in argv[0].split(","):
         hold(spec)
-    from llem_mlflow import cli
+    from llem_mlflow.cli import app as cli
 
     sys.argv = ["llem-mlflow", *argv[split + 1 :]]
     cli.main()

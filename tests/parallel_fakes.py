@@ -20,7 +20,7 @@ from pathlib import Path
 from fakes import FakeBackend
 
 from llem_mlflow.config import ExperimentConfig
-from llem_mlflow.sweep import Parts
+from llem_mlflow.sweep.execute import Parts
 
 BARRIER_WAIT_S = 120.0
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from llem_mlflow.result import ExperimentResult
-from llem_mlflow.trace import PowerTrace
+from llem_mlflow.measure.trace import PowerTrace
+from llem_mlflow.results.schema import ExperimentResult
 
 
 def _windows(result: ExperimentResult) -> list[tuple[float, float]]:

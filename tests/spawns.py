@@ -94,7 +94,7 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[SpawnLog]:
     """Record child-process starts, and each ``measure.measure()`` call's wall-clock span, until exit."""
     import multiprocessing.util
 
-    from llem_mlflow import measure
+    from llem_mlflow.measure import stages as measure
 
     if not _installed:
         sys.addaudithook(_hook)

@@ -21,7 +21,7 @@ use it. ``release()`` drops the model itself (the runner calls it when a run it 
 ``inspect()`` reads the config alone (local folder ``config.json``, else the shipped catalogue, else
 the HF cache or hub) and keeps it, so ``load()`` does not fetch it again. Tokenizing needs no model:
 the model's own tokenizer (local folder, HF cache, or hub when reachable); when it cannot be had and
-weights are ``random`` or ``auto``, the byte-level fallback of ``llem_mlflow.tokenizers`` with a
+weights are ``random`` or ``auto``, the byte-level fallback of ``llem_mlflow.backends.tokenizers`` with a
 warning; with ``pretrained``, a ``BackendError``. Several GPUs (``device_map``, CUDA only, needs
 ``accelerate``): see ``placement``. The loaded model's ``ModelShape`` comes from its config
 (``shape.config_shape``) when the architecture family is known there, else from walking its parameters.
@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from llem_mlflow.backends import fastpath
+from llem_mlflow.backends.catalogue import shipped_config
 from llem_mlflow.backends.fastpath import FastPath
 from llem_mlflow.backends.hub import (
     UNAVAILABLE,
@@ -78,6 +79,7 @@ from llem_mlflow.backends.runtime import (
 )
 from llem_mlflow.backends.shape import config_facts, config_shape, model_shape
 from llem_mlflow.backends.timing import StepTimer, step_timings
+from llem_mlflow.backends.tokenizers import BYTE_FALLBACK_NAME, ByteTokenizer, TextTokenizer
 from llem_mlflow.backends.tokens import (
     clean_generation_config,
     greedy_generation_config,
@@ -85,10 +87,8 @@ from llem_mlflow.backends.tokens import (
     output_lengths,
     special_ids,
 )
-from llem_mlflow.catalogue import shipped_config
 from llem_mlflow.errors import BackendError, ConfigError
 from llem_mlflow.protocols import BatchStats, LoadedModel, ModelFacts, ModelShape
-from llem_mlflow.tokenizers import BYTE_FALLBACK_NAME, ByteTokenizer, TextTokenizer
 
 log = logging.getLogger(__name__)
 

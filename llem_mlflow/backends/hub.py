@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from llem_mlflow.catalogue import shipped_config, shipped_models
+from llem_mlflow.backends.catalogue import shipped_config, shipped_models
+from llem_mlflow.backends.tokenizers import ModelTokenizer
 from llem_mlflow.errors import BackendError
-from llem_mlflow.tokenizers import ModelTokenizer
 
 _TRUTHY = {"1", "true", "yes", "on"}
 _WEIGHT_GLOBS = ("*.safetensors", "*.bin")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llem_mlflow.catalogue import context_length
+from llem_mlflow.backends.catalogue import context_length
 from llem_mlflow.errors import BackendError
 from llem_mlflow.protocols import ModelFacts, ModelShape
 

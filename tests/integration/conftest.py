@@ -14,7 +14,7 @@ _CI_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI", "")
 @functools.lru_cache(maxsize=1)
 def _gpu_missing_reason() -> str | None:
     from llem_mlflow.backends.runtime import cuda_available
-    from llem_mlflow.device import try_open_session
+    from llem_mlflow.measure.device import try_open_session
 
     session, reason = try_open_session()
     if session is None:

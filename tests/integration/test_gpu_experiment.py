@@ -83,7 +83,7 @@ def test_environment_names_gpu_driver_and_cuda(api_run: tuple[Any, Path, SpawnLo
 
 
 def test_files_written_and_trace_covers_window(api_run: tuple[Any, Path, SpawnLog]) -> None:
-    from llem_mlflow.artifacts import read_result_json, read_trace_parquet
+    from llem_mlflow.results.files import read_result_json, read_trace_parquet
 
     result, out, _ = api_run
     folder = out / result.experiment_id
@@ -109,7 +109,7 @@ def test_run_is_in_process(api_run: tuple[Any, Path, SpawnLog]) -> None:
 def test_energy_is_physically_plausible(api_run: tuple[Any, Path, SpawnLog]) -> None:
     """Power between idle and the board limit, net < gross, counter ~ trace on a >= 10 s window, per-GPU
     energies summing to the total, small edge uncertainty: a unit slip (mJ read as J) fails here."""
-    from llem_mlflow.artifacts import read_trace_parquet
+    from llem_mlflow.results.files import read_trace_parquet
 
     result, out, _ = api_run
     trace = read_trace_parquet(out / result.experiment_id / str(result.timeseries))
@@ -171,7 +171,7 @@ def test_logs_to_local_tracking_server(tmp_path: Path, gpu_tracking_uri: str) ->
     assert run.data.metrics["energy/total_j"] == pytest.approx(result.total_energy_j)
     assert run.data.metrics["energy/per_output_token_j"] > 0
     folder = tmp_path / result.experiment_id
-    from llem_mlflow.artifacts import read_trace_parquet
+    from llem_mlflow.results.files import read_trace_parquet
 
     trace = read_trace_parquet(folder / "timeseries.parquet")
     history = client.get_metric_history(run.info.run_id, "power/gpu0_w")

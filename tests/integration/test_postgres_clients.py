@@ -33,8 +33,8 @@ from pg_server import Postgres, PostgresUnavailable, create_database, start_post
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from llem_mlflow.result import ExperimentResult
-    from llem_mlflow.trace import PowerTrace
+    from llem_mlflow.measure.trace import PowerTrace
+    from llem_mlflow.results.schema import ExperimentResult
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +108,7 @@ def test_eight_concurrent_runs_all_finished_none_lost_or_mixed(
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    from llem_mlflow.artifacts import read_result_json
+    from llem_mlflow.results.files import read_result_json
 
     started = time.monotonic()
     procs = [_launch(i, team_server.uri, tmp_path) for i in range(CLIENTS)]
@@ -156,8 +156,8 @@ def test_eight_clients_creating_one_experiment_at_once(
     """
     from mlflow.tracking import MlflowClient
 
-    from llem_mlflow import artifacts
-    from llem_mlflow.tracking import record_result
+    from llem_mlflow.results import files as artifacts
+    from llem_mlflow.tracking.client import record_result
 
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")  # the product's HTTP defaults, not the tests'
     result, trace = sample_result

@@ -20,11 +20,11 @@ from mlflow.tracking import MlflowClient
 from pg_server import Postgres, PostgresUnavailable, create_database, start_postgres, stop_postgres
 from typer.testing import CliRunner
 
-from llem_mlflow import spool
-from llem_mlflow.cli import app
+from llem_mlflow.cli.app import app
 from llem_mlflow.config import ExperimentConfig
-from llem_mlflow.runner import execute
-from llem_mlflow.tracking import LLEM_EXPERIMENT_TAG
+from llem_mlflow.run.execute import execute
+from llem_mlflow.tracking import spool
+from llem_mlflow.tracking.client import LLEM_EXPERIMENT_TAG
 from tests.fakes import FakeBackend
 
 pytestmark = pytest.mark.slow

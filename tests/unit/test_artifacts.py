@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from llem_mlflow import artifacts
 from llem_mlflow.errors import TrackingError
-from llem_mlflow.result import ExperimentResult
-from llem_mlflow.trace import PowerTrace, TraceSample
+from llem_mlflow.measure.trace import PowerTrace, TraceSample
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.results.schema import ExperimentResult
 
 Sample = tuple[ExperimentResult, PowerTrace]
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from llem_mlflow import assess, quality
 from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.figures import quality
+from llem_mlflow.measure.trace import PowerTrace, TraceSample
 from llem_mlflow.protocols import CudaDeviceId, GpuInfo, SlowReading
-from llem_mlflow.result import EnergyBreakdown, GpuEnergy
-from llem_mlflow.runner import GpuSet, execute
-from llem_mlflow.trace import PowerTrace, TraceSample
+from llem_mlflow.results import assess
+from llem_mlflow.results.schema import EnergyBreakdown, GpuEnergy
+from llem_mlflow.run.execute import GpuSet, execute
 from tests.fakes import FakeBackend, FakeDevice, PoweredGpu
 
 CUDA0 = CudaDeviceId(cuda_index=0, uuid="GPU-fake-0", pci_bus_id=None)

@@ -13,16 +13,16 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from llem_mlflow.backends import hf, hub, runtime  # noqa: E402
+from llem_mlflow.backends.catalogue import shipped_config, shipped_models  # noqa: E402
 from llem_mlflow.backends.hf import TransformersBackend  # noqa: E402
 from llem_mlflow.backends.hub import config_from_dict, hub_reachable  # noqa: E402
 from llem_mlflow.backends.runtime import backend_versions, cuda_available  # noqa: E402
 from llem_mlflow.backends.shape import config_shape, model_shape  # noqa: E402
 from llem_mlflow.backends.timing import StepTimer, step_timings  # noqa: E402
+from llem_mlflow.backends.tokenizers import BYTE_FALLBACK_NAME  # noqa: E402
 from llem_mlflow.backends.tokens import left_pad, output_lengths  # noqa: E402
-from llem_mlflow.catalogue import shipped_config, shipped_models  # noqa: E402
 from llem_mlflow.errors import BackendError, ConfigError  # noqa: E402
 from llem_mlflow.protocols import Backend, BatchStats, ModelFacts, ModelShape  # noqa: E402
-from llem_mlflow.tokenizers import BYTE_FALLBACK_NAME  # noqa: E402
 from tests.fakes import FakeBackend  # noqa: E402
 from tests.helpers_models import CACHED_COMMIT, EOS_ID, make_cached_model, make_local_model  # noqa: E402
 

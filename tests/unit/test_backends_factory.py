@@ -53,7 +53,7 @@ def test_a_new_backend_is_one_registry_entry(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_fast_path_options_reach_the_model_and_the_hash(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from llem_mlflow.runner import execute
+    from llem_mlflow.run.execute import execute
 
     common = dict(model="llem/tiny-llama", weights="random", device="cpu", n=4, batch_size=2,
                   max_input_tokens=6, max_output_tokens=5, mlflow=False, baseline_s=0.0)  # fmt: skip

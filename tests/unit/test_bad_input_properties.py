@@ -40,10 +40,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from llem_mlflow import backends, cli
+from llem_mlflow import backends
+from llem_mlflow.cli import app as cli
 from llem_mlflow.config import ExperimentConfig, load_config
 from llem_mlflow.errors import ConfigError
-from llem_mlflow.sweep import NOT_SWEPT
+from llem_mlflow.sweep.execute import NOT_SWEPT
 
 ROOT = Path(__file__).resolve().parents[2]
 FIELDS = ExperimentConfig.model_fields
@@ -933,7 +934,7 @@ def test_sync_logs_an_entry_into_the_experiment_named_on_the_command_line(tmp_pa
     was: no such option, so the entry could never be logged."""
     from mlflow.tracking import MlflowClient
 
-    from llem_mlflow.runner import execute
+    from llem_mlflow.run.execute import execute
     from tests.fakes import FakeBackend
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -956,7 +957,7 @@ def test_sync_logs_an_entry_into_the_experiment_named_on_the_command_line(tmp_pa
 def test_a_default_run_name_from_a_long_model_folder_fits_mlflow(sample_result: tuple[Any, Any]) -> None:
     """Was: a model folder name of 255 bytes made a run name over 250 characters, which a PostgreSQL or
     MySQL store refuses (runs.name is VARCHAR(250)) when logging, after the measurement."""
-    from llem_mlflow import tracking
+    from llem_mlflow.tracking import client as tracking
 
     result, _ = sample_result
     short = tracking.default_run_name(result)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from llem_mlflow.carbon import carbon_g
+from llem_mlflow.figures.carbon import carbon_g
 
 
 def test_one_kwh_at_intensity() -> None:

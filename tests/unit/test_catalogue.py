@@ -6,7 +6,7 @@ from importlib import resources
 
 import pytest
 
-from llem_mlflow.catalogue import _FILES, context_length, shipped_config, shipped_models
+from llem_mlflow.backends.catalogue import _FILES, context_length, shipped_config, shipped_models
 
 
 def gpt2_params(cfg: dict[str, int]) -> int:

@@ -20,11 +20,12 @@ from conftest import build_result
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
-from llem_mlflow import __version__, cli
+from llem_mlflow import __version__
 from llem_mlflow.backends.runtime import cuda_available
-from llem_mlflow.cli import app
+from llem_mlflow.cli import app as cli
+from llem_mlflow.cli.app import app
+from llem_mlflow.cli.console import ConsoleProgress
 from llem_mlflow.config import ExperimentConfig
-from llem_mlflow.console import ConsoleProgress
 
 WIDE = {"COLUMNS": "300", "TERMINAL_WIDTH": "300"}  # one help row per option (limits included), unwrapped
 HEAVY = ("torch", "transformers", "mlflow", "pynvml", "pyarrow")
@@ -112,10 +113,10 @@ def test_installed_script_help_and_dash_h() -> None:
 def test_help_imports_no_vendor_library_and_the_cli_no_rich() -> None:
     code = (
         "import sys\n"
-        "import llem_mlflow.cli\n"
+        "import llem_mlflow.cli.app\n"
         "print('rich' in sys.modules)\n"
         "try:\n"
-        "    llem_mlflow.cli.app(['run', '--help'])\n"
+        "    llem_mlflow.cli.app.app(['run', '--help'])\n"
         "except SystemExit:\n"
         "    pass\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
@@ -273,7 +274,7 @@ def test_no_terminal_means_stage_lines_only(capsys: pytest.CaptureFixture[str]) 
 
 
 def _outcome(tmp_path: Path, **fields: Any) -> Any:
-    from llem_mlflow.runner import Outcome
+    from llem_mlflow.run.execute import Outcome
 
     defaults = {"result": build_result(), "result_dir": tmp_path / "run1", "run_id": "abc123"}
     return Outcome(**{**defaults, **fields})
@@ -292,7 +293,7 @@ def test_run_drives_the_progress_and_prints_the_summary(
         progress.batch("measure", 2, 2)
         return _outcome(tmp_path)
 
-    monkeypatch.setattr("llem_mlflow.runner.execute", fake_execute)
+    monkeypatch.setattr("llem_mlflow.run.execute.execute", fake_execute)
     result = invoke("run", "--model", "gpt2", "--n", "4")
     assert result.exit_code == 0, result.output
     assert seen[0].n == 4
@@ -305,7 +306,7 @@ def test_tracking_failure_after_the_run_exits_1_after_the_summary(
 ) -> None:
     message = "MLflow store unreachable. The result is saved; log it later with: llem-mlflow log X"
     monkeypatch.setattr(
-        "llem_mlflow.runner.execute",
+        "llem_mlflow.run.execute.execute",
         lambda cfg, progress, startup_s: _outcome(tmp_path, run_id=None, tracking_error=message),
     )
     result = invoke("run")
@@ -427,7 +428,7 @@ def test_config_shows_what_the_flags_resolve_to_and_their_hash(tmp_path: Path) -
 
 
 def test_config_hash_is_the_runs_hash_when_nothing_is_left_to_the_load(tmp_path: Path) -> None:
-    from llem_mlflow.runner import execute
+    from llem_mlflow.run.execute import execute
 
     flags = {"model": "llem/tiny-gpt2", "weights": "random", "attention": "eager", "device": "cpu"}
     flags |= {"n": "2", "max_output_tokens": "2", "batch_size": "2", "baseline_s": "0"}
@@ -461,7 +462,7 @@ def test_config_without_torch_or_nvml_has_no_traceback(tmp_path: Path) -> None:
         "import sys\n"
         "sys.modules['torch'] = None\n"  # `import torch` now raises ImportError, as when it is missing
         "sys.modules['pynvml'] = None\n"
-        "from llem_mlflow.cli import app\n"
+        "from llem_mlflow.cli.app import app\n"
         "try:\n"
         "    app(['config'])\n"
         "except SystemExit as exc:\n"

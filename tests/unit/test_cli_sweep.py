@@ -9,8 +9,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner, Result
 
-from llem_mlflow.cli import app
-from llem_mlflow.tracking import PARENT_RUN_TAG
+from llem_mlflow.cli.app import app
+from llem_mlflow.tracking.client import PARENT_RUN_TAG
 
 ROOT = Path(__file__).resolve().parents[2]
 

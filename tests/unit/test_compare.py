@@ -12,10 +12,12 @@ import typer
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from llem_mlflow import artifacts, recording
-from llem_mlflow.cli_compare import compare as compare_command
-from llem_mlflow.cli_compare import render_table, write_csv, write_json
-from llem_mlflow.compare import (
+from llem_mlflow.cli.compare import compare as compare_command
+from llem_mlflow.cli.compare import render_table, write_csv, write_json
+from llem_mlflow.errors import ConfigError
+from llem_mlflow.figures.stats import Interval, summarize
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.results.compare import (
     BEST,
     NOT_SIGNIFICANT,
     UNKNOWN,
@@ -24,9 +26,8 @@ from llem_mlflow.compare import (
     energy_band,
     incomparable_reason,
 )
-from llem_mlflow.errors import ConfigError
-from llem_mlflow.result import ExperimentResult
-from llem_mlflow.stats import Interval, summarize
+from llem_mlflow.results.schema import ExperimentResult
+from llem_mlflow.tracking import recording
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

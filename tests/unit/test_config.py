@@ -174,7 +174,7 @@ def test_limits_are_stated_in_the_description_the_help_and_the_readme() -> None:
     """One source: a bounded field's limit in words is in its description, ``run -h`` and README."""
     from typer.testing import CliRunner
 
-    from llem_mlflow.cli import app
+    from llem_mlflow.cli.app import app
     from llem_mlflow.config import limits
 
     help_text = CliRunner().invoke(app, ["run", "-h"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"}).output

@@ -8,8 +8,8 @@ import mlflow
 import pytest
 from mlflow.tracking.context.registry import _run_context_provider_registry
 
-from llem_mlflow import context_provider
-from llem_mlflow.context_provider import GpuRunContext
+from llem_mlflow.tracking import context_provider
+from llem_mlflow.tracking.context_provider import GpuRunContext
 from tests.fakes import FakeGpu, FakeNvml
 
 GPUS = [FakeGpu("GPU-aaaa-1", "00000000:19:00.0"), FakeGpu("GPU-bbbb-2", "00000000:3B:00.0")]
@@ -23,7 +23,9 @@ def _ours() -> GpuRunContext:
 
 def test_the_entry_point_is_installed_under_mlflows_group() -> None:
     eps = metadata.entry_points(group="mlflow.run_context_provider")
-    assert [ep.value for ep in eps if ep.name == "llem-gpu"] == ["llem_mlflow.context_provider:GpuRunContext"]
+    assert [ep.value for ep in eps if ep.name == "llem-gpu"] == [
+        "llem_mlflow.tracking.context_provider:GpuRunContext"
+    ]
 
 
 def test_a_plain_start_run_gets_gpu_and_driver_tags(monkeypatch: pytest.MonkeyPatch) -> None:

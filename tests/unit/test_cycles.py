@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from llem_mlflow import workload
 from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.measure import workload
+from llem_mlflow.measure.trace import PowerTrace, TraceSample
 from llem_mlflow.protocols import CudaDeviceId
-from llem_mlflow.runner import GpuSet, Outcome, execute
-from llem_mlflow.trace import PowerTrace, TraceSample
+from llem_mlflow.run.execute import GpuSet, Outcome, execute
 from tests.fakes import FakeBackend, FakeDevice
 
 CUDA0 = CudaDeviceId(cuda_index=0, uuid="GPU-fake-0", pci_bus_id=None)
@@ -128,7 +128,7 @@ def test_two_cycles_publish_no_interval_anywhere(tmp_path: Path) -> None:
         assert interval.no_interval_reason is not None
     (warning,) = [w for w in outcome.result.warnings if w.startswith("No 95 % intervals across cycles")]
     assert "at least 3" in warning
-    from llem_mlflow.cli import summary
+    from llem_mlflow.cli.app import summary
 
     lines = summary(outcome).splitlines()
     (tok_s,) = [line for line in lines if line.strip().startswith("tok/s")]
@@ -217,9 +217,9 @@ def test_two_gpus_are_measured_apart_and_sum_to_the_total(tmp_path: Path) -> Non
 
 
 def test_phase_energy_is_apportioned_by_the_trace() -> None:
-    from llem_mlflow import phases
+    from llem_mlflow.figures import phases
+    from llem_mlflow.measure.trace import PowerTrace, TraceSample
     from llem_mlflow.protocols import BatchStats
-    from llem_mlflow.trace import PowerTrace, TraceSample
 
     # 1 s window at t=0..1; power 400 W for the samples before t=0.1 (prefill), 200 W after; every 10 ms
     samples = [
@@ -249,7 +249,7 @@ def _flat(gpu: int, power_w: float) -> list[TraceSample]:
 
 
 def test_phase_split_sums_gpus_and_scales_down_phases_that_exceed_the_window() -> None:
-    from llem_mlflow.phases import PhaseSpans, split_energy
+    from llem_mlflow.figures.phases import PhaseSpans, split_energy
 
     # Two GPUs at 100 W and 300 W over [0, 1]: window trace 400 J. Prefill 0.25 s -> 25 + 75 = 100 J,
     # decode 0.5 s -> 50 + 150 = 200 J; counter 800 J is twice the trace: 200, 400 and 200 J other.

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from llem_mlflow.device import NvmlSession, try_open_session
 from llem_mlflow.errors import DeviceError
+from llem_mlflow.measure.device import NvmlSession, try_open_session
 from llem_mlflow.protocols import CudaDeviceId
 from tests.fakes import FakeGpu, FakeNvml, FakeNVMLError
 

@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 
 from llem_mlflow.backends import hf as backend_module  # noqa: E402
+from llem_mlflow.backends.catalogue import shipped_config  # noqa: E402
 from llem_mlflow.backends.hf import TransformersBackend  # noqa: E402
 from llem_mlflow.backends.hub import config_from_dict  # noqa: E402
 from llem_mlflow.backends.placement import (  # noqa: E402
@@ -32,10 +33,9 @@ from llem_mlflow.backends.placement import (  # noqa: E402
 )
 from llem_mlflow.backends.runtime import cuda_available  # noqa: E402
 from llem_mlflow.backends.timing import StepTimer  # noqa: E402
-from llem_mlflow.catalogue import shipped_config  # noqa: E402
 from llem_mlflow.config import ExperimentConfig  # noqa: E402
 from llem_mlflow.errors import BackendError, ConfigError  # noqa: E402
-from llem_mlflow.runner import _default_backend  # noqa: E402
+from llem_mlflow.run.execute import _default_backend  # noqa: E402
 from tests.helpers_models import make_local_model  # noqa: E402
 
 GPT2_NAMES = ["transformer", "transformer.wte", "transformer.wpe", "transformer.drop", "transformer.h"]

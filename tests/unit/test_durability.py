@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from llem_mlflow import artifacts
+from llem_mlflow.results import files as artifacts
 
 PROCESSES = 8
 
@@ -45,7 +45,7 @@ def test_processes_claiming_one_name_at_once_get_one_folder_each(tmp_path: Path)
 def test_a_rerun_of_the_same_config_in_the_same_second_gets_its_own_folder(tmp_path: Path) -> None:
     from datetime import datetime, timezone
 
-    from llem_mlflow.runner import _experiment_id
+    from llem_mlflow.run.execute import _experiment_id
 
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)
     first, a = artifacts.claim_result_dir(tmp_path, lambda: _experiment_id(start, "abcdef0123456789"))
@@ -70,7 +70,7 @@ def _run_cfg(tmp_path: Path, **kw: object) -> Any:
 
 
 def _execute(cfg: Any, backend: Any = None) -> Any:
-    from llem_mlflow.runner import execute
+    from llem_mlflow.run.execute import execute
     from tests.fakes import FakeBackend
 
     return execute(cfg, backend=backend or FakeBackend(), store_probe=lambda c: None)
@@ -114,7 +114,7 @@ def test_a_run_whose_files_cannot_fit_is_refused_before_the_model_loads(
 
 
 def test_the_space_a_run_needs_grows_with_its_trace(tmp_path: Path) -> None:
-    from llem_mlflow import preflight
+    from llem_mlflow.run import preflight
 
     cfg = _run_cfg(tmp_path, n=1000, batch_size=1, max_output_tokens=500, sampling_interval_s=0.001)
     need = preflight.space_needed(cfg)  # (warm-up + 3 cycles x 1000 batches) x 500 steps x 5 ms, at 1 kHz
@@ -253,9 +253,9 @@ def test_a_disk_that_fills_during_the_run_moves_the_files_and_logs_them(tmp_path
                "LLEM_MLFLOW_SPOOL_DIR": str(tmp_path / "spool"), "LLEM_TEST_FILL_DIR": str(disk)}  # fmt: skip
         hold = str(Path(__file__).resolve().parents[1] / "hold_stage.py")
         args = [arg if arg != "out" else str(disk / "out") for arg in SMALL_RUN]
-        proc = subprocess.run([sys.executable, hold, "llem_mlflow.artifacts:write_trace_parquet!fill", "--",
-                               *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-                              check=False)  # fmt: skip
+        stage = "llem_mlflow.results.files:write_trace_parquet!fill"
+        proc = subprocess.run([sys.executable, hold, stage, "--", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
         assert proc.returncode == 1, proc.stderr
         assert "workload        4 prompts" in proc.stdout
         last = proc.stderr.strip().splitlines()[-1]

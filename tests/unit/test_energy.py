@@ -6,15 +6,15 @@ from collections.abc import Callable, Iterable
 
 import pytest
 
-from llem_mlflow.energy import (
+from llem_mlflow.errors import DeviceError
+from llem_mlflow.measure.energy import (
     CounterWindow,
     build_breakdown,
     energy_warnings,
     measure_idle,
     measure_window,
 )
-from llem_mlflow.errors import DeviceError
-from llem_mlflow.trace import PowerTrace, TraceSample
+from llem_mlflow.measure.trace import PowerTrace, TraceSample
 from tests.fakes import FakeDevice
 
 

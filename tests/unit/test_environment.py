@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llem_mlflow.environment import cpu_model, git_state, ram_total_b, snapshot
+from llem_mlflow.results.environment import cpu_model, git_state, ram_total_b, snapshot
 from llem_mlflow.secrets import scrub_secrets
 from tests.fakes import FakeDevice
 

@@ -23,11 +23,13 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 import llem_mlflow
-from llem_mlflow import artifacts, recording, tracking
-from llem_mlflow.cli import app
-from llem_mlflow.result import ExperimentResult
-from llem_mlflow.trace import PowerTrace
-from llem_mlflow.tracking import LLEM_EXPERIMENT_TAG, RETIRED_TAG
+from llem_mlflow.cli.app import app
+from llem_mlflow.measure.trace import PowerTrace
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.results.schema import ExperimentResult
+from llem_mlflow.tracking import client as tracking
+from llem_mlflow.tracking import recording
+from llem_mlflow.tracking.client import LLEM_EXPERIMENT_TAG, RETIRED_TAG
 
 
 def _folder(
@@ -323,7 +325,7 @@ def test_a_sweep_run_twice_under_mlflow_run_measures_each_point_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The whole sweep, as `mlflow run . -e sweep` runs it twice (each time a new MLFLOW_RUN_ID)."""
-    from llem_mlflow import sweep
+    from llem_mlflow.sweep import execute as sweep
     from tests.unit.test_sweep import Backends, _file
 
     path = _file(tmp_path, {"batch_size": [1, 2]})

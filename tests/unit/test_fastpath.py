@@ -11,9 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from llem_mlflow.backends import fastpath  # noqa: E402
+from llem_mlflow.backends.catalogue import shipped_config  # noqa: E402
 from llem_mlflow.backends.fastpath import FastPath  # noqa: E402
 from llem_mlflow.backends.hub import config_from_dict  # noqa: E402
-from llem_mlflow.catalogue import shipped_config  # noqa: E402
 from llem_mlflow.config import ExperimentConfig, load_config  # noqa: E402
 from llem_mlflow.errors import ConfigError  # noqa: E402
 

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from llem_mlflow.flops import (
+from llem_mlflow.figures.flops import (
     FLOPS_METHOD,
     PhaseFlops,
     decode_pairs,

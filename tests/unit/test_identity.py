@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from llem_mlflow.config import ExperimentConfig
-from llem_mlflow.identity import HASH_RECIPE, ResolvedSettings, dataset_digest, resolve
-from llem_mlflow.result import ExperimentResult
+from llem_mlflow.results.identity import HASH_RECIPE, ResolvedSettings, dataset_digest, resolve
+from llem_mlflow.results.schema import ExperimentResult
 
 CPU_RANDOM: dict[str, Any] = dict(
     weights="random", precision="fp32", device="cpu", revision=None, dataset="synthetic", tokenizer=None

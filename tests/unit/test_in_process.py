@@ -20,7 +20,7 @@ import pytest
 
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.protocols import CudaDeviceId, LoadedModel
-from llem_mlflow.runner import GpuSet, execute, run_experiment
+from llem_mlflow.run.execute import GpuSet, execute, run_experiment
 from tests.fakes import FakeBackend, FakeDevice
 from tests.spawns import recording, spawns_in_measured_windows
 
@@ -102,7 +102,7 @@ _FRESH_IMAGE_RUN = """
 import json, shutil, sys, pytest
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.protocols import CudaDeviceId
-from llem_mlflow.runner import GpuSet, execute
+from llem_mlflow.run.execute import GpuSet, execute
 from tests.fakes import FakeBackend, PoweredGpu
 from tests.spawns import recording, spawns_in_measured_windows
 

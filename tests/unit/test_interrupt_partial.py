@@ -19,12 +19,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from llem_mlflow import artifacts, cli, rapl, runner
+from llem_mlflow.cli import app as cli
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.errors import RunInterrupted
+from llem_mlflow.measure import rapl
 from llem_mlflow.protocols import CudaDeviceId
-from llem_mlflow.result import ExperimentResult
-from llem_mlflow.runner import GpuSet, execute
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.results.schema import ExperimentResult
+from llem_mlflow.run import execute as runner
+from llem_mlflow.run.execute import GpuSet, execute
 from tests.fakes import FakeBackend, FakeDevice, ctrl_c_at
 
 CUDA0 = CudaDeviceId(cuda_index=0, uuid="GPU-fake-0", pci_bus_id=None)
@@ -174,11 +177,11 @@ def test_the_cli_exits_130_and_keeps_the_partial_cycle(
 
 _SECOND_CTRL_C = """
     import os, signal
-    from llem_mlflow import rapl
+    from llem_mlflow.measure import rapl
     from llem_mlflow.config import ExperimentConfig
     from llem_mlflow.interrupts import graceful
     from llem_mlflow.protocols import CudaDeviceId
-    from llem_mlflow.runner import GpuSet, execute
+    from llem_mlflow.run.execute import GpuSet, execute
     from tests.fakes import FakeBackend, FakeDevice
 
     rapl.POWERCAP_ROOT = rapl.POWERCAP_ROOT / "absent"

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from llem_mlflow import artifacts
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.errors import RunInterrupted
 from llem_mlflow.protocols import CudaDeviceId
-from llem_mlflow.runner import GpuSet, execute
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.run.execute import GpuSet, execute
 from tests.fakes import FakeBackend, FakeDevice, ctrl_c_at
 
 SCRIPT = Path(sys.executable).with_name("llem-mlflow")
@@ -146,7 +146,7 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
 # lands exactly there (no sleep). A real sqlite store, a real spool, the real CLI.
 
 HOLD_SCRIPT = Path(__file__).resolve().parents[1] / "hold_stage.py"
-WRITE = "llem_mlflow.artifacts:write_result_json"
+WRITE = "llem_mlflow.results.files:write_result_json"
 LOG = "mlflow.tracking.client:MlflowClient.log_batch"
 CYCLE_2 = "llem_mlflow.backends.hf:TransformersBackend.generate@4"  # warm-up 1, 2 batches a cycle
 SMALL_RUN = ["run", "--model", "llem/tiny-gpt2", "--weights", "random", "--n", "4", "--batch-size", "2",

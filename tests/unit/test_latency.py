@@ -5,7 +5,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from llem_mlflow.latency import PERCENTILE_METHOD, LatencySummary, percentile, summarize_latency
+from llem_mlflow.figures.latency import PERCENTILE_METHOD, LatencySummary, percentile, summarize_latency
 from llem_mlflow.protocols import BatchStats
 from tests.fakes import FAKE_DECODE_STEP_S, FAKE_PREFILL_S, FakeBackend
 

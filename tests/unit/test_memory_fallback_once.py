@@ -15,12 +15,14 @@ import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from llem_mlflow import artifacts, recording, runner, spool
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.errors import TrackingError
-from llem_mlflow.result import ExperimentResult
-from llem_mlflow.trace import PowerTrace
-from llem_mlflow.tracking import LLEM_EXPERIMENT_TAG, RETIRED_TAG
+from llem_mlflow.measure.trace import PowerTrace
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.results.schema import ExperimentResult
+from llem_mlflow.run import execute as runner
+from llem_mlflow.tracking import recording, spool
+from llem_mlflow.tracking.client import LLEM_EXPERIMENT_TAG, RETIRED_TAG
 
 ENOSPC = "[Errno 28] No space left on device"
 
@@ -65,7 +67,7 @@ def _full_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_run_logged_from_memory_retires_a_half_logged_run_of_its_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_mlflow: str
 ) -> None:
-    from llem_mlflow.runner import execute
+    from llem_mlflow.run.execute import execute
     from tests.fakes import FakeBackend
 
     client = MlflowClient(isolated_mlflow)
@@ -124,7 +126,7 @@ def test_two_threads_logging_one_result_from_memory_make_one_run(
     isolated_mlflow: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from llem_mlflow import tracking
+    from llem_mlflow.tracking import client as tracking
 
     llem_id = "threads-20260101T000000Z-bbbbbb"
     parts = _in_memory(tmp_path, sample_result, llem_id)

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from llem_mlflow import measure, settle, steady
-from llem_mlflow.cli import summary
+from llem_mlflow.cli.app import summary
 from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.measure import settle, steady
+from llem_mlflow.measure import stages as measure
+from llem_mlflow.measure.trace import PowerTrace, TraceSample
 from llem_mlflow.protocols import CudaDeviceId
-from llem_mlflow.runner import GpuSet, Outcome, execute
-from llem_mlflow.trace import PowerTrace, TraceSample
+from llem_mlflow.run.execute import GpuSet, Outcome, execute
 from tests.fakes import FakeBackend, FakeDevice
 
 CUDA0 = CudaDeviceId(cuda_index=0, uuid="GPU-fake-0", pci_bus_id=None)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from llem_mlflow import artifacts, recording
-from llem_mlflow.result import ExperimentResult, Timings
-from llem_mlflow.trace import PowerTrace
+from llem_mlflow.measure.trace import PowerTrace
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.results.schema import ExperimentResult, Timings
+from llem_mlflow.tracking import recording
 
 Sample = tuple[ExperimentResult, PowerTrace]
 

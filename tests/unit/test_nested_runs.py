@@ -9,8 +9,8 @@ from fakes import FakeBackend
 from mlflow.tracking import MlflowClient
 
 from llem_mlflow.config import ExperimentConfig
-from llem_mlflow.runner import Outcome, execute
-from llem_mlflow.tracking import LLEM_EXPERIMENT_TAG, PARENT_RUN_TAG
+from llem_mlflow.run.execute import Outcome, execute
+from llem_mlflow.tracking.client import LLEM_EXPERIMENT_TAG, PARENT_RUN_TAG
 
 
 def _measure(tmp_path: Path, batch_size: int) -> Outcome:

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from llem_mlflow.config import ExperimentConfig
-from llem_mlflow.device import DeviceLostError
-from llem_mlflow.energy import (
+from llem_mlflow.errors import DeviceError
+from llem_mlflow.measure.device import DeviceLostError
+from llem_mlflow.measure.energy import (
     COUNTER_WRAP_J,
     READ_ATTEMPTS,
     CounterWindow,
@@ -26,12 +27,11 @@ from llem_mlflow.energy import (
     sparse_trace_warnings,
     sum_breakdowns,
 )
-from llem_mlflow.errors import DeviceError
+from llem_mlflow.measure.sampler import PowerSampler
+from llem_mlflow.measure.trace import PowerTrace, TraceSample
 from llem_mlflow.protocols import CudaDeviceId
-from llem_mlflow.result import CycleRecord, ExperimentResult, GpuEnergy
-from llem_mlflow.runner import GpuSet, Outcome, _nvml_gpus, execute
-from llem_mlflow.sampler import PowerSampler
-from llem_mlflow.trace import PowerTrace, TraceSample
+from llem_mlflow.results.schema import CycleRecord, ExperimentResult, GpuEnergy
+from llem_mlflow.run.execute import GpuSet, Outcome, _nvml_gpus, execute
 from tests.fakes import FakeBackend, FakeDevice, FakeGpu, FakeNvml, FakeNVMLError
 
 NOT_SUPPORTED = DeviceError("Reading the power of GPU 0 (Fake GPU) failed: Not Supported.")
@@ -358,7 +358,7 @@ def test_run_with_a_counter_read_failing_at_a_cycle_edge(tmp_path: Path) -> None
     )
     (warning,) = [w for w in r.warnings if w.startswith("GPU 0, cycle 2/2:")]
     assert "could not be read at the end edge" in warning and "too low" not in warning
-    from llem_mlflow.cli import summary
+    from llem_mlflow.cli.app import summary
 
     (energy_line,) = [line for line in summary(outcome).splitlines() if line.startswith("energy ")]
     assert "unknown: the counter delta of 1 (GPU, window) pair(s)" in energy_line

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from llem_mlflow.config import ExperimentConfig
-from llem_mlflow.tracking import DEFAULT_EXPERIMENT, resolve_experiment_name
+from llem_mlflow.tracking.client import DEFAULT_EXPERIMENT, resolve_experiment_name
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,12 +16,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from llem_mlflow import cli, runner
 from llem_mlflow.backends import hf
 from llem_mlflow.backends.runtime import is_out_of_memory, out_of_memory_error
+from llem_mlflow.cli import app as cli
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.errors import BackendError, OutOfMemoryError
 from llem_mlflow.protocols import BatchStats
+from llem_mlflow.run import execute as runner
 from tests.fakes import FakeBackend
 
 #: What torch 2.x says on an H100/H200 (one paragraph).

@@ -13,10 +13,10 @@ OWNERS = {
     "torch": "backends/",
     "transformers": "backends/",
     "accelerate": "backends/",
-    "pynvml": "device.py",
-    "mlflow": "tracking.py",
-    "pyarrow": "artifacts.py",
-    "matplotlib": "plots.py",
+    "pynvml": "measure/device.py",
+    "mlflow": "tracking/",
+    "pyarrow": "results/files.py",
+    "matplotlib": "results/plots.py",
 }
 
 

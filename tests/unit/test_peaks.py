@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llem_mlflow.peaks import GPUS, gpu_peaks, peak_flops
+from llem_mlflow.figures.peaks import GPUS, gpu_peaks, peak_flops
 
 T = 1e12
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from llem_mlflow.artifacts import read_trace_parquet
 from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.measure.trace import PowerTrace
 from llem_mlflow.protocols import CudaDeviceId
-from llem_mlflow.result import ExperimentResult
-from llem_mlflow.runner import GpuSet, execute
-from llem_mlflow.trace import PowerTrace
+from llem_mlflow.results.files import read_trace_parquet
+from llem_mlflow.results.schema import ExperimentResult
+from llem_mlflow.run.execute import GpuSet, execute
 from tests.fakes import FakeBackend, PoweredGpu
 from tests.plausibility import implausibilities
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from llem_mlflow import artifacts, plots
-from llem_mlflow.compare import compare
-from llem_mlflow.result import ExperimentResult
-from llem_mlflow.stats import summarize
-from llem_mlflow.trace import PowerTrace
+from llem_mlflow.figures.stats import summarize
+from llem_mlflow.measure.trace import PowerTrace
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.results import plots
+from llem_mlflow.results.compare import compare
+from llem_mlflow.results.schema import ExperimentResult
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -110,7 +111,8 @@ def test_compare_figure_without_energy(cpu_result: ExperimentResult, tmp_path: P
 
 
 def test_matplotlib_is_imported_only_when_drawing() -> None:
-    code = "import sys, llem_mlflow.plots, llem_mlflow.compare; print('matplotlib' in sys.modules)"
+    code = "import sys, llem_mlflow.results.plots, llem_mlflow.results.compare; "
+    code += "print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

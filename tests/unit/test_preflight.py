@@ -9,7 +9,7 @@ import pytest
 
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.errors import ConfigError
-from llem_mlflow.runner import execute
+from llem_mlflow.run.execute import execute
 from tests.fakes import FakeBackend
 
 
@@ -146,7 +146,7 @@ def test_a_scheme_a_plugin_registers_is_accepted(monkeypatch: pytest.MonkeyPatch
     """The answer comes from MLflow's own store registry (entry-point plugins register there)."""
     from mlflow.tracking._tracking_service.utils import _tracking_store_registry as registry
 
-    from llem_mlflow import tracking
+    from llem_mlflow.tracking import client as tracking
 
     assert tracking.unknown_scheme("myplugin://store") is not None
     monkeypatch.setitem(registry._registry, "myplugin", lambda store_uri, artifact_uri=None: None)

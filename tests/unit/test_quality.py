@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from llem_mlflow.quality import (
+from llem_mlflow.figures.quality import (
     RULE_NAMES,
     THROTTLE_SLOWDOWN_BITS,
     QualityFlag,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llem_mlflow.rapl import RaplReader, RaplReading, RaplZone, cpu_energy_j
+from llem_mlflow.measure.rapl import RaplReader, RaplReading, RaplZone, cpu_energy_j
 
 MAX_UJ = 262143328850  # the usual Intel package range
 
@@ -247,9 +247,9 @@ def test_reads_know_when_they_were_taken(two_socket: dict[str, Path]) -> None:
 def test_a_wrap_in_a_measured_window_reaches_the_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llem_mlflow import measure
     from llem_mlflow.config import ExperimentConfig
-    from llem_mlflow.runner import execute
+    from llem_mlflow.measure import stages as measure
+    from llem_mlflow.run.execute import execute
     from tests.fakes import FakeBackend
 
     package = RaplZone("package-0", "package-0", "package", tmp_path / "intel-rapl:0", MAX_UJ)

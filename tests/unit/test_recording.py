@@ -11,10 +11,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_server import free_port
 
-from llem_mlflow import artifacts, recording
 from llem_mlflow.errors import TrackingError
-from llem_mlflow.result import ExperimentResult
-from llem_mlflow.trace import PowerTrace
+from llem_mlflow.measure.trace import PowerTrace
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.results.schema import ExperimentResult
+from llem_mlflow.tracking import recording
 
 Sample = tuple[ExperimentResult, PowerTrace]
 

@@ -11,7 +11,7 @@ import transformers
 from typer.testing import CliRunner
 
 from llem_mlflow.backends.hf import TransformersBackend
-from llem_mlflow.cli import app
+from llem_mlflow.cli.app import app
 from llem_mlflow.config import ExperimentConfig
 
 SHIPPED = Path(__file__).resolve().parents[2] / "llem_mlflow" / "models" / "llem--tiny-gpt2.json"

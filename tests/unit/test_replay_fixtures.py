@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from llem_mlflow import artifacts
-from llem_mlflow.result import ExperimentResult
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.results.schema import ExperimentResult
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "h200_gpt2"
 
@@ -43,7 +43,7 @@ def test_trace_covers_window_and_matches_stored_cross_check(real: ExperimentResu
 def test_mlflow_logging_of_a_real_gpu_result(real: ExperimentResult, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    from llem_mlflow.tracking import record_result
+    from llem_mlflow.tracking.client import record_result
 
     trace = artifacts.read_trace_parquet(FIXTURE / "timeseries.parquet")
     files = [FIXTURE / "result.json", FIXTURE / "timeseries.parquet"]

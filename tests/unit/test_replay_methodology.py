@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from llem_mlflow import artifacts, quality, steady
-from llem_mlflow.result import ExperimentResult
+from llem_mlflow.figures import quality
+from llem_mlflow.measure import steady
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.results.schema import ExperimentResult
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SPLIT = FIXTURES / "h200x2_tinyllama_split"

@@ -11,8 +11,8 @@ import pytest
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.errors import ConfigError
 from llem_mlflow.protocols import CudaDeviceId
-from llem_mlflow.result import ExperimentResult
-from llem_mlflow.runner import GpuSet, execute
+from llem_mlflow.results.schema import ExperimentResult
+from llem_mlflow.run.execute import GpuSet, execute
 from tests.fakes import FakeBackend, FakeDevice
 
 CUDA0 = CudaDeviceId(cuda_index=0, uuid="GPU-fake-0", pci_bus_id=None)

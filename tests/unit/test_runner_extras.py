@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from llem_mlflow import rapl
 from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.measure import rapl
 from llem_mlflow.protocols import CudaDeviceId
-from llem_mlflow.runner import GpuSet, execute
+from llem_mlflow.run.execute import GpuSet, execute
 from tests.fakes import FakeBackend, FakeDevice
 from tests.unit.test_rapl import set_energy, zone
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from llem_mlflow.protocols import CudaDeviceId
-from llem_mlflow.runner import _nvml_gpus
+from llem_mlflow.run.execute import _nvml_gpus
 from tests.fakes import FakeGpu, FakeNvml
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from llem_mlflow import artifacts
 from llem_mlflow.errors import ConfigError, DeviceError
+from llem_mlflow.measure.sampler import PowerSampler
 from llem_mlflow.protocols import SlowReading
-from llem_mlflow.sampler import PowerSampler
+from llem_mlflow.results import files as artifacts
 from tests.fakes import DEFAULT_SLOW, FakeDevice
 
 
@@ -141,7 +141,7 @@ def test_invalid_settings_are_rejected(interval_s: float, slow_every: int) -> No
 
 
 def test_thin_power_keeps_short_traces_and_buckets_long_ones() -> None:
-    from llem_mlflow.trace import TraceSample, thin_power
+    from llem_mlflow.measure.trace import TraceSample, thin_power
 
     samples = [TraceSample(timestamp_s=i * 0.1, gpu=0, power_w=float(i)) for i in range(10)]
     assert thin_power(samples, 10) == [(s.timestamp_s, s.power_w) for s in samples]

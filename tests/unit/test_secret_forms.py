@@ -25,12 +25,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from llem_mlflow import secrets as llem_secrets
-from llem_mlflow import spool, store_probe
-from llem_mlflow.cli import _CurrentStderr
+from llem_mlflow.cli.app import _CurrentStderr
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.errors import TrackingError
-from llem_mlflow.runner import execute
+from llem_mlflow.run.execute import execute
 from llem_mlflow.secrets import scrub_secrets
+from llem_mlflow.tracking import spool, store_probe
 from tests.fakes import FakeBackend
 
 # (URI, the secrets in it: each must appear nowhere, raw or percent-decoded, what the URI becomes). The
@@ -193,7 +193,7 @@ def test_a_log_line_naming_the_uri_reaches_the_terminal_scrubbed(capsys: pytest.
 
 def test_a_crash_prints_its_traceback_without_credentials(tmp_path: Path) -> None:
     code = (
-        "import llem_mlflow.cli as cli\n"
+        "import llem_mlflow.cli.app as cli\n"
         "def boom(): raise RuntimeError('store http://bob:tb-s3cret@127.0.0.1:1 broke')\n"
         "cli.app = boom\n"
         "cli.main()\n"

@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from llem_mlflow import artifacts
-from llem_mlflow.cli import app
+from llem_mlflow.cli.app import app
 from llem_mlflow.config import ExperimentConfig, load_config
 from llem_mlflow.errors import ConfigError
-from llem_mlflow.runner import execute
-from llem_mlflow.trace import PowerTrace, TraceSample
+from llem_mlflow.measure.trace import PowerTrace, TraceSample
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.run.execute import execute
 from tests.fakes import FakeBackend
 
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -20,11 +20,11 @@ from mlflow.tracking import MlflowClient
 from mlflow_server import free_port, start_server, stop_server
 from typer.testing import CliRunner
 
-from llem_mlflow import spool
-from llem_mlflow.cli import app
+from llem_mlflow.cli.app import app
 from llem_mlflow.config import ExperimentConfig
-from llem_mlflow.runner import Outcome, execute
-from llem_mlflow.tracking import LLEM_EXPERIMENT_TAG
+from llem_mlflow.run.execute import Outcome, execute
+from llem_mlflow.tracking import spool
+from llem_mlflow.tracking.client import LLEM_EXPERIMENT_TAG
 from tests.fakes import FakeBackend
 
 EXPERIMENT = "spooled"

@@ -19,11 +19,12 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 import llem_mlflow
-from llem_mlflow import artifacts, spool
-from llem_mlflow.cli import app
-from llem_mlflow.result import ExperimentResult
-from llem_mlflow.trace import PowerTrace
-from llem_mlflow.tracking import LLEM_EXPERIMENT_TAG
+from llem_mlflow.cli.app import app
+from llem_mlflow.measure.trace import PowerTrace
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.results.schema import ExperimentResult
+from llem_mlflow.tracking import spool
+from llem_mlflow.tracking.client import LLEM_EXPERIMENT_TAG
 
 
 def _result_folder(out: Path, sample: tuple[ExperimentResult, PowerTrace], llem_id: str) -> Path:

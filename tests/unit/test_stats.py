@@ -11,7 +11,7 @@ import pytest
 import scipy.stats as scipy_stats  # in [dev]: the oracle tests fail, never skip, without it
 from pydantic import ValidationError
 
-from llem_mlflow.stats import (
+from llem_mlflow.figures.stats import (
     MIN_INTERVAL_N,
     T_TABLE_MAX_DF,
     Z_975,

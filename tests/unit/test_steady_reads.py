@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from llem_mlflow import artifacts, measure
-from llem_mlflow.cli import summary
+from llem_mlflow.cli.app import summary
 from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.measure import stages as measure
 from llem_mlflow.protocols import CudaDeviceId
-from llem_mlflow.runner import GpuSet, Outcome, execute
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.run.execute import GpuSet, Outcome, execute
 from tests.fakes import FakeBackend, FakeDevice
 
 READ_S = 0.004  # what one fake counter read costs on the fake clock

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 import llem_mlflow
-from llem_mlflow.cli import app
+from llem_mlflow.cli.app import app
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RESULTS = ("h200_gpt2", "h200_gpt2_bs8", "h200_gpt2_bs16", "h200_tinyllama_steady")
@@ -38,7 +38,7 @@ from pathlib import Path
 folder, uri, marks = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - imported before the start line
 import sqlalchemy
-from llem_mlflow import cli
+from llem_mlflow.cli import app as cli
 
 steps = []
 
@@ -264,7 +264,7 @@ def test_a_creation_cut_between_two_steps_is_completed_on_a_copy(tmp_path: Path)
 
 def test_a_run_finds_its_new_store_made_before_measuring(tmp_path: Path) -> None:
     from llem_mlflow.config import ExperimentConfig
-    from llem_mlflow.runner import execute
+    from llem_mlflow.run.execute import execute
     from tests.fakes import FakeBackend
 
     db = tmp_path / "mlflow.db"

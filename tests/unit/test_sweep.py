@@ -12,10 +12,10 @@ import yaml
 from fakes import FakeBackend
 from mlflow.tracking import MlflowClient
 
-from llem_mlflow import sweep
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.errors import ConfigError
-from llem_mlflow.tracking import PARENT_RUN_TAG
+from llem_mlflow.sweep import execute as sweep
+from llem_mlflow.tracking.client import PARENT_RUN_TAG
 
 BASE: dict[str, Any] = {"n": 4, "max_input_tokens": 4, "max_output_tokens": 3, "baseline_s": 0.0}
 

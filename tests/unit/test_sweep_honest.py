@@ -16,10 +16,11 @@ import pytest
 from fakes import FakeBackend, FakeDevice
 from mlflow.tracking import MlflowClient
 
-from llem_mlflow import plots, sweep
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.protocols import CudaDeviceId
-from llem_mlflow.runner import GpuSet
+from llem_mlflow.results import plots
+from llem_mlflow.run.execute import GpuSet
+from llem_mlflow.sweep import execute as sweep
 from tests.unit.test_sweep import Backends, _children, _fail, _file
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -11,10 +11,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from llem_mlflow import sweep, sweep_parallel
-from llem_mlflow.cli import app
+from llem_mlflow.cli.app import app
 from llem_mlflow.errors import ConfigError
-from llem_mlflow.tracking import PARENT_RUN_TAG
+from llem_mlflow.sweep import execute as sweep
+from llem_mlflow.sweep import parallel as sweep_parallel
+from llem_mlflow.tracking.client import PARENT_RUN_TAG
 from tests.unit.test_sweep import BASE, _file
 
 

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 
-from llem_mlflow import cli, measure, tracking
+from llem_mlflow.cli import app as cli
 from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.measure import stages as measure
+from llem_mlflow.measure.timings import Stopwatch, process_age_s
 from llem_mlflow.protocols import CudaDeviceId
-from llem_mlflow.result import ExperimentResult, Timings
-from llem_mlflow.runner import GpuSet, Outcome, execute
-from llem_mlflow.timings import Stopwatch, process_age_s
+from llem_mlflow.results.schema import ExperimentResult, Timings
+from llem_mlflow.run.execute import GpuSet, Outcome, execute
+from llem_mlflow.tracking import client as tracking
 from tests.conftest import build_result
 from tests.fakes import FakeBackend, FakeDevice
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from llem_mlflow.backends.tokenizers import BYTE_FALLBACK_NAME, ByteTokenizer, ModelTokenizer
 from llem_mlflow.errors import BackendError
-from llem_mlflow.tokenizers import BYTE_FALLBACK_NAME, ByteTokenizer, ModelTokenizer
 
 
 def test_byte_tokenizer_gives_utf8_bytes_truncated_without_special_tokens() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from llem_mlflow.errors import DeviceError
 from llem_mlflow.protocols import GpuDevice
-from llem_mlflow.track import Tracked, track
+from llem_mlflow.run.track import Tracked, track
 from tests.fakes import FakeDevice
 
 

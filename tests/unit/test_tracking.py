@@ -17,10 +17,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_server import free_port
 
-from llem_mlflow import artifacts, tracking
 from llem_mlflow.errors import TrackingError
-from llem_mlflow.result import ExperimentResult
-from llem_mlflow.trace import PowerTrace, TraceSample
+from llem_mlflow.measure.trace import PowerTrace, TraceSample
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.results.schema import ExperimentResult
+from llem_mlflow.tracking import client as tracking
 
 Sample = tuple[ExperimentResult, PowerTrace]
 T0_MS = 1_767_225_600_000  # conftest T0, 2026-01-01T00:00:00Z
@@ -251,7 +252,7 @@ def test_mlflow_run_in_default_experiment_warns(
     pre_id = _project_run(MlflowClient(), "0")
     monkeypatch.setenv("MLFLOW_RUN_ID", pre_id)
     log(result, write_files(result, trace, tmp_path), trace)
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "llem_mlflow.tracking"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "llem_mlflow.tracking.client"]
     assert "Default experiment" in warning
     assert "mlflow run . --experiment-name llem-mlflow" in warning
 

@@ -8,9 +8,11 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from llem_mlflow import artifacts, recording, tracking
-from llem_mlflow.result import ExperimentResult
-from llem_mlflow.trace import PowerTrace
+from llem_mlflow.measure.trace import PowerTrace
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.results.schema import ExperimentResult
+from llem_mlflow.tracking import client as tracking
+from llem_mlflow.tracking import recording
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from llem_mlflow.errors import ConfigError
-from llem_mlflow.workload import PromptFile, batches, read_jsonl_prompts, synthetic_prompts
+from llem_mlflow.measure.workload import PromptFile, batches, read_jsonl_prompts, synthetic_prompts
 
 
 def test_synthetic_prompts_are_seeded_and_exact() -> None:

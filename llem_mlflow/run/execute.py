@@ -23,33 +23,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
-from llem_mlflow import (
-    artifacts,
-    assess,
-    carbon,
-    energy,
-    environment,
-    flops,
-    identity,
-    interrupts,
-    latency,
-    measure,
-    peaks,
-    phases,
-    preflight,
-    quality,
-    recording,
-    spool,
-    stats,
-    steady,
-    tracking,
-)
+from llem_mlflow import interrupts
 from llem_mlflow._version import __version__
 from llem_mlflow.config import ExperimentConfig, load_config
 from llem_mlflow.errors import BackendError, DeviceError, RunInterrupted, TrackingError
-from llem_mlflow.progress import LogProgress, Progress
+from llem_mlflow.figures import carbon, flops, latency, peaks, phases, quality, stats
+from llem_mlflow.figures.stats import Interval
+from llem_mlflow.measure import energy, steady
+from llem_mlflow.measure import stages as measure
+from llem_mlflow.measure.progress import LogProgress, Progress
+from llem_mlflow.measure.timings import Stopwatch
+from llem_mlflow.measure.trace import PowerTrace
 from llem_mlflow.protocols import Backend, CudaDeviceId, GpuDevice, GpuInfo, LoadedModel
-from llem_mlflow.result import (
+from llem_mlflow.results import assess, environment, identity
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.results.schema import (
     ComputeFigures,
     CpuEnergy,
     CycleRecord,
@@ -64,9 +52,9 @@ from llem_mlflow.result import (
     Uncertainty,
     Window,
 )
-from llem_mlflow.stats import Interval
-from llem_mlflow.timings import Stopwatch
-from llem_mlflow.trace import PowerTrace
+from llem_mlflow.run import preflight
+from llem_mlflow.tracking import client as tracking
+from llem_mlflow.tracking import recording, spool
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +372,8 @@ def _probe_store(cfg: ExperimentConfig) -> str | None:
     mlflow = sys.modules.get("mlflow")
     if mlflow is not None and mlflow.active_run() is not None:
         return None  # the caller's own run: its store is the caller's business
-    from llem_mlflow import store_probe, tracking
+    from llem_mlflow.tracking import client as tracking
+    from llem_mlflow.tracking import store_probe
 
     return store_probe.probe_store(tracking.target_tracking_uri(cfg.tracking_uri))
 
@@ -414,7 +403,7 @@ def _no_gpu(loaded: LoadedModel) -> GpuSet:
 
 def _nvml_gpus(cuda_ids: Sequence[CudaDeviceId], nvml: Any = None) -> GpuSet:
     """The NVML devices of ``cuda_ids``; NVML is shut down on every path (``nvml``: a fake in tests)."""
-    from llem_mlflow.device import try_open_session
+    from llem_mlflow.measure.device import try_open_session
 
     session, reason = try_open_session(nvml)
     if session is None:
@@ -716,7 +705,7 @@ def _carbon(cfg: ExperimentConfig, gross: float | None, cpu: CpuEnergy | None) -
 
 def _write_power_png(folder: Path, result: ExperimentResult, m: measure.Measurement) -> None:
     """power.png beside result.json (``plots``); a plotting failure only warns, never costs the run."""
-    from llem_mlflow import plots
+    from llem_mlflow.results import plots
 
     try:
         plots.write_power_png(folder, result, m.trace)

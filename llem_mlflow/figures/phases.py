@@ -21,8 +21,8 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from llem_mlflow.measure.trace import PowerTrace
 from llem_mlflow.protocols import BatchStats
-from llem_mlflow.trace import PowerTrace
 
 METHOD = "trace-apportioned: counter gross x (phase spans x nearest trace power) / window trace integral"
 Span = tuple[float, float]

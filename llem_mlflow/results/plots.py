@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llem_mlflow.compare import NOT_SIGNIFICANT, Estimate, Row
-from llem_mlflow.result import ExperimentResult
-from llem_mlflow.trace import PowerTrace
+from llem_mlflow.measure.trace import PowerTrace
+from llem_mlflow.results.compare import NOT_SIGNIFICANT, Estimate, Row
+from llem_mlflow.results.schema import ExperimentResult
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

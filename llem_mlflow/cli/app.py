@@ -47,8 +47,8 @@ from llem_mlflow.errors import ConfigError, LlemError, RunInterrupted
 from llem_mlflow.secrets import scrub_secrets
 
 if TYPE_CHECKING:
-    from llem_mlflow.result import Timings
-    from llem_mlflow.runner import Outcome
+    from llem_mlflow.results.schema import Timings
+    from llem_mlflow.run.execute import Outcome
 
 F = TypeVar("F", bound=Callable[..., Any])
 _LABEL = 16  # width of the label column in `run`'s summary and in `config`
@@ -283,10 +283,10 @@ def _config_path(argument: str | None, option: str | None) -> str | None:
 
 
 def _execute(cfg: ExperimentConfig) -> None:
-    from llem_mlflow.console import ConsoleProgress
+    from llem_mlflow.cli.console import ConsoleProgress
     from llem_mlflow.interrupts import EXIT_CODE, holding
-    from llem_mlflow.runner import execute
-    from llem_mlflow.timings import process_age_s
+    from llem_mlflow.measure.timings import process_age_s
+    from llem_mlflow.run.execute import execute
 
     startup_s = process_age_s() if _Process.is_cli else None
     _setup_logging()
@@ -328,7 +328,8 @@ def _exit_codes() -> Iterator[None]:
 
 def _stopped(message: str, kill_mlflow_run: bool) -> NoReturn:
     """One line saying what an interrupted run kept; the ``mlflow run`` run ends KILLED; exit 130."""
-    from llem_mlflow import interrupts, tracking
+    from llem_mlflow import interrupts
+    from llem_mlflow.tracking import client as tracking
 
     _err(message)
     if kill_mlflow_run:
@@ -405,7 +406,7 @@ def summary(outcome: Outcome) -> str:
 
 
 def _why_no_bounds(n: int) -> str:
-    from llem_mlflow.stats import MIN_INTERVAL_N
+    from llem_mlflow.figures.stats import MIN_INTERVAL_N
 
     return f"fewer than {MIN_INTERVAL_N} cycles" if n < MIN_INTERVAL_N else "a cycle's value is not positive"
 
@@ -421,7 +422,7 @@ def _incomplete_energy(e: Any) -> str:
 
 def _cycle_lines(r: Any) -> list[str]:
     """With 2+ cycles: each figure as mean [95% interval] and its CV (no bounds below 3 cycles)."""
-    from llem_mlflow.console import with_interval
+    from llem_mlflow.cli.console import with_interval
 
     c = r.cycles
     if c is None or c.n < 2:
@@ -540,8 +541,8 @@ def sweep_points(**flags: Any) -> None:
 
     Flags override the base config. Running the same sweep again measures only what is not FINISHED.
     """
-    from llem_mlflow.sweep import load_sweep
-    from llem_mlflow.sweep_parallel import check_points, resolve_gpus
+    from llem_mlflow.sweep.execute import load_sweep
+    from llem_mlflow.sweep.parallel import check_points, resolve_gpus
 
     try:
         path = _config_path(flags.get("config"), flags.get("config_file"))
@@ -558,8 +559,8 @@ def sweep_points(**flags: Any) -> None:
 
 
 def _run_sweep(plan: Any, gpus: tuple[str, ...] = ()) -> None:
-    from llem_mlflow.console import ConsoleProgress
-    from llem_mlflow.sweep import Parts, markdown_table, run_sweep
+    from llem_mlflow.cli.console import ConsoleProgress
+    from llem_mlflow.sweep.execute import Parts, markdown_table, run_sweep
 
     _setup_logging()
     where = f" on GPUs {','.join(gpus)}, one worker each" if gpus else ""
@@ -595,7 +596,7 @@ def _report_point(row: Any) -> None:
 
 
 def _register_compare() -> None:
-    from llem_mlflow.cli_compare import compare
+    from llem_mlflow.cli.compare import compare
 
     app.command("compare", cls=_Command)(compare)
 
@@ -614,7 +615,7 @@ def log_saved(
     run_name: Annotated[str | None, Opt(metavar="TEXT", help="MLflow run name.")] = None,
 ) -> None:
     """Log a saved result folder to MLflow (e.g. after the tracking server was unreachable)."""
-    from llem_mlflow.recording import log_folder
+    from llem_mlflow.tracking.recording import log_folder
 
     _setup_logging()
     _check_names(tracking_uri=tracking_uri, experiment_name=experiment_name, run_name=run_name)
@@ -648,7 +649,7 @@ def sync_spool(
     they come from --tracking-uri, from MLFLOW_TRACKING_URI when it names the same store (a database
     password), or from the environment (MLFLOW_TRACKING_USERNAME / PASSWORD / TOKEN, PGPASSWORD).
     """
-    from llem_mlflow import spool
+    from llem_mlflow.tracking import spool
 
     _setup_logging()
     _check_names(tracking_uri=tracking_uri, experiment_name=experiment_name)
@@ -685,7 +686,7 @@ def _check_names(**options: str | None) -> None:
 
 def _spool_entries(names: list[str] | None) -> tuple[list[Any], list[Any]]:
     """The entries to sync (those named, else every sound one) and the spool's bad entries, skipped."""
-    from llem_mlflow import spool
+    from llem_mlflow.tracking import spool
 
     return (spool.named(names), []) if names else spool.scan()
 
@@ -724,8 +725,9 @@ def _plan(cfg: ExperimentConfig) -> _Planned:
 
     Raises what `run` raises for them (``ConfigError``: exit 2; another ``LlemError``: exit 1).
     """
-    from llem_mlflow import identity, preflight
     from llem_mlflow.backends import create_backend
+    from llem_mlflow.results import identity
+    from llem_mlflow.run import preflight
 
     backend = create_backend(cfg)
     dataset = identity.SYNTHETIC
@@ -736,9 +738,9 @@ def _plan(cfg: ExperimentConfig) -> _Planned:
 
 
 def _describe(cfg: ExperimentConfig, planned: _Planned) -> list[tuple[str, str]]:
+    from llem_mlflow.backends.catalogue import shipped_models
     from llem_mlflow.backends.runtime import backend_versions
-    from llem_mlflow.catalogue import shipped_models
-    from llem_mlflow.tracking import mlflow_version
+    from llem_mlflow.tracking.client import mlflow_version
 
     versions = _guarded(backend_versions, {})
     torch = versions.get("torch")
@@ -820,7 +822,7 @@ _SETTING = 34  # label width of the resolved.<field> rows (the longest is resolv
 def _settings(cfg: ExperimentConfig, planned: _Planned) -> list[tuple[str, str]]:
     """``resolved.<field>`` rows (the names MLflow params use) for every setting the hash covers, then the
     hash: exact when nothing is left to the load, else provisional with placeholders for those settings."""
-    from llem_mlflow import identity
+    from llem_mlflow.results import identity
 
     precision = _resolved_precision(cfg.precision, planned.device)
     if planned.device is None or precision is None:
@@ -851,7 +853,7 @@ def _settings(cfg: ExperimentConfig, planned: _Planned) -> list[tuple[str, str]]
 
 def _decided_at_load(cfg: ExperimentConfig, planned: _Planned) -> dict[str, str]:
     """Settings the hash covers that only loading the model (or its tokenizer) decides, with what decides."""
-    from llem_mlflow import identity
+    from llem_mlflow.results import identity
 
     at_load = {}
     if cfg.weights == "auto":
@@ -879,7 +881,7 @@ def _setting_text(value: Any) -> str:
 
 
 def _energy_source(device: str | None) -> list[tuple[str, str]]:
-    from llem_mlflow.device import try_open_session
+    from llem_mlflow.measure.device import try_open_session
 
     session, reason = try_open_session()
     if session is None:
@@ -900,7 +902,7 @@ def _energy_source(device: str | None) -> list[tuple[str, str]]:
 
 
 def _tracking(cfg: ExperimentConfig) -> list[tuple[str, str]]:
-    from llem_mlflow import tracking
+    from llem_mlflow.tracking import client as tracking
 
     if not cfg.mlflow:
         return [("tracking store", "none (mlflow off: files only)")]

@@ -21,10 +21,10 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from llem_mlflow.compare import Comparison, Estimate, Row, check_comparable, incomparable_reason
-from llem_mlflow.console import with_interval
+from llem_mlflow.cli.console import with_interval
 from llem_mlflow.errors import ConfigError, LlemError
-from llem_mlflow.stats import MIN_INTERVAL_N
+from llem_mlflow.figures.stats import MIN_INTERVAL_N
+from llem_mlflow.results.compare import Comparison, Estimate, Row, check_comparable, incomparable_reason
 
 Opt = typer.Option
 
@@ -64,7 +64,7 @@ def compare(
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    from llem_mlflow.cli import _err
+    from llem_mlflow.cli.app import _err
 
     _err(message)
     raise typer.Exit(code) from None
@@ -73,8 +73,8 @@ def _fail(message: str, code: int) -> NoReturn:
 def _compare(
     run_ids: list[str], experiment_name: str | None, tracking_uri: str | None, parent: str | None, force: bool
 ) -> Comparison:
-    from llem_mlflow import tracking
-    from llem_mlflow.compare import compare as build
+    from llem_mlflow.results.compare import compare as build
+    from llem_mlflow.tracking import client as tracking
 
     stored = tracking.read_results(
         tracking_uri or None, run_ids=run_ids, experiment_name=experiment_name or None, parent=parent or None
@@ -172,7 +172,7 @@ def _write_outputs(
     if json_path:
         _guard(json_path, lambda p: write_json(comparison, p))
     if figure:
-        from llem_mlflow.plots import compare_figure
+        from llem_mlflow.results.plots import compare_figure
 
         _guard(figure, lambda p: compare_figure(comparison.rows, comparison.first_field(), p))
 
@@ -187,7 +187,7 @@ def _guard(path: str, write: Callable[[Path], object]) -> None:
 
 def write_csv(comparison: Comparison, path: Path) -> None:
     """One line per run: the run, the differing settings, each figure and its interval, the n.s. mark."""
-    from llem_mlflow.artifacts import write_text_atomic
+    from llem_mlflow.results.files import write_text_atomic
 
     rows = [row.flat() for row in comparison.rows]
     buffer = io.StringIO(newline="")
@@ -204,6 +204,6 @@ def _csv_value(value: Any) -> Any:
 def write_json(comparison: Comparison, path: Path) -> None:
     """``{"differing": [setting, ...], "rows": [the CSV's rows as objects]}``."""
     data = {"differing": comparison.differing, "rows": [row.flat() for row in comparison.rows]}
-    from llem_mlflow.artifacts import write_text_atomic
+    from llem_mlflow.results.files import write_text_atomic
 
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")

@@ -68,8 +68,8 @@ def gpu_tags(gpus: Sequence[GpuInfo], driver: str | None) -> dict[str, str]:
 
 def read_tags(nvml: Any = None) -> dict[str, str]:
     """The tags of the GPUs this process can see, read through NVML now; {} when NVML cannot tell."""
-    from llem_mlflow.device import try_open_session
     from llem_mlflow.errors import DeviceError
+    from llem_mlflow.measure.device import try_open_session
 
     session, _ = try_open_session(nvml)
     if session is None:

@@ -49,20 +49,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from llem_mlflow import interrupts, store_probe
+from llem_mlflow import interrupts
 from llem_mlflow.config import DEFAULT_EXPERIMENT, MAX_RUN_NAME
 from llem_mlflow.errors import TrackingError
-from llem_mlflow.result import ExperimentResult, mlflow_power_point
+from llem_mlflow.measure.trace import PowerTrace
+from llem_mlflow.results.schema import ExperimentResult, mlflow_power_point
 from llem_mlflow.secrets import scrub_secrets, scrubbed_stdout
-from llem_mlflow.store_probe import DB_PORTS, probe_store
-from llem_mlflow.store_probe import one_line as _one_line
-from llem_mlflow.trace import PowerTrace
+from llem_mlflow.tracking import store_probe
+from llem_mlflow.tracking.store_probe import DB_PORTS, probe_store
+from llem_mlflow.tracking.store_probe import one_line as _one_line
 
 if TYPE_CHECKING:
     from mlflow.entities import DatasetInput, Metric, Param, Run, RunTag
     from mlflow.tracking import MlflowClient
 
-    from llem_mlflow.track import Tracked
+    from llem_mlflow.run.track import Tracked
 
 log = logging.getLogger(__name__)
 
@@ -1371,7 +1372,7 @@ def _search_all(client: MlflowClient, experiment_id: str, where: str) -> list[Ru
 def _stored(client: MlflowClient, uri: str, run: Run) -> StoredResult:
     import tempfile
 
-    from llem_mlflow.artifacts import RESULT_FILE, read_result_json
+    from llem_mlflow.results.files import RESULT_FILE, read_result_json
 
     run_id = run.info.run_id
     with tempfile.TemporaryDirectory(prefix="llem-compare-") as tmp:
@@ -1384,7 +1385,7 @@ def _stored(client: MlflowClient, uri: str, run: Run) -> StoredResult:
     return StoredResult(run_id, run.info.run_name or run_id, result)
 
 
-# ---- tracked blocks (``llem_mlflow.track``)
+# ---- tracked blocks (``llem_mlflow.run.track``)
 
 
 def log_tracked(tracked: Tracked) -> str:

@@ -20,17 +20,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from llem_mlflow import energy, rapl, settle, steady, workload
 from llem_mlflow.backends import fastpath
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.errors import DeviceError
-from llem_mlflow.progress import Progress
+from llem_mlflow.measure import energy, rapl, settle, steady, workload
+from llem_mlflow.measure.progress import Progress
+from llem_mlflow.measure.sampler import PowerSampler
+from llem_mlflow.measure.settle import IdleSettle
+from llem_mlflow.measure.timings import Stopwatch
+from llem_mlflow.measure.trace import PowerTrace
 from llem_mlflow.protocols import Backend, BatchStats, GpuDevice
-from llem_mlflow.result import CpuEnergy, WarmupRecord
-from llem_mlflow.sampler import PowerSampler
-from llem_mlflow.settle import IdleSettle
-from llem_mlflow.timings import Stopwatch
-from llem_mlflow.trace import PowerTrace
+from llem_mlflow.results.schema import CpuEnergy, WarmupRecord
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from llem_mlflow.trace import PowerTrace
+from llem_mlflow.measure.trace import PowerTrace
 
 #: A batch is steady once its power reaches this fraction of the cycle's median batch power.
 RAMP_FRACTION = 0.95

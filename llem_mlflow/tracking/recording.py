@@ -41,11 +41,13 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from llem_mlflow import artifacts, spool, tracking
 from llem_mlflow.errors import TrackingError
-from llem_mlflow.result import ExperimentResult
-from llem_mlflow.trace import PowerTrace
-from llem_mlflow.tracking import LoggedRun
+from llem_mlflow.measure.trace import PowerTrace
+from llem_mlflow.results import files as artifacts
+from llem_mlflow.results.schema import ExperimentResult
+from llem_mlflow.tracking import client as tracking
+from llem_mlflow.tracking import spool
+from llem_mlflow.tracking.client import LoggedRun
 
 __all__ = [
     "LOCK_FILE",
@@ -322,6 +324,6 @@ def remember(folder: Path, logged: LoggedRun) -> None:
 
 def _extra_files(folder: Path) -> list[Path]:
     """Files logged beside result.json and the trace when the folder has them (``power.png``)."""
-    from llem_mlflow.plots import POWER_FILE
+    from llem_mlflow.results.plots import POWER_FILE
 
     return [path for path in (folder / POWER_FILE,) if path.is_file()]

@@ -36,10 +36,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from llem_mlflow import stats
 from llem_mlflow.errors import ConfigError
-from llem_mlflow.result import ExperimentResult
-from llem_mlflow.stats import Interval
+from llem_mlflow.figures import stats
+from llem_mlflow.figures.stats import Interval
+from llem_mlflow.results.schema import ExperimentResult
 
 #: Settings never shown as "differing": they are where results went, or must be equal anyway.
 _NOT_SETTINGS = frozenset({"recipe", "output_dir", "tracking_uri", "experiment_name", "run_name", "mlflow"})

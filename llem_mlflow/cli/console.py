@@ -1,6 +1,6 @@
 """The CLI's progress display on stderr: ``[llem]`` stage lines, and a bar per batch phase on a terminal.
 
-``ConsoleProgress`` implements ``llem_mlflow.progress.Progress``. Use it as a context manager around
+``ConsoleProgress`` implements ``llem_mlflow.measure.progress.Progress``. Use it as a context manager around
 the run: entering prepares the bars (rich imported, tasks created; nothing drawn yet), the first
 ``batch`` call starts the display, and leaving stops it even when the run fails. The display starts
 only once batches run, so model downloads (their own progress output) happen before it.

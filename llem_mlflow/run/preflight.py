@@ -23,11 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llem_mlflow import identity, tracking, workload
 from llem_mlflow.config import TEXT_LIMITS, ExperimentConfig
 from llem_mlflow.errors import ConfigError
+from llem_mlflow.measure import workload
 from llem_mlflow.protocols import Backend, ModelFacts
-from llem_mlflow.store_probe import PROBE_TIMEOUT_S
+from llem_mlflow.results import identity
+from llem_mlflow.tracking import client as tracking
+from llem_mlflow.tracking.store_probe import PROBE_TIMEOUT_S
 
 #: Answers None when the tracking store is reachable, else one line saying why not.
 StoreProbe = Callable[[ExperimentConfig], "str | None"]

@@ -33,7 +33,7 @@ Each phase is summed exactly in integers and converted to float once, and
 ``estimate_generation_flops`` returns ``prefill + decode``, so the two phases always add up
 to the total bit for bit.
 
-Derived ratios: ``mfu`` (achieved FLOP/s over the hardware peak, see ``llem_mlflow.peaks``)
+Derived ratios: ``mfu`` (achieved FLOP/s over the hardware peak, see ``llem_mlflow.figures.peaks``)
 and ``joules_per_tflop``.
 """
 

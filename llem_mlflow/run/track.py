@@ -1,9 +1,9 @@
 """``track``: measure the GPU energy, time and power trace of any block of code into MLflow.
 
-    with llem_mlflow.track("train-epoch"):
+    with llem_mlflow.run.track("train-epoch"):
         train_one_epoch()
 
-    @llem_mlflow.track("serve-batch")
+    @llem_mlflow.run.track("serve-batch")
     def serve(batch): ...
 
 Same method as an experiment's window (``energy.measure_window``): sync the GPUs, read the NVML energy
@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from llem_mlflow import energy
+from llem_mlflow.measure import energy
+from llem_mlflow.measure.sampler import PowerSampler
+from llem_mlflow.measure.trace import PowerTrace
 from llem_mlflow.protocols import CudaDeviceId, GpuDevice
-from llem_mlflow.sampler import PowerSampler
-from llem_mlflow.trace import PowerTrace
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +254,8 @@ class _Running:
 
 def _open_nvml(gpus: Sequence[int] | None) -> tuple[Sequence[GpuDevice], Callable[[], None], str | None]:
     """NVML devices of the CUDA devices ``gpus`` (all when None); ``([], no-op, why)`` without NVML."""
-    from llem_mlflow.device import try_open_session
     from llem_mlflow.errors import DeviceError
+    from llem_mlflow.measure.device import try_open_session
 
     session, reason = try_open_session()
     if session is None:
@@ -289,6 +289,6 @@ def _sync_cuda() -> None:
 
 
 def _log_to_mlflow(tracked: Tracked) -> None:
-    from llem_mlflow.tracking import log_tracked
+    from llem_mlflow.tracking.client import log_tracked
 
     log_tracked(tracked)

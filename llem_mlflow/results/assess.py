@@ -20,10 +20,10 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from llem_mlflow import quality
+from llem_mlflow.figures import quality
+from llem_mlflow.measure.trace import IntField, PowerTrace
 from llem_mlflow.protocols import GpuInfo
-from llem_mlflow.result import EnergyBreakdown, Uncertainty
-from llem_mlflow.trace import IntField, PowerTrace
+from llem_mlflow.results.schema import EnergyBreakdown, Uncertainty
 
 Span = tuple[float, float]
 

@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
-from llem_mlflow.device import DeviceLostError
 from llem_mlflow.errors import ConfigError
+from llem_mlflow.measure.device import DeviceLostError
+from llem_mlflow.measure.trace import PowerTrace, SlowValues
 from llem_mlflow.protocols import GpuDevice, SlowReading
-from llem_mlflow.trace import PowerTrace, SlowValues
 
 
 class PowerSampler:

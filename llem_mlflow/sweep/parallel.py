@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llem_mlflow.errors import ConfigError
-from llem_mlflow.store_probe import one_line
+from llem_mlflow.tracking.store_probe import one_line
 
 if TYPE_CHECKING:
-    from llem_mlflow.sweep import Parts, Point, Row, SweepPlan
+    from llem_mlflow.sweep.execute import Parts, Point, Row, SweepPlan
 
 GPU_TAG = "llem.sweep.gpu"
 #: How often the parent checks for a dead worker while it waits for rows (seconds).
@@ -74,7 +74,7 @@ def resolve_gpus(text: str, nvml: Any = None) -> tuple[str, ...]:
     Raises:
         ConfigError: a bad list, no NVML, or an id that names no GPU.
     """
-    from llem_mlflow.device import try_open_session
+    from llem_mlflow.measure.device import try_open_session
 
     ids = parse_gpu_ids(text)
     session, reason = try_open_session(nvml)
@@ -172,7 +172,7 @@ def _collect(
 
 
 def _failed(point: Point, note: str) -> Row:
-    from llem_mlflow.sweep import Row
+    from llem_mlflow.sweep.execute import Row
 
     return Row(point, "failed", note=note)
 
@@ -188,7 +188,7 @@ def work(job: Job, jobs: Any, rows: Any, holding: Any) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = job.gpu
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     logging.basicConfig(level=logging.WARNING, format=f"[llem gpu {job.gpu}] %(levelname)s: %(message)s")
-    from llem_mlflow import sweep
+    from llem_mlflow.sweep import execute as sweep
 
     parts = job.worker_parts() if job.worker_parts is not None else sweep.Parts()
     model = _Models(parts)
@@ -203,7 +203,7 @@ def work(job: Job, jobs: Any, rows: Any, holding: Any) -> None:
 
 
 def _measure(point: Point, model: _Models, job: Job, parts: Parts) -> Row:
-    from llem_mlflow import sweep
+    from llem_mlflow.sweep import execute as sweep
 
     try:
         backend = model.for_point(point)
@@ -221,7 +221,7 @@ class _Models:
         self.backend: Any = None
 
     def for_point(self, point: Point) -> Any:
-        from llem_mlflow import sweep
+        from llem_mlflow.sweep import execute as sweep
 
         assert point.config is not None  # only valid points are queued
         key = sweep.load_key(point.config)
@@ -233,7 +233,7 @@ class _Models:
 
     def release(self) -> None:
         if self.backend is not None:
-            from llem_mlflow import sweep
+            from llem_mlflow.sweep import execute as sweep
 
             self.backend, self.key = None, None
             (self.parts.free_memory or sweep.free_memory)()

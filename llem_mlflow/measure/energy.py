@@ -31,11 +31,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from llem_mlflow.device import DeviceLostError
 from llem_mlflow.errors import DeviceError
+from llem_mlflow.measure.device import DeviceLostError
+from llem_mlflow.measure.trace import PowerTrace
 from llem_mlflow.protocols import GpuDevice, GpuInfo
-from llem_mlflow.result import EnergyBreakdown, GpuEnergy
-from llem_mlflow.trace import PowerTrace
+from llem_mlflow.results.schema import EnergyBreakdown, GpuEnergy
 
 T = TypeVar("T")
 

@@ -48,15 +48,15 @@ from typing import TYPE_CHECKING, Any
 from llem_mlflow.config import ExperimentConfig, load_config, read_yaml
 from llem_mlflow.errors import ConfigError, LlemError, RunInterrupted
 from llem_mlflow.protocols import Backend, BatchStats, LoadedModel, ModelFacts
-from llem_mlflow.store_probe import one_line
+from llem_mlflow.tracking.store_probe import one_line
 
 if TYPE_CHECKING:
-    from llem_mlflow.plots import ComparePlot
-    from llem_mlflow.preflight import StoreProbe
-    from llem_mlflow.progress import Progress
-    from llem_mlflow.result import ExperimentResult
-    from llem_mlflow.runner import GpuProvider, Outcome
-    from llem_mlflow.tracking import DonePoint, SweepParent
+    from llem_mlflow.measure.progress import Progress
+    from llem_mlflow.results.plots import ComparePlot
+    from llem_mlflow.results.schema import ExperimentResult
+    from llem_mlflow.run.execute import GpuProvider, Outcome
+    from llem_mlflow.run.preflight import StoreProbe
+    from llem_mlflow.tracking.client import DonePoint, SweepParent
 
 #: Where results go: the same for every point, so never swept (and not part of any hash).
 NOT_SWEPT = ("output_dir", "tracking_uri", "experiment_name", "run_name", "mlflow")
@@ -392,7 +392,7 @@ def run_sweep(config: str | Path | SweepPlan, parts: Parts | None = None, **over
     plan = config if isinstance(config, SweepPlan) else load_sweep(config, **overrides)
     parts = parts or Parts()
     if parts.gpu_ids:
-        from llem_mlflow.sweep_parallel import check_points
+        from llem_mlflow.sweep.parallel import check_points
 
         check_points(plan.points)
     parent = _open_parent(plan)
@@ -414,8 +414,9 @@ def run_sweep(config: str | Path | SweepPlan, parts: Parts | None = None, **over
 def _open_parent(plan: SweepPlan) -> SweepParent | None:
     if not plan.base.mlflow:
         return None
-    from llem_mlflow import preflight, tracking
     from llem_mlflow._version import __version__
+    from llem_mlflow.run import preflight
+    from llem_mlflow.tracking import client as tracking
 
     preflight.check_tracking(plan.base)  # a URI no MLflow store handles: exit 2, before any point
 
@@ -446,7 +447,7 @@ def _settled(plan: SweepPlan, parent: SweepParent | None) -> Iterator[tuple[int,
 
 def _earlier_row(p: Point, earlier: DonePoint, output_dir: Path) -> Row:
     """A point FINISHED in an earlier attempt: its figures as its child run logged them, marked as such."""
-    from llem_mlflow.artifacts import RESULT_FILE
+    from llem_mlflow.results.files import RESULT_FILE
 
     folder = output_dir / earlier.experiment_id if earlier.experiment_id else None
     local = folder if folder is not None and (folder / RESULT_FILE).is_file() else None
@@ -466,7 +467,7 @@ def _measure_all(
     todo = [p for i, p in enumerate(plan.points) if i not in skip]
     parent_run_id = parent.run_id if parent is not None else None
     if parts.gpu_ids:
-        from llem_mlflow.sweep_parallel import run_parallel
+        from llem_mlflow.sweep.parallel import run_parallel
 
         order = [index[id(p)] for group in run_groups(todo) for p in group]
         yield from run_parallel(plan, order, parent_run_id, parts.gpu_ids, parts.worker_parts)
@@ -491,8 +492,8 @@ def measure_point(
     tags: Mapping[str, str] | None = None,
 ) -> Row:
     """Measure one valid point as a child of ``parent_run_id`` (None: no MLflow), tagged ``tags`` too."""
-    from llem_mlflow import tracking
-    from llem_mlflow.runner import execute
+    from llem_mlflow.run.execute import execute
+    from llem_mlflow.tracking import client as tracking
 
     assert p.config is not None and p.point_hash is not None
     point_tags = {
@@ -503,7 +504,7 @@ def measure_point(
     child_of = tracking.ChildOf(parent_run_id, point_tags) if parent_run_id is not None else None
     progress = parts.progress
     if isinstance(backend, LoadOnce) and backend.loaded:
-        from llem_mlflow.progress import LogProgress
+        from llem_mlflow.measure.progress import LogProgress
 
         progress = Reusing(progress or LogProgress(), p.config.model)
     try:
@@ -574,8 +575,8 @@ def _draw(plan: SweepPlan, found: list[tuple[Row, ExperimentResult]], folder: Pa
     if not found:
         log.warning("%s not drawn: no point has a result", COMPARE_PNG)
         return None
-    from llem_mlflow.compare import compare, incomparable_reason
-    from llem_mlflow.plots import draw_compare
+    from llem_mlflow.results.compare import compare, incomparable_reason
+    from llem_mlflow.results.plots import draw_compare
 
     reason = incomparable_reason([result for _, result in found])
     if reason is not None:
@@ -605,7 +606,8 @@ def point_results(plan: SweepPlan, rows: Sequence[Row]) -> list[tuple[Row, Exper
 
 
 def _row_result(plan: SweepPlan, row: Row) -> ExperimentResult | None:
-    from llem_mlflow import artifacts, tracking
+    from llem_mlflow.results import files as artifacts
+    from llem_mlflow.tracking import client as tracking
 
     if row.result_dir is not None and (row.result_dir / artifacts.RESULT_FILE).is_file():
         return artifacts.read_result_json(row.result_dir / artifacts.RESULT_FILE)
@@ -623,7 +625,7 @@ def _short_label(p: Point, axis: str) -> str:
 def _close(
     plan: SweepPlan, parent: SweepParent, files: list[Path], best: dict[str, Row], failed: bool
 ) -> None:
-    from llem_mlflow import tracking
+    from llem_mlflow.tracking import client as tracking
 
     tags = {f"llem.sweep.best.{name}": f"{row.run_id} {row.point.label}" for name, row in best.items()}
     tracking.close_sweep_parent(parent, tags, files, tracking_uri=plan.base.tracking_uri, failed=failed)
@@ -644,7 +646,7 @@ def best_rows(rows: Sequence[Row]) -> dict[str, Row]:
 def write_summary(rows: Sequence[Row], folder: Path) -> list[Path]:
     """``sweep_summary.csv`` (every column, raw values) and ``sweep_summary.md`` (for reading)."""
     folder.mkdir(parents=True, exist_ok=True)
-    from llem_mlflow.artifacts import write_text_atomic
+    from llem_mlflow.results.files import write_text_atomic
 
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)

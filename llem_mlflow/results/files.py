@@ -22,9 +22,9 @@ from typing import IO, TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from llem_mlflow.errors import TrackingError
-from llem_mlflow.result import ExperimentResult
+from llem_mlflow.measure.trace import FLOAT_FIELDS, INT_FIELDS, NO_INT, SLOW_FIELDS, GpuColumns, PowerTrace
+from llem_mlflow.results.schema import ExperimentResult
 from llem_mlflow.secrets import scrub_secrets
-from llem_mlflow.trace import FLOAT_FIELDS, INT_FIELDS, NO_INT, SLOW_FIELDS, GpuColumns, PowerTrace
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -232,7 +232,7 @@ def keep(folder: Path, llem_id: str, target: Target, error: str) -> str:
 def target_now(tracking_uri: str | None, experiment_name: str | None, run_name: str | None,
                child_of: Any = None) -> Target:  # fmt: skip
     """Where a result logged now would go: the store, and the run ``mlflow run`` or the caller opened."""
-    from llem_mlflow import tracking
+    from llem_mlflow.tracking import client as tracking
 
     run_id = tracking.active_run_id() or os.environ.get("MLFLOW_RUN_ID")
     return Target(
@@ -377,7 +377,7 @@ def sync_uri(stored: str, given: str | None) -> str:
 
 
 def _sync_one(entry: Entry, tracking_uri: str | None, dry_run: bool, experiment_name: str | None) -> Synced:
-    from llem_mlflow import recording
+    from llem_mlflow.tracking import recording
 
     uri = sync_uri(entry.target.tracking_uri, tracking_uri)
     if dry_run:
@@ -403,7 +403,8 @@ def _sync_one(entry: Entry, tracking_uri: str | None, dry_run: bool, experiment_
 
 def _log(entry: Entry, uri: str, experiment_name: str | None) -> Any:
     """Log the entry under its lock and the original result folder's (when that is sound)."""
-    from llem_mlflow import recording, tracking
+    from llem_mlflow.tracking import client as tracking
+    from llem_mlflow.tracking import recording
 
     t = entry.target
     child_of = tracking.ChildOf(t.parent_run_id, dict(t.child_tags)) if t.parent_run_id else None

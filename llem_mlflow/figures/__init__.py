@@ -1,0 +1,2 @@
+"""Figures computed from measurements: statistics and intervals, latency, FLOPs and peaks, phases,
+quality flags, carbon."""

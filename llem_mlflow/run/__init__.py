@@ -1,0 +1,1 @@
+"""One experiment in order: preflight checks, measuring, deriving, writing, logging; and ``track()``."""

@@ -1,0 +1,1 @@
+"""Everything that imports mlflow: stores, runs, logging, reading runs back, the spool."""
