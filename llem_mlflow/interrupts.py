@@ -17,6 +17,11 @@ user asked twice. That line ends with the way back set by ``exit_line()`` (e.g. 
 Signal handlers can only be set in the main thread; elsewhere (a worker thread embedding the API)
 ``graceful()`` and ``holding()`` change nothing. ``deferred()`` holds both signals while a store's
 schema is created or migrated (a cut migration would break the store for good), then delivers them.
+
+A signal that this module's handlers get while a block is entered or left never finds its state half
+changed: it is noted and delivered once the entry or exit is whole, acting as one just before or inside
+the block (entering) or just after it (leaving; ``holding()`` still holds one that comes before it stops
+holding). So no handler is left installed, no count is left off and no signal is lost (``_Block``).
 """
 
 from __future__ import annotations
@@ -25,15 +30,15 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 EXIT_CODE = 130  # 128 + SIGINT, what shells report for Ctrl-C
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _NO_WAY_BACK = "files being written may be incomplete"
+_T = TypeVar("_T")
 
 
 class _State:
@@ -61,15 +66,41 @@ def _say(line: str) -> None:
 
 
 def _exit_now(line: str) -> None:
-    _say(line)
-    os._exit(EXIT_CODE)
+    try:
+        _say(line)  # a closed or broken stderr must not keep the process alive
+    finally:
+        os._exit(EXIT_CODE)
 
 
 def _name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
+def _first(signum: int, frame: FrameType | None) -> None:
+    if not _at_edge(signum, frame):
+        _first_now(signum)
+
+
+def _first_now(signum: int) -> None:
+    if _held(signum):
+        return
+    for sig in _SIGNALS:
+        if signal.getsignal(sig) is _first:
+            signal.signal(sig, _at_once)
+    if _State.holding:
+        _State.held = _State.held or _name(signum)
+        _say(f"{_name(signum)}: stopping once what was measured is written (again: exit then; 3 times: now)")
+        return
+    _State.cut = False
+    raise KeyboardInterrupt(_name(signum))
+
+
 def _at_once(signum: int, frame: FrameType | None) -> None:
+    if not _at_edge(signum, frame):
+        _at_once_now(signum)
+
+
+def _at_once_now(signum: int) -> None:
     if _held(signum):
         return
     if _State.depth and not _State.exit_pending:
@@ -82,64 +113,195 @@ def _at_once(signum: int, frame: FrameType | None) -> None:
     _exit_now(f"interrupted again: exiting now; {_way_back()}")
 
 
-@contextmanager
-def keeping() -> Iterator[None]:
+def _hold(signum: int, frame: FrameType | None) -> None:
+    if not _at_edge(signum, frame):
+        _held(signum)
+
+
+class _EdgeState(threading.local):
+    """Per thread: whether a block entry or exit runs; the signals noted meanwhile (main thread only)."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.noted: list[int] = []
+
+
+_edge = _EdgeState()
+
+
+def _at_edge(signum: int, frame: FrameType | None) -> bool:
+    """True, with ``signum`` noted for ``_leave``, when the main thread was entering or leaving a block:
+    ``_edge.busy`` is set, or ``frame`` (or a caller) is an entry or exit not past its first statement.
+    With none running, a flag left set (an exception cut one short) counts for nothing."""
+    edges = []  # (line, first statement's line) of each entry or exit running
+    while frame is not None:
+        if frame.f_code in _FIRST_LINES:
+            edges.append((frame.f_lineno, _FIRST_LINES[frame.f_code]))
+        frame = frame.f_back
+    if not edges or not (_edge.busy or any(line is not None and line <= first for line, first in edges)):
+        return False
+    _edge.noted.append(signum)
+    return True
+
+
+def _leave(result: _T) -> _T:
+    """End an entry or exit: from here a signal is handled at once; the noted ones are delivered now."""
+    _edge.busy, noted, _edge.noted = False, _edge.noted, []
+    _deliver(noted)
+    return result
+
+
+def _deliver(noted: list[int]) -> None:
+    """Raise each noted signal again, oldest first, for whatever handler is installed now (Python's,
+    the default action, ignored); when one raises, the rest are delivered before that propagates."""
+    if noted:
+        signum = noted.pop(0)
+        try:
+            signal.raise_signal(signum)
+        finally:
+            _deliver(noted)
+
+
+class _Block(Generic[_T]):
+    """A with-block whose state (``_open``, ``_close``) a signal never finds half changed: from the first
+    instant of an entry or exit to ``_leave``, this module's handlers only note it. A handler not this
+    module's may raise in ``_open`` before it replaced it, or once ``_close`` put it back: what was
+    replaced is put back again (``_restore``). An entry whose noted signal raises is left again."""
+
+    given: _T  # what ``as`` gets
+
+    def __enter__(self) -> _T:
+        try:
+            _edge.busy = True
+            self._open()
+        except BaseException:  # a handler not this module's raised before the block was open
+            self._restore()
+            _leave(None)
+            raise
+        try:
+            return _leave(self.given)
+        except BaseException:  # a signal noted while entering stops the block: leave it again
+            self.__exit__(None, None, None)
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        _edge.busy = True
+        try:
+            self._close()
+        except BaseException:  # a handler put back raised (or the process exits): put all back
+            self._restore()
+            _leave(None)
+            raise
+        return _leave(None)
+
+    def _open(self) -> None: ...
+
+    def _close(self) -> None: ...
+
+    def _restore(self) -> None: ...  # put back replaced handlers (again, if that was cut midway)
+
+
+_FIRST_LINES = {  # entry/exit code -> its first statement's line: at or before it, the flag is not set
+    c: min(n for _, _, n in c.co_lines() if n and n > c.co_firstlineno)
+    for c in (_Block.__enter__.__code__, _Block.__exit__.__code__)
+}
+
+
+def _put_back(handlers: dict[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+class keeping(_Block[None]):
     """Within: a repeated signal (after the first stopped the run) waits for the block to end, then exits.
 
     The block is where an interrupted run keeps what it measured; blocks nest (the outermost decides).
     Without ``graceful()``'s handlers (a worker thread, an embedding caller) it changes nothing.
     """
-    _State.depth += 1
-    try:
-        yield
-    finally:
-        _State.depth -= 1
-        if not _State.depth and _State.exit_pending:
-            _State.exit_pending = False
-            _exit_now(f"exiting now (interrupted twice): {_way_back()}")
+
+    given = None
+
+    def _open(self) -> None:
+        _State.depth += 1
+
+    def _close(self) -> None:
+        _end_keeping()
 
 
-@contextmanager
-def holding() -> Iterator[Held]:
+def _end_keeping() -> None:
+    _State.depth -= 1
+    if not _State.depth and _State.exit_pending:
+        _State.exit_pending = False
+        _exit_now(f"exiting now (interrupted twice): {_way_back()}")
+
+
+class holding(_Block[Held]):
     """Within: a first signal is held (not raised) until the block ends; a second exits once it ends.
 
-    The yielded ``Held`` names the signal after the block. Under ``graceful()`` the CLI's handlers hold
-    it; in the main thread without them (the API), Ctrl-C is held too for the block.
+    The ``Held`` it gives (``as``) names the signal after the block. Under ``graceful()`` the CLI's
+    handlers hold it; in the main thread without them (the API), Ctrl-C is held too for the block.
     """
-    held = Held()
-    own = threading.current_thread() is threading.main_thread() and (
-        signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    )
-    before = signal.signal(signal.SIGINT, _first) if own else None
-    _State.holding += 1
-    try:
-        with keeping():
-            yield held
-    finally:
+
+    def __init__(self) -> None:
+        self.given = Held()
+        self.own = False  # the API's Ctrl-C (default_int_handler): this block holds it itself
+
+    def _open(self) -> None:
+        self.own = _main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        if self.own:
+            signal.signal(signal.SIGINT, _first)
+        _State.holding += 1
+        _State.depth += 1  # a keeping() block too
+
+    def _close(self) -> None:
+        _hold_noted()
         _State.holding -= 1
-        held.signal, _State.held = _State.held, (_State.held if _State.holding else None)
-        if own:
-            signal.signal(signal.SIGINT, before)
+        self.given.signal, _State.held = _State.held, (_State.held if _State.holding else None)
+        _end_keeping()
+        self._restore()  # last: from here Ctrl-C raises at once again
+
+    def _restore(self) -> None:
+        if self.own:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-@contextmanager
-def cutting() -> Iterator[None]:
+def _hold_noted() -> None:
+    """Handle now the noted signals this module's handlers take: the block still holds them."""
+    while _edge.noted and signal.getsignal(_edge.noted[0]) in _NOW:
+        signum = _edge.noted.pop(0)
+        _NOW[signal.getsignal(signum)](signum)
+
+
+class cutting(_Block[None]):
     """Within: a signal, first or repeated, raises ``KeyboardInterrupt`` once (cuts a slow wait short)."""
-    _State.cut = True
-    try:
-        yield
-    finally:
+
+    given = None
+
+    def _open(self) -> None:
+        _State.cut = True
+
+    def _close(self) -> None:
         _State.cut = False
 
 
-@contextmanager
-def exit_line(way_back: str) -> Iterator[None]:
+class exit_line(_Block[None]):
     """Within: a process that exits at once ends its last line with ``way_back`` (how to recover)."""
-    before, _State.way_back = _State.way_back, way_back
-    try:
-        yield
-    finally:
-        _State.way_back = before
+
+    given = None
+
+    def __init__(self, way_back: str) -> None:
+        self.way_back = way_back
+        self.before: str | None = None
+
+    def _open(self) -> None:
+        self.before, _State.way_back = _State.way_back, self.way_back
+
+    def _close(self) -> None:
+        _State.way_back = self.before
 
 
 def last_words(message: str | None) -> None:
@@ -150,20 +312,6 @@ def last_words(message: str | None) -> None:
 
 def _way_back() -> str:
     return _State.way_back or _State.final or _NO_WAY_BACK
-
-
-def _first(signum: int, frame: FrameType | None) -> None:
-    if _held(signum):
-        return
-    for sig in _SIGNALS:
-        if signal.getsignal(sig) is _first:
-            signal.signal(sig, _at_once)
-    if _State.holding:
-        _State.held = _State.held or _name(signum)
-        _say(f"{_name(signum)}: stopping once what was measured is written (again: exit then; 3 times: now)")
-        return
-    _State.cut = False
-    raise KeyboardInterrupt(_name(signum))
 
 
 class _Deferring:
@@ -187,49 +335,60 @@ def _held(signum: int) -> bool:
         return True
 
 
-def _hold(signum: int, frame: FrameType | None) -> None:
-    _held(signum)
+class _Replacing(_Block[None]):
+    """A block that replaces the main thread's SIGINT and SIGTERM handlers while it is open."""
+
+    given = None
+
+    def __init__(self) -> None:
+        self.before: dict[int, Any] = {}  # the handlers before the block (main thread only)
+
+    def _replace(self, handler: Callable[[int, FrameType | None], None]) -> None:
+        if not _main_thread():
+            return
+        self.before = {sig: signal.getsignal(sig) for sig in _SIGNALS}
+        for sig in _SIGNALS:  # SIGINT first: the API's default_int_handler may raise only before
+            signal.signal(sig, handler)
+
+    def _restore(self) -> None:
+        _put_back(self.before)
 
 
-@contextmanager
-def deferred() -> Iterator[None]:
+class deferred(_Replacing):
     """Within: SIGINT and SIGTERM wait; each is delivered again when the last open block ends.
 
     For work a signal must never cut, such as a store's schema migration. In the main thread the
     block holds the signals itself; in another thread it holds those ``graceful()``'s handlers
     receive (without them, in an embedding caller's worker thread, it changes nothing).
     """
-    main = threading.current_thread() is threading.main_thread()
-    before: dict[signal.Signals, Any] = {sig: signal.getsignal(sig) for sig in _SIGNALS} if main else {}
-    with _Deferring.lock:
-        _Deferring.depth += 1
-    for sig in before:
-        signal.signal(sig, _hold)
-    try:
-        yield
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+    def _open(self) -> None:
+        self._replace(_hold)
+        with _Deferring.lock:
+            _Deferring.depth += 1
+
+    def _close(self) -> None:
         with _Deferring.lock:
             _Deferring.depth -= 1
             due = [] if _Deferring.depth else list(_Deferring.held)
             if not _Deferring.depth:
                 _Deferring.held.clear()
-        for signum in due:
-            os.kill(os.getpid(), signum)
+        if self.before:  # the main thread: _leave delivers them, once the handlers are back
+            _edge.noted[:0] = due
+        else:
+            for signum in due:
+                os.kill(os.getpid(), signum)
+        self._restore()
 
 
-@contextmanager
-def graceful() -> Iterator[None]:
+class graceful(_Replacing):
     """Within: SIGINT/SIGTERM raise KeyboardInterrupt once, then exit at once; handlers restored after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before: dict[signal.Signals, Any] = {sig: signal.getsignal(sig) for sig in _SIGNALS}
-    for sig in _SIGNALS:
-        signal.signal(sig, _first)
-    try:
-        yield
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
+
+    def _open(self) -> None:
+        self._replace(_first)
+
+    def _close(self) -> None:
+        self._restore()
+
+
+_NOW: dict[object, Callable[[int], object]] = {_first: _first_now, _at_once: _at_once_now, _hold: _held}

@@ -8,7 +8,10 @@ and tests inject hand-written fakes (``tests/fakes.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # annotations only: importing the seams stays cheap (no pydantic, no yaml)
+    from llem_mlflow.config import ExperimentConfig
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,13 @@ class Backend(Protocol):
 
     def generate(self, batch: list[list[int]], max_output_tokens: int) -> BatchStats:
         """Generate exactly ``max_output_tokens`` new tokens per prompt (EOS ignored)."""
+        ...
+
+    def warmup_groups(self, cfg: ExperimentConfig, groups: list[list[list[int]]]) -> list[list[list[int]]]:
+        """The batches of ``groups`` to run before warm-up so that nothing compiles inside a measured window.
+
+        Empty when the run ``cfg`` describes compiles nothing; the measurement runs them first, untimed.
+        """
         ...
 
     def synchronize(self) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.measure.device import DeviceLostError
 from llem_mlflow.protocols import (
     BatchStats,
@@ -235,6 +236,15 @@ class FakeBackend:
             input_lens=tuple(len(row) for row in batch),
             output_lens=(per_row,) * len(batch),
         )
+
+    def warmup_groups(self, cfg: ExperimentConfig, groups: list[list[list[int]]]) -> list[list[list[int]]]:
+        """As the transformers fast path: with compile, the first batch of each batch size, in order."""
+        if cfg.compile == "off":
+            return []
+        first: dict[int, list[list[int]]] = {}
+        for group in groups:
+            first.setdefault(len(group), group)
+        return list(first.values())
 
     def _decode_steps(self, steps: int) -> tuple[float, ...]:
         if steps <= 0:

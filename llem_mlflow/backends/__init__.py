@@ -3,10 +3,14 @@
 Importing this package is cheap (no torch, no transformers): each backend's module is imported by its
 entry in ``BACKENDS`` only when that backend is created. Adding a backend (e.g. ``"vllm"``) is one module
 implementing ``protocols.Backend`` plus one entry here (and the name in ``ExperimentConfig.backend``); see
-``docs/backends.md``. The modules of the transformers backend:
+``docs/backends.md``. The package may import only the base modules (config, errors, protocols, ...)
+and itself. The modules of the transformers backend:
 
-* ``hf``: ``TransformersBackend`` (load, tokenize, generate, synchronize);
+* ``hf``: ``TransformersBackend`` (load, tokenize, generate, synchronize, warm-up groups);
+* ``generation``: one generate() call's bound arguments and its ``BatchStats``;
+* ``tokenizing``: which tokenizer (the model's own, else the byte-level fallback of ``tokenizers``);
 * ``hub``: where model files come from (local folder, HF cache, hub; offline switches);
+* ``catalogue``: the shipped model configs;
 * ``runtime``: torch device, precision, versions, CUDA device identities;
 * ``shape``: model facts and FLOPs shape, from the config or the loaded modules;
 * ``placement``: ``device_map`` over several GPUs (accelerate);

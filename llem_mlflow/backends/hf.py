@@ -3,7 +3,8 @@
 ``TransformersBackend`` implements ``protocols.Backend`` on ``AutoModelForCausalLM`` and ``generate()``;
 torch and transformers are imported lazily (inside functions). Its helpers live beside it: ``hub`` (where
 files come from), ``runtime`` (device, precision, versions), ``shape`` (facts and FLOPs shape), ``placement``
-(several GPUs), ``tokens`` (padding and counting) and ``timing`` (step timings).
+(several GPUs), ``tokenizing`` (which tokenizer), ``generation`` (one generate() call's arguments and
+counts), ``tokens`` (padding and counting) and ``timing`` (step timings).
 
 Out of memory in ``generate()`` (warm-up, measurement, isolated prefill): the failed call's memory is
 returned (its tensors go with the exception, then ``free_memory``) and an ``errors.OutOfMemoryError``
@@ -19,10 +20,9 @@ use it. ``release()`` drops the model itself (the runner calls it when a run it 
   warning (logged and put in ``LoadedModel.warnings``).
 
 ``inspect()`` reads the config alone (local folder ``config.json``, else the shipped catalogue, else
-the HF cache or hub) and keeps it, so ``load()`` does not fetch it again. Tokenizing needs no model:
-the model's own tokenizer (local folder, HF cache, or hub when reachable); when it cannot be had and
-weights are ``random`` or ``auto``, the byte-level fallback of ``llem_mlflow.backends.tokenizers`` with a
-warning; with ``pretrained``, a ``BackendError``. Several GPUs (``device_map``, CUDA only, needs
+the HF cache or hub) and keeps it, so ``load()`` does not fetch it again. Tokenizing needs no model
+(see ``tokenizing``: the model's own tokenizer, else with random or auto weights the byte-level
+fallback, with a warning). Several GPUs (``device_map``, CUDA only, needs
 ``accelerate``): see ``placement``. The loaded model's ``ModelShape`` comes from its config
 (``shape.config_shape``) when the architecture family is known there, else from walking its parameters.
 """
@@ -30,14 +30,13 @@ warning; with ``pretrained``, a ``BackendError``. Several GPUs (``device_map``, 
 from __future__ import annotations
 
 import copy
-import functools
 import importlib.util
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from llem_mlflow.backends import fastpath
+from llem_mlflow.backends import fastpath, generation
 from llem_mlflow.backends.catalogue import shipped_config
 from llem_mlflow.backends.fastpath import FastPath
 from llem_mlflow.backends.hub import (
@@ -46,7 +45,6 @@ from llem_mlflow.backends.hub import (
     forced_hub_offline,
     has_weight_files,
     hub_call,
-    load_model_tokenizer,
     local_model_folder,
     one_line,
     pretrained_revision,
@@ -78,15 +76,10 @@ from llem_mlflow.backends.runtime import (
     torch_dtype,
 )
 from llem_mlflow.backends.shape import config_facts, config_shape, model_shape
-from llem_mlflow.backends.timing import StepTimer, step_timings
-from llem_mlflow.backends.tokenizers import BYTE_FALLBACK_NAME, ByteTokenizer, TextTokenizer
-from llem_mlflow.backends.tokens import (
-    clean_generation_config,
-    greedy_generation_config,
-    left_pad,
-    output_lengths,
-    special_ids,
-)
+from llem_mlflow.backends.timing import StepTimer
+from llem_mlflow.backends.tokenizing import TokenizerChoice
+from llem_mlflow.backends.tokens import clean_generation_config
+from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.errors import BackendError, ConfigError
 from llem_mlflow.protocols import BatchStats, LoadedModel, ModelFacts, ModelShape
 
@@ -146,9 +139,7 @@ class TransformersBackend:
         self._placement: Placement | None = None  # the checked device_map, computed by load()
         self._load_warnings: list[str] = []
         self._config: tuple[Any, str] | None = None  # (transformers config, source), fetched once
-        self._tokenizer: TextTokenizer | None = None
-        self._tokenizer_error: str | None = None
-        self._tokenizer_warnings: list[str] = []
+        self._tokens = TokenizerChoice(model, weights, trust_remote_code, lambda: self.inspect().vocab_size)
         self._start_s = 0.0
         self._step_timer: StepTimer | None = None  # kept across generate() calls (its CUDA events)
 
@@ -203,7 +194,7 @@ class TransformersBackend:
             load_time_s=load_time_s,
             shape=self._shape(model),
             cuda_devices=cuda_ids,
-            warnings=[*warnings, *self._load_warnings, *self._tokenizer_warnings],
+            warnings=[*warnings, *self._load_warnings, *self._tokens.warnings],
             revision=pretrained_revision(self.model_name, folder, model) if weights == "pretrained" else None,
             attention=fastpath.resolved_attention(model),
         )
@@ -312,58 +303,16 @@ class TransformersBackend:
 
     # -- tokenizing (needs no model: works before load())
 
-    def _get_tokenizer(self) -> TextTokenizer:
-        if self._tokenizer is None and self._tokenizer_error is None:
-            try:
-                self._tokenizer = self._resolve_tokenizer()
-            except BackendError as exc:
-                self._tokenizer_error = str(exc)
-        if self._tokenizer is None:
-            raise BackendError(str(self._tokenizer_error))
-        return self._tokenizer
-
-    def _resolve_tokenizer(self) -> TextTokenizer:
-        """The model's own tokenizer, else (weights random or auto) the byte-level fallback."""
-        name = self.model_name
-        try:
-            return load_model_tokenizer(name, self._remote_code)
-        except BackendError as exc:
-            reason = str(exc)
-        if self._weights == "pretrained":
-            raise BackendError(
-                f"no tokenizer for model {name!r}: {reason}. Use dataset=synthetic (token ids, no tokenizer "
-                "needed), provide the tokenizer files, or use weights=random (byte-level fallback tokenizer)"
-            )
-        try:
-            fallback = ByteTokenizer(self.inspect().vocab_size)
-        except BackendError as exc:
-            raise BackendError(
-                f"no tokenizer for model {name!r} ({reason}), and {exc}; use dataset=synthetic "
-                "(token ids, no tokenizer needed) or provide the model's tokenizer files"
-            ) from None
-        warning = (
-            f"no tokenizer for model {name!r} ({reason}); weights={self._weights}: using the "
-            f"{BYTE_FALLBACK_NAME}, no special tokens. Prompt token counts are UTF-8 byte counts, "
-            "not what the model's own tokenizer would give."
-        )
-        log.warning(warning)
-        self._tokenizer_warnings.append(warning)
-        return fallback
-
     def tokenizer_name(self) -> str:
         """Which tokenizer ``tokenize`` uses, e.g. ``"gpt2 (HF cache)"`` or the byte-level fallback's name."""
-        return self._get_tokenizer().name
+        return self._tokens.get().name
 
     def tokenize(self, prompts: list[str], max_input_tokens: int) -> list[list[int]]:
         """Token ids of prompts, truncated to ``max_input_tokens``; works before ``load()``.
 
         The model's tokenizer adds its special tokens; the byte-level fallback adds none.
         """
-        rows = self._get_tokenizer().encode(prompts, max_input_tokens)
-        for index, row in enumerate(rows):
-            if not row:
-                raise BackendError(f"prompt {index} is empty after tokenization; remove empty prompts")
-        return rows
+        return self._tokens.tokenize(prompts, max_input_tokens)
 
     # -- generating
 
@@ -378,52 +327,21 @@ class TransformersBackend:
         The prefill and every decode step are timed by a ``StepTimer`` (CUDA events, no host sync per
         token) into ``BatchStats.prefill_s`` and ``decode_step_s``.
         """
-        import torch
-        from transformers import LogitsProcessorList
-
         model = self._require_model()
         if not batch or any(not row for row in batch):
             raise BackendError("generate() needs a non-empty batch of non-empty token id lists")
-        tokenizer_pad = self._tokenizer.pad_token_id if self._tokenizer is not None else None
-        pad_id, eos_ids = special_ids(model, tokenizer_pad)
-        ids, mask = left_pad(batch, pad_id)
         device = input_device(model)
-        input_ids = torch.tensor(ids, dtype=torch.long, device=device)
-        attention_mask = torch.tensor(mask, dtype=torch.long, device=device)
-        config = greedy_generation_config(max_output_tokens, pad_id, eos_ids)
-        for key, value in fastpath.generate_kwargs(self._fast).items():
-            setattr(config, key, value)  # static cache and compile settings (fastpath)
-        processors: Any = LogitsProcessorList  # untyped vendor API
         if self._step_timer is None or self._step_timer.device != device:
             self._step_timer = StepTimer(device)
         timer = self._step_timer
-        timer.reserve(max_output_tokens + 1)  # CUDA events made once (warm-up), reused per batch
-        generate = functools.partial(
-            model.generate,
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            generation_config=config,
-            logits_processor=processors([timer]),
-        )
-        padded_len = input_ids.shape[1]
-        out = self._generate_or_free(generate, timer, len(batch), int(padded_len), max_output_tokens)
-        new_rows = out[:, padded_len:].tolist()  # waits for the device: every timing event is done
-        new_tokens = int(out.shape[1] - padded_len)
-        prefill_s, decode_step_s = step_timings(timer.intervals_s(), new_tokens)
-        if prefill_s is None and new_tokens > 0:
-            log.warning("%d step marks for %d new tokens: step timings dropped", timer.marks - 1, new_tokens)
-        output_lens = output_lengths(new_rows, eos_ids)
-        return BatchStats(
-            input_tokens=sum(len(row) for row in batch),
-            output_tokens=sum(output_lens),
-            padded_input_len=int(padded_len),
-            new_tokens=new_tokens,
-            batch_size=len(batch),
-            prefill_s=prefill_s,
-            decode_step_s=decode_step_s,
-            input_lens=tuple(len(row) for row in batch),
-            output_lens=output_lens,
-        )
+        pad = self._tokens.pad_token_id
+        call = generation.prepare(model, batch, pad, max_output_tokens, self._fast, timer)
+        out = self._generate_or_free(call.generate, timer, len(batch), call.padded_len, max_output_tokens)
+        return generation.batch_stats(batch, out, call, timer)
+
+    def warmup_groups(self, cfg: ExperimentConfig, groups: list[list[list[int]]]) -> list[list[list[int]]]:
+        """With compile, the first batch of each batch size (``fastpath.warmup_groups``); else none."""
+        return [list(group) for group in fastpath.warmup_groups(cfg, groups)]
 
     def _generate_or_free(
         self, generate: Any, timer: StepTimer, rows: int, width: int, max_output_tokens: int

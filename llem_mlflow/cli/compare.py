@@ -4,7 +4,7 @@ Which runs: the run ids given, else the children of ``--parent`` (a sweep's pare
 FINISHED run of the experiment (``--experiment-name``, default as for ``run``) that holds an llem result
 (tag ``llem.experiment_id``). Each run's ``result.json`` artifact is read back; ``compare`` builds the
 rows (figures, the settings that differ, ``n.s.`` where a difference is within the runs' intervals) and
-refuses runs that measured differently unless ``--force``. Errors map to exit codes as in ``cli``:
+refuses runs that measured differently unless ``--force``. Errors map to exit codes through ``exits``:
 2 the request must change (one line), 1 the store or a file failed.
 """
 
@@ -17,11 +17,12 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
 from llem_mlflow.cli.console import with_interval
+from llem_mlflow.cli.exits import FAILED, INVALID, fail
 from llem_mlflow.errors import ConfigError, LlemError
 from llem_mlflow.figures.stats import MIN_INTERVAL_N
 from llem_mlflow.results.compare import Comparison, Estimate, Row, check_comparable, incomparable_reason
@@ -58,25 +59,18 @@ def compare(
         typer.echo(render_table(comparison))
         _write_outputs(comparison, csv_path, json_path, figure)
     except ConfigError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), INVALID)
     except LlemError as exc:
-        _fail(str(exc), 1)
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    from llem_mlflow.cli.app import _err
-
-    _err(message)
-    raise typer.Exit(code) from None
+        fail(str(exc), FAILED)
 
 
 def _compare(
     run_ids: list[str], experiment_name: str | None, tracking_uri: str | None, parent: str | None, force: bool
 ) -> Comparison:
     from llem_mlflow.results.compare import compare as build
-    from llem_mlflow.tracking import client as tracking
+    from llem_mlflow.tracking.stored_results import read_results
 
-    stored = tracking.read_results(
+    stored = read_results(
         tracking_uri or None, run_ids=run_ids, experiment_name=experiment_name or None, parent=parent or None
     )
     results = [s.result for s in stored]

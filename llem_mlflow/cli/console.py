@@ -15,15 +15,21 @@ imported: ``stage`` writes one plain line and ``batch`` does nothing.
 It also owns how a figure and its 95 % interval are printed (the run summary, ``compare``):
 ``significant`` keeps a number's significant figures (0.93 stays 0.930, never "1"; 1234.5 is 1,234),
 and ``with_interval`` writes ``value [low, high]``, each bound to the same significant figures.
+
+And the rest of what the CLI writes around it: ``line`` (the ``label  value`` rows of the run summary,
+``config``, ``log`` and ``sweep``) and ``setup_logging`` (log lines on stderr, above the bars, scrubbed).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
 from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
+
+from llem_mlflow.secrets import scrub_secrets
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -168,3 +174,29 @@ def with_interval(value: float, low: float | None, high: float | None, digits: i
     if low is None or high is None:
         return text
     return f"{text} [{significant(low, digits)}, {significant(high, digits)}]"
+
+
+#: Width of the label column of ``line`` (the run summary, ``config``, ``log``, ``sweep``).
+LABEL = 16
+
+
+def line(label: str, value: str) -> str:
+    """``label`` padded to the label column, then ``value``."""
+    return f"{label:<{LABEL}}{value}"
+
+
+class _CurrentStderr(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is now, so log lines go above the progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(scrub_secrets(self.format(record)) + "\n")  # MLflow's lines may name the URI
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def setup_logging() -> None:
+    """Warnings and errors of every logger as ``[llem] LEVEL: message`` lines on the current stderr."""
+    logging.basicConfig(
+        level=logging.WARNING, format="[llem] %(levelname)s: %(message)s", handlers=[_CurrentStderr()]
+    )

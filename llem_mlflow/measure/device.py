@@ -16,7 +16,8 @@ Readings and units:
   list host PIDs (not ours) or nothing at all, so PIDs cannot be matched to ``os.getpid()``.
 
 CUDA devices are matched to NVML by UUID, then by PCI bus id, never by index: CUDA_VISIBLE_DEVICES
-and CUDA_DEVICE_ORDER make the two index spaces differ.
+and CUDA_DEVICE_ORDER make the two index spaces differ. ``cuda_visible_entries`` is the one rule for
+reading CUDA_VISIBLE_DEVICES; ``visible_nvml_gpus`` narrows NVML's GPUs by it.
 
 A read that NVML answers with ``NVML_ERROR_GPU_IS_LOST`` raises ``DeviceLostError`` (a ``DeviceError``):
 the GPU fell off the bus or needs a reset, so every later read fails too and callers stop retrying it
@@ -27,7 +28,7 @@ reports power and energy per card, not per MIG instance.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar
@@ -311,3 +312,50 @@ def try_open_session(nvml: Any | None = None) -> tuple[NvmlSession | None, str |
         return NvmlSession.open(nvml), None
     except DeviceError as e:
         return None, str(e)
+
+
+#: The variable that narrows which GPUs CUDA (and so this process) sees.
+CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
+
+
+def cuda_visible_entries(value: str | None) -> list[str] | None:
+    """``CUDA_VISIBLE_DEVICES`` as CUDA reads it: None when unset (every GPU visible), else its entries.
+
+    The one rule for the variable: comma-separated entries, each stripped, up to the first empty one
+    (CUDA ignores everything from the first invalid entry on); an empty value hides every GPU ([]).
+    """
+    if value is None:
+        return None
+    entries: list[str] = []
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry:
+            break
+        entries.append(entry)
+    return entries
+
+
+def visible_nvml_gpus(gpus: Sequence[GpuInfo], value: str | None) -> list[GpuInfo]:
+    """``gpus`` (NVML order) as ``CUDA_VISIBLE_DEVICES`` = ``value`` narrows them, in the variable's order.
+
+    An entry is an NVML index or a unique ``GPU-`` UUID prefix; as in CUDA, the list ends at the first
+    entry that names no GPU, or one already named.
+    """
+    entries = cuda_visible_entries(value)
+    if entries is None:
+        return list(gpus)
+    chosen: list[GpuInfo] = []
+    for entry in entries:
+        match = _visible_match(gpus, entry)
+        if match is None or match in chosen:
+            break
+        chosen.append(match)
+    return chosen
+
+
+def _visible_match(gpus: Sequence[GpuInfo], entry: str) -> GpuInfo | None:
+    if entry.isdigit():
+        return next((g for g in gpus if g.nvml_index == int(entry)), None)
+    if entry.startswith("GPU-"):
+        hits = [g for g in gpus if g.uuid.startswith(entry)]
+        return hits[0] if len(hits) == 1 else None
+    return None

@@ -21,9 +21,10 @@ import statistics
 from collections.abc import Sequence
 
 from llem_mlflow.figures import quality
+from llem_mlflow.measure.records import EnergyBreakdown
 from llem_mlflow.measure.trace import IntField, PowerTrace
 from llem_mlflow.protocols import GpuInfo
-from llem_mlflow.results.schema import EnergyBreakdown, Uncertainty
+from llem_mlflow.results.records import Uncertainty
 
 Span = tuple[float, float]
 

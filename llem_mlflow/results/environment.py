@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 from llem_mlflow.protocols import GpuInfo
-from llem_mlflow.results.schema import EnvironmentSnapshot, GpuSnapshot
+from llem_mlflow.results.records import EnvironmentSnapshot, GpuSnapshot
 
 PACKAGES = ("torch", "transformers", "mlflow", "pydantic", "pyarrow", "nvidia-ml-py", "llem-mlflow")
 

@@ -26,10 +26,11 @@ from pathlib import Path
 from llem_mlflow.config import TEXT_LIMITS, ExperimentConfig
 from llem_mlflow.errors import ConfigError
 from llem_mlflow.measure import workload
+from llem_mlflow.measure.device import cuda_visible_entries
 from llem_mlflow.protocols import Backend, ModelFacts
 from llem_mlflow.results import identity
-from llem_mlflow.tracking import client as tracking
 from llem_mlflow.tracking.store_probe import PROBE_TIMEOUT_S
+from llem_mlflow.tracking.uris import target_tracking_uri, unknown_scheme
 
 #: Answers None when the tracking store is reachable, else one line saying why not.
 StoreProbe = Callable[[ExperimentConfig], "str | None"]
@@ -144,7 +145,7 @@ def space_needed(cfg: ExperimentConfig) -> SpaceNeed:
 
 def _gpus_guess(cfg: ExperimentConfig) -> int:
     """1, or with a ``device_map`` every GPU ``CUDA_VISIBLE_DEVICES`` names (the model is not loaded yet)."""
-    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    visible = cuda_visible_entries(os.environ.get("CUDA_VISIBLE_DEVICES")) or []
     return max(1, len(visible)) if cfg.device_map is not None and cfg.device != "cpu" else 1
 
 
@@ -276,8 +277,8 @@ def check_tracking(cfg: ExperimentConfig) -> None:
     Raises:
         ConfigError: naming ``tracking_uri`` (or ``MLFLOW_TRACKING_URI``) or ``MLFLOW_EXPERIMENT_NAME``.
     """
-    uri = tracking.target_tracking_uri(cfg.tracking_uri)
-    problem = tracking.unknown_scheme(uri)
+    uri = target_tracking_uri(cfg.tracking_uri)
+    problem = unknown_scheme(uri)
     if problem:
         source = "tracking_uri" if cfg.tracking_uri else "MLFLOW_TRACKING_URI"
         raise ConfigError(

@@ -8,7 +8,7 @@ matched by UUID, see ``device``). ``gpu_targets`` turns ``--gpus`` into those va
 against the GPUs the caller can see.
 
 Workers take the next point from one shared queue (points of the same model next to each other), keep
-a loaded model while consecutive points share its ``sweep.load_key`` and free it before loading another,
+a loaded model while consecutive points share its ``plan.load_key`` and free it before loading another,
 log each point as a child of the sweep's parent run (tag ``llem.sweep.gpu``) and send its summary row
 back. A point that raises is a failed row; a worker that dies fails the point it held and the others go
 on. Workers build their parts with ``worker_parts`` (a module-level callable, so it crosses the spawn;
@@ -22,13 +22,15 @@ import os
 import queue
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llem_mlflow.errors import ConfigError
+from llem_mlflow.measure.device import cuda_visible_entries
+from llem_mlflow.sweep import measuring
+from llem_mlflow.sweep.measuring import Parts
+from llem_mlflow.sweep.plan import Point, SweepPlan, load_key
+from llem_mlflow.sweep.summary import Row
 from llem_mlflow.tracking.store_probe import one_line
-
-if TYPE_CHECKING:
-    from llem_mlflow.sweep.execute import Parts, Point, Row, SweepPlan
 
 GPU_TAG = "llem.sweep.gpu"
 #: How often the parent checks for a dead worker while it waits for rows (seconds).
@@ -59,7 +61,7 @@ def gpu_targets(ids: Sequence[int], visible: str | None, count: int) -> list[str
     Raises:
         ConfigError: an id names no GPU this process can see.
     """
-    pool = [v.strip() for v in visible.split(",") if v.strip()] if visible is not None else None
+    pool = cuda_visible_entries(visible)
     seen = len(pool) if pool is not None else count
     for gpu in ids:
         if gpu >= seen:
@@ -172,8 +174,6 @@ def _collect(
 
 
 def _failed(point: Point, note: str) -> Row:
-    from llem_mlflow.sweep.execute import Row
-
     return Row(point, "failed", note=note)
 
 
@@ -188,9 +188,7 @@ def work(job: Job, jobs: Any, rows: Any, holding: Any) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = job.gpu
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     logging.basicConfig(level=logging.WARNING, format=f"[llem gpu {job.gpu}] %(levelname)s: %(message)s")
-    from llem_mlflow.sweep import execute as sweep
-
-    parts = job.worker_parts() if job.worker_parts is not None else sweep.Parts()
+    parts = job.worker_parts() if job.worker_parts is not None else Parts()
     model = _Models(parts)
     try:
         while (index := jobs.get()) is not None:
@@ -203,11 +201,9 @@ def work(job: Job, jobs: Any, rows: Any, holding: Any) -> None:
 
 
 def _measure(point: Point, model: _Models, job: Job, parts: Parts) -> Row:
-    from llem_mlflow.sweep import execute as sweep
-
     try:
         backend = model.for_point(point)
-        return sweep.measure_point(point, backend, job.parent_run_id, parts, {GPU_TAG: job.gpu})
+        return measuring.measure_point(point, backend, job.parent_run_id, parts, {GPU_TAG: job.gpu})
     except Exception as exc:  # a worker never dies of one point: the row says what went wrong
         return _failed(point, f"{type(exc).__name__}: {one_line(str(exc))}")
 
@@ -221,19 +217,15 @@ class _Models:
         self.backend: Any = None
 
     def for_point(self, point: Point) -> Any:
-        from llem_mlflow.sweep import execute as sweep
-
         assert point.config is not None  # only valid points are queued
-        key = sweep.load_key(point.config)
+        key = load_key(point.config)
         if key != self.key:
             self.release()
-            make = self.parts.make_backend or sweep.create_backend
-            self.backend, self.key = sweep.LoadOnce(make(point.config)), key
+            make = self.parts.make_backend or measuring.create_backend
+            self.backend, self.key = measuring.LoadOnce(make(point.config)), key
         return self.backend
 
     def release(self) -> None:
         if self.backend is not None:
-            from llem_mlflow.sweep import execute as sweep
-
             self.backend, self.key = None, None
-            (self.parts.free_memory or sweep.free_memory)()
+            (self.parts.free_memory or measuring.free_memory)()

@@ -1,1 +1,4 @@
-"""Everything that imports mlflow: stores, runs, logging, reading runs back, the spool."""
+"""Everything that imports mlflow: stores, runs, logging a result, reading runs back, the spool.
+
+May import results, figures, measure and the base modules; ``client`` lists which module owns what.
+"""

@@ -24,32 +24,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from llem_mlflow.measure.device import visible_nvml_gpus
 from llem_mlflow.protocols import GpuInfo
 from llem_mlflow.secrets import quiet_url_printing
 
 quiet_url_printing()  # MLflow imports this module in every process that imports mlflow
-
-
-def visible(gpus: Sequence[GpuInfo], cuda_visible: str | None) -> list[GpuInfo]:
-    """``gpus`` (NVML order) as ``CUDA_VISIBLE_DEVICES`` narrows them (None: unset, all visible)."""
-    if cuda_visible is None:
-        return list(gpus)
-    chosen: list[GpuInfo] = []
-    for entry in (e.strip() for e in cuda_visible.split(",")):
-        match = _match(gpus, entry)
-        if match is None or match in chosen:
-            break  # CUDA ignores everything from the first invalid entry on
-        chosen.append(match)
-    return chosen
-
-
-def _match(gpus: Sequence[GpuInfo], entry: str) -> GpuInfo | None:
-    if entry.isdigit():
-        return next((g for g in gpus if g.nvml_index == int(entry)), None)
-    if entry.startswith("GPU-"):
-        hits = [g for g in gpus if g.uuid.startswith(entry)]
-        return hits[0] if len(hits) == 1 else None
-    return None
 
 
 def gpu_tags(gpus: Sequence[GpuInfo], driver: str | None) -> dict[str, str]:
@@ -75,7 +54,7 @@ def read_tags(nvml: Any = None) -> dict[str, str]:
     if session is None:
         return {}
     try:
-        gpus = visible(session.all_gpus(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+        gpus = visible_nvml_gpus(session.all_gpus(), os.environ.get("CUDA_VISIBLE_DEVICES"))
         return gpu_tags(gpus, session.driver_version())
     except DeviceError:
         return {}

@@ -6,10 +6,11 @@ timeseries.parquet): the run's own logging (``runner``), a sweep's points, ``lle
 full disk, a file size limit: ``runner``). Under the result's lock (an fcntl lock held from the search to
 the last byte logged, so two processes never log one result at once): ``result_lock(folder)`` for a folder,
 ``memory_lock`` for a result in memory (its folder's lock where that folder can hold one, else a lock
-file named by the llem experiment id in the spool folder, else in a private folder of the temp folder):
+file named by the llem experiment id in the spool folder, else in a private folder of the temp folder;
+both in ``locks``, re-exported here):
 
 1. find the run that already holds the result: the folder's ``mlflow_run.json``, else the run tag
-   ``llem.experiment_id`` (``tracking.claim_result``). A FINISHED run (KILLED for an interrupted
+   ``llem.experiment_id`` (``claims.claim_result``). A FINISHED run (KILLED for an interrupted
    result) holds it: nothing is logged again;
 2. retire every other run of the result that an earlier, broken try left behind (RUNNING, FAILED or
    KILLED without the result's own ``llem.status = interrupted``): tagged ``llem.retired`` (why),
@@ -17,7 +18,7 @@ file named by the llem experiment id in the spool folder, else in a private fold
    gc`` removes it). The run ``mlflow run`` made (``MLFLOW_RUN_ID``) and an active fluent run are kept;
 3. log into a new run (or the run the caller opened); a create whose reply never came is looked up by
    its ``llem.create_token`` tag before it counts as failed, and duplicates a retried create made are
-   retired (``tracking.record_result``);
+   retired (``result_logging.record_result``);
 4. write ``mlflow_run.json`` (a folder that cannot be written only warns); a result logged from memory
    gets result.json as a text artifact instead (best effort: MLflow needs a temp file for it).
 
@@ -29,15 +30,9 @@ never loses a measurement; result.json is never rewritten.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import hashlib
 import logging
 import os
-import re
-import stat
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,9 +40,10 @@ from llem_mlflow.errors import TrackingError
 from llem_mlflow.measure.trace import PowerTrace
 from llem_mlflow.results import files as artifacts
 from llem_mlflow.results.schema import ExperimentResult
-from llem_mlflow.tracking import client as tracking
-from llem_mlflow.tracking import spool
-from llem_mlflow.tracking.client import LoggedRun
+from llem_mlflow.tracking import claims
+from llem_mlflow.tracking.locks import LOCK_FILE, ResultBusy, memory_lock, result_lock
+from llem_mlflow.tracking.result_logging import log_text_quietly, record_result
+from llem_mlflow.tracking.runs import ChildOf, LoggedRun, active_run_id
 
 __all__ = [
     "LOCK_FILE",
@@ -57,17 +53,11 @@ __all__ = [
     "log_from_memory",
     "log_once",
     "memory_lock",
+    "remember",
     "result_lock",
 ]
 
 log = logging.getLogger(__name__)
-
-#: The lock file ``result_lock`` holds in a result folder or spool entry (removed when released).
-LOCK_FILE = ".llem-mlflow.lock"
-
-
-class ResultBusy(Exception):
-    """Another process holds the result's lock (``result_lock(wait=False)``)."""
 
 
 def log_folder(
@@ -76,7 +66,7 @@ def log_folder(
     experiment_name: str | None,
     run_name: str | None,
     loaded: tuple[ExperimentResult, PowerTrace] | None = None,
-    child_of: tracking.ChildOf | None = None,
+    child_of: ChildOf | None = None,
     *,
     locked: bool = False,
 ) -> LoggedRun:
@@ -119,7 +109,7 @@ def log_from_memory(
     tracking_uri: str | None,
     experiment_name: str | None,
     run_name: str | None,
-    child_of: tracking.ChildOf | None = None,
+    child_of: ChildOf | None = None,
 ) -> LoggedRun:
     """Log a result no file of which could be written (``folder``: where it was meant to go) from memory,
     by the same protocol as a folder (module docstring) under ``memory_lock``: params, tags, metrics and the
@@ -135,7 +125,7 @@ def log_from_memory(
         logged = log_once(result, trace, [], tracking_uri, experiment_name, run_name, child_of)
         if not logged.already_logged:
             text = result.model_dump_json(indent=2)
-            tracking.log_text_quietly(tracking_uri, logged.run_id, artifacts.RESULT_FILE, text)
+            log_text_quietly(tracking_uri, logged.run_id, artifacts.RESULT_FILE, text)
     return logged
 
 
@@ -146,7 +136,7 @@ def log_once(
     tracking_uri: str | None,
     experiment_name: str | None,
     run_name: str | None,
-    child_of: tracking.ChildOf | None = None,
+    child_of: ChildOf | None = None,
     run_id_hint: str | None = None,
 ) -> LoggedRun:
     """Steps 1 to 3 of the protocol (module docstring) for a result whose lock the caller holds: the run
@@ -156,7 +146,7 @@ def log_once(
     Raises:
         TrackingError: one line; the store is unreachable, or the search or logging failed.
     """
-    return _claimed(result, tracking_uri, run_id_hint) or tracking.record_result(
+    return _claimed(result, tracking_uri, run_id_hint) or record_result(
         result,
         files,
         trace,
@@ -169,137 +159,13 @@ def log_once(
 
 def _claimed(result: ExperimentResult, tracking_uri: str | None, run_id_hint: str | None) -> LoggedRun | None:
     """The run already holding the result, after retiring the half-logged ones (steps 1 and 2)."""
-    keep = [run_id for run_id in (os.environ.get("MLFLOW_RUN_ID"), tracking.active_run_id()) if run_id]
-    claim = tracking.claim_result(
+    keep = [run_id for run_id in (os.environ.get("MLFLOW_RUN_ID"), active_run_id()) if run_id]
+    claim = claims.claim_result(
         result.experiment_id, tracking_uri=tracking_uri, run_id_hint=run_id_hint, keep=keep
     )
     for run_id in claim.retired:
         log.warning("retired run %s: an earlier, unfinished try at logging %s", run_id, result.experiment_id)
     return claim.logged
-
-
-@contextlib.contextmanager
-def result_lock(folder: Path, wait: bool = True) -> Iterator[None]:
-    """Hold the result's lock: ``folder/.llem-mlflow.lock`` under ``fcntl.flock``, removed on release.
-
-    A process that dies lets go of it (the kernel releases flock locks). A lock file found replaced
-    or removed after it was locked (its holder released it meanwhile) is taken afresh. A folder where
-    no lock file can be made (read-only) is locked through the folder itself; where even that fails,
-    logging goes ahead unlocked with a warning (a measurement is worth more than the lock).
-
-    Raises:
-        ResultBusy: ``wait`` is False and another process holds the lock.
-        FileNotFoundError: ``folder`` does not exist (any more).
-    """
-    fd = _lock_file(folder / LOCK_FILE, wait)
-    if fd is None:
-        log.warning("logging %s unlocked", folder)
-    try:
-        yield
-    finally:
-        _release(fd, folder / LOCK_FILE)
-
-
-@contextlib.contextmanager
-def memory_lock(llem_id: str, folder: Path) -> Iterator[None]:
-    """Hold the lock of a result held only in memory: the first of ``folder``'s lock file (when the folder
-    is still there and can hold one), ``.memory-<id>.lock`` in the spool folder and ``<id>.lock`` in a
-    private folder of the temp folder that can be made and locked (each as ``result_lock`` locks). Where
-    none can, logging goes ahead unlocked with a warning (a measurement is worth more than the lock).
-    """
-    fd, path = None, folder / LOCK_FILE
-    for path in _memory_lock_paths(llem_id, folder):
-        with contextlib.suppress(OSError):
-            fd = _lock_file(path, wait=True)
-        if fd is not None:
-            break
-    else:
-        log.warning("no lock file could be made for %s anywhere: logging it unlocked", llem_id)
-    try:
-        yield
-    finally:
-        _release(fd, path)
-
-
-def _memory_lock_paths(llem_id: str, folder: Path) -> Iterator[Path]:
-    """Where ``memory_lock`` tries to lock, in order; a place whose folder cannot be made is left out."""
-    safe = re.fullmatch(spool.ID_PATTERN, llem_id)
-    name = llem_id if safe else hashlib.sha256(llem_id.encode()).hexdigest()
-    yield folder / LOCK_FILE
-    places = [
-        (spool.spool_dir(), f".memory-{name}.lock"),  # a dot name: ``spool.scan`` passes it by
-        (Path(tempfile.gettempdir()) / f"llem-mlflow-locks-{os.getuid()}", f"{name}.lock"),
-    ]
-    for root, lock_name in places:
-        try:
-            _own_folder(root)
-        except OSError as exc:
-            log.debug("no lock in %s: %s", root, exc)
-            continue
-        yield root / lock_name
-
-
-def _own_folder(root: Path) -> None:
-    """Make ``root`` 0700 if missing; it must be this user's own real folder (OSError otherwise)."""
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = os.lstat(root)
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise OSError(f"{root} is not a folder of this user's own")
-
-
-def _lock_file(path: Path, wait: bool) -> int | None:
-    """An fd holding the lock file ``path`` (see ``result_lock``); None when it cannot be locked at all.
-
-    Raises:
-        OSError: no lock file can be made there (a folder that is gone, a full disk).
-    """
-    folder = path.parent
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise  # FileNotFoundError: the folder is gone
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)  # read-only: lock the folder itself
-            return fd if _flocked(fd, wait, folder) else None
-        if not _flocked(fd, wait, folder):
-            return None
-        if _same_file(fd, path):
-            return fd
-        os.close(fd)  # released and removed by its holder after we opened it: take a fresh one
-
-
-def _release(fd: int | None, path: Path) -> None:
-    """Let go of a lock ``_lock_file`` took, removing its lock file ``path`` (when it still is ours)."""
-    if fd is None:
-        return
-    with contextlib.suppress(OSError):
-        if _same_file(fd, path):
-            os.unlink(path)
-    os.close(fd)
-
-
-def _flocked(fd: int, wait: bool, folder: Path) -> bool:
-    """Lock ``fd``; False (``fd`` closed, a warning) when this filesystem cannot lock it."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ResultBusy from None
-    except OSError as exc:
-        os.close(fd)
-        log.warning("cannot lock %s (%s)", folder, exc)
-        return False
-    return True
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        now = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
 
 
 def _differs(record: dict[str, str] | None, logged: LoggedRun) -> bool:

@@ -6,7 +6,7 @@ and is readable and writable, holds a SQLite header, and is not half-created by 
 database servers (a TCP connect), and MLflow 3.13+'s ban on file stores. Other schemes (databricks,
 plugins) are not probed.
 
-The MLflow-free half of making a sqlite store safely (``tracking.ready_store`` is the other half):
+The MLflow-free half of making a sqlite store safely (``store.ready_store`` is the other half):
 ``store_lock`` (an ``flock`` on ``<db>.llem-lock``) lets one process at a time create or migrate it,
 ``build_path``/``put_in_place`` build a store beside the file and rename it into place whole,
 ``read_schema`` tells a half-made store from an older or a newer one, and the one-line messages.
@@ -167,7 +167,7 @@ def _check_sqlite_file(path: Path) -> str | None:
     return None if schema is None or not schema.half_made() else half_created(path)
 
 
-# --- a sqlite store is created or migrated whole, once (``tracking.ready_store`` does the MLflow part) ---
+# --- a sqlite store is created or migrated whole, once (``store.ready_store`` does the MLflow part) ---
 
 LOCK_SUFFIX = ".llem-lock"  # beside the database file: ``store_lock``
 _BUILD_TAG = ".llem-new-"  # a store being built: .<name>.llem-new-<pid>, renamed into place when whole

@@ -375,6 +375,9 @@ class NoLoadBackend:
     def synchronize(self) -> None:
         self.inner.synchronize()
 
+    def warmup_groups(self, cfg: Any, groups: list[list[list[int]]]) -> list[list[list[int]]]:
+        return self.inner.warmup_groups(cfg, groups)  # type: ignore[no-any-return]
+
     def load(self) -> Any:
         self.loads.refused.append("load")
         raise ModelLoaded("the model was about to load")

@@ -22,7 +22,8 @@ from typer.testing import CliRunner, Result
 
 from llem_mlflow import __version__
 from llem_mlflow.backends.runtime import cuda_available
-from llem_mlflow.cli import app as cli
+from llem_mlflow.cli import run_cmd
+from llem_mlflow.cli import summary as cli
 from llem_mlflow.cli.app import app
 from llem_mlflow.cli.console import ConsoleProgress
 from llem_mlflow.config import ExperimentConfig
@@ -56,7 +57,7 @@ def help_rows(text: str) -> dict[str, str]:
 def captured(monkeypatch: pytest.MonkeyPatch) -> list[ExperimentConfig]:
     """The configs `run` would execute (nothing is loaded)."""
     configs: list[ExperimentConfig] = []
-    monkeypatch.setattr(cli, "_execute", configs.append)
+    monkeypatch.setattr(run_cmd, "_execute", configs.append)
     return configs
 
 

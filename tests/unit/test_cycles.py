@@ -128,7 +128,7 @@ def test_two_cycles_publish_no_interval_anywhere(tmp_path: Path) -> None:
         assert interval.no_interval_reason is not None
     (warning,) = [w for w in outcome.result.warnings if w.startswith("No 95 % intervals across cycles")]
     assert "at least 3" in warning
-    from llem_mlflow.cli.app import summary
+    from llem_mlflow.cli.summary import summary
 
     lines = summary(outcome).splitlines()
     (tok_s,) = [line for line in lines if line.strip().startswith("tok/s")]

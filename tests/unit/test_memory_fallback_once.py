@@ -20,7 +20,7 @@ from llem_mlflow.errors import TrackingError
 from llem_mlflow.measure.trace import PowerTrace
 from llem_mlflow.results import files as artifacts
 from llem_mlflow.results.schema import ExperimentResult
-from llem_mlflow.run import execute as runner
+from llem_mlflow.run import publish as runner
 from llem_mlflow.tracking import recording, spool
 from llem_mlflow.tracking.client import LLEM_EXPERIMENT_TAG, RETIRED_TAG
 
@@ -126,7 +126,7 @@ def test_two_threads_logging_one_result_from_memory_make_one_run(
     isolated_mlflow: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from llem_mlflow.tracking import client as tracking
+    from llem_mlflow.tracking import claims as tracking  # where recording looks claim_result up
 
     llem_id = "threads-20260101T000000Z-bbbbbb"
     parts = _in_memory(tmp_path, sample_result, llem_id)

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from llem_mlflow.cli.app import summary
+from llem_mlflow.cli.summary import summary
 from llem_mlflow.config import ExperimentConfig
-from llem_mlflow.measure import settle, steady
-from llem_mlflow.measure import stages as measure
+from llem_mlflow.measure import prefill, settle, steady
 from llem_mlflow.measure.trace import PowerTrace, TraceSample
 from llem_mlflow.protocols import CudaDeviceId
 from llem_mlflow.run.execute import GpuSet, Outcome, execute
@@ -162,7 +161,7 @@ def test_steady_state_on_cpu_keeps_every_batch(tmp_path: Path) -> None:
 def test_isolated_prefill_measures_whole_one_token_passes_in_their_own_window(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(measure, "PREFILL_MIN_S", 0.05)
+    monkeypatch.setattr(prefill, "PREFILL_MIN_S", 0.05)
     # Counter: idle 0 -> 5 (100 W over 0.05 s), cycle 100 -> 500, prefill window 600 -> 660.
     device = FakeDevice(energy_script=[0.0, 5.0, 100.0, 500.0, 600.0, 660.0], power_w=150.0)
     backend = FakeBackend(device="cuda", cuda_devices=[CUDA0], on_generate=lambda: time.sleep(0.005))

@@ -358,7 +358,7 @@ def test_run_with_a_counter_read_failing_at_a_cycle_edge(tmp_path: Path) -> None
     )
     (warning,) = [w for w in r.warnings if w.startswith("GPU 0, cycle 2/2:")]
     assert "could not be read at the end edge" in warning and "too low" not in warning
-    from llem_mlflow.cli.app import summary
+    from llem_mlflow.cli.summary import summary
 
     (energy_line,) = [line for line in summary(outcome).splitlines() if line.startswith("energy ")]
     assert "unknown: the counter delta of 1 (GPU, window) pair(s)" in energy_line

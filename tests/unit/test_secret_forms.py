@@ -25,7 +25,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from llem_mlflow import secrets as llem_secrets
-from llem_mlflow.cli.app import _CurrentStderr
+from llem_mlflow.cli.console import _CurrentStderr
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.errors import TrackingError
 from llem_mlflow.run.execute import execute

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from llem_mlflow.cli.app import summary
+from llem_mlflow.cli.summary import summary
 from llem_mlflow.config import ExperimentConfig
-from llem_mlflow.measure import stages as measure
+from llem_mlflow.measure import cycle
 from llem_mlflow.protocols import CudaDeviceId
 from llem_mlflow.results import files as artifacts
 from llem_mlflow.run.execute import GpuSet, Outcome, execute
@@ -61,7 +61,7 @@ def test_steady_state_reports_the_count_seconds_and_share_of_its_in_window_reads
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = ReadClock()
-    monkeypatch.setattr(measure, "READ_TIMER", clock, raising=False)  # raising: for the old code
+    monkeypatch.setattr(cycle, "READ_TIMER", clock, raising=False)  # raising: for the old code
     outcome, devices = _run(tmp_path, "steady_state", clock)
     # 5 batches per cycle: 4 inner batch edges, each a read of 2 GPUs; the edges of the window are not inside
     assert [d.energy_reads for d in devices] == [2 * (2 + 4)] * 2
@@ -77,7 +77,7 @@ def test_steady_state_reports_the_count_seconds_and_share_of_its_in_window_reads
 def test_total_reads_no_counter_inside_the_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = ReadClock()
     ticks = itertools.count()
-    monkeypatch.setattr(measure, "READ_TIMER", lambda: float(next(ticks)), raising=False)  # any timed read
+    monkeypatch.setattr(cycle, "READ_TIMER", lambda: float(next(ticks)), raising=False)  # any timed read
     outcome, devices = _run(tmp_path, "total", clock)
     assert [d.energy_reads for d in devices] == [2 * 2] * 2  # the window's two edges, per cycle
     assert outcome.result.steady_state is None

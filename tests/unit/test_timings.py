@@ -13,12 +13,12 @@ import pytest
 
 from llem_mlflow.cli import app as cli
 from llem_mlflow.config import ExperimentConfig
-from llem_mlflow.measure import stages as measure
+from llem_mlflow.measure import prefill
 from llem_mlflow.measure.timings import Stopwatch, process_age_s
 from llem_mlflow.protocols import CudaDeviceId
 from llem_mlflow.results.schema import ExperimentResult, Timings
 from llem_mlflow.run.execute import GpuSet, Outcome, execute
-from llem_mlflow.tracking import client as tracking
+from llem_mlflow.tracking import prefetch as tracking
 from tests.conftest import build_result
 from tests.fakes import FakeBackend, FakeDevice
 
@@ -93,7 +93,7 @@ def _cfg(tmp_path: Path, **kw: object) -> ExperimentConfig:
 
 
 def _gpu_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kw: object) -> Outcome:
-    monkeypatch.setattr(measure, "PREFILL_MIN_S", 0.02)
+    monkeypatch.setattr(prefill, "PREFILL_MIN_S", 0.02)
     device = FakeDevice(energy_script=lambda: time.time() * 100.0, power_w=lambda: 80.0 + time.time() % 1)
     backend = FakeBackend(device="cuda", cuda_devices=[CUDA0], on_generate=lambda: time.sleep(0.002))
     cfg = _cfg(tmp_path, isolated_prefill=True, idle_settle_max_s=0.2, cycles=2, cooldown_s=0.01, **kw)
@@ -241,7 +241,7 @@ def test_prefetch_imports_mlflow_and_the_sql_store_only_for_sql_uris(
 ) -> None:
     code = (
         "import sys\n"
-        "from llem_mlflow import tracking\n"
+        "from llem_mlflow.tracking import prefetch as tracking\n"
         f"assert tracking.prefetch({uri.format(tmp=tmp_path)!r}).wait(300)\n"
         "print('mlflow' in sys.modules, 'mlflow.store.tracking.sqlalchemy_store' in sys.modules)\n"
     )

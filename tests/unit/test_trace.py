@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from llem_mlflow.measure import energy, steady
-from llem_mlflow.measure import trace as trace_module
+from llem_mlflow.measure import trace_columns as trace_module
 from llem_mlflow.measure.energy import CounterWindow
 from llem_mlflow.measure.trace import PowerTrace, TraceSample
 from llem_mlflow.results import files as artifacts

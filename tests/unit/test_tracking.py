@@ -22,6 +22,7 @@ from llem_mlflow.measure.trace import PowerTrace, TraceSample
 from llem_mlflow.results import files as artifacts
 from llem_mlflow.results.schema import ExperimentResult
 from llem_mlflow.tracking import client as tracking
+from llem_mlflow.tracking import result_logging
 
 Sample = tuple[ExperimentResult, PowerTrace]
 T0_MS = 1_767_225_600_000  # conftest T0, 2026-01-01T00:00:00Z
@@ -105,7 +106,7 @@ def test_long_traces_log_a_thinned_power_history(
     sample_result: Sample, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     result, _ = sample_result
-    monkeypatch.setattr(tracking, "MAX_POWER_POINTS", 4)
+    monkeypatch.setattr(result_logging, "MAX_POWER_POINTS", 4)
     start = result.windows["measure"].start_s
     samples = [
         TraceSample(timestamp_s=start + i * 0.1, gpu=g, power_w=100.0 + i) for g in (0, 1) for i in range(10)
@@ -252,7 +253,7 @@ def test_mlflow_run_in_default_experiment_warns(
     pre_id = _project_run(MlflowClient(), "0")
     monkeypatch.setenv("MLFLOW_RUN_ID", pre_id)
     log(result, write_files(result, trace, tmp_path), trace)
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "llem_mlflow.tracking.client"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "llem_mlflow.tracking.run_selection"]
     assert "Default experiment" in warning
     assert "mlflow run . --experiment-name llem-mlflow" in warning
 
@@ -377,7 +378,7 @@ def test_first_time_sqlite_store_prints_no_mlflow_housekeeping(sample_result: Sa
     result, trace = sample_result
     write_files(result, trace, tmp_path / "out")
     code = (
-        "import sys; from pathlib import Path; from llem_mlflow import recording; "
+        "import sys; from pathlib import Path; from llem_mlflow.tracking import recording; "
         "recording.log_folder(Path(sys.argv[1]), sys.argv[2], None, None)"
     )
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
@@ -468,7 +469,7 @@ def test_probe_database_server_port() -> None:
 
 def test_probe_does_not_import_mlflow(tmp_path: Path) -> None:
     code = (
-        "import sys; from llem_mlflow import tracking; "
+        "import sys; from llem_mlflow.tracking import client as tracking; "
         f"tracking.probe_store('sqlite:///{tmp_path}/x.db'); tracking.probe_store('http://127.0.0.1:9'); "
         "print('mlflow' in sys.modules)"
     )

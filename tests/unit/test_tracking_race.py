@@ -9,7 +9,7 @@ from typing import Any
 from mlflow.entities import Dataset, DatasetInput
 from mlflow.tracking import MlflowClient
 
-from llem_mlflow.tracking import client as tracking
+from llem_mlflow.tracking import result_logging as tracking
 
 ROUNDS = 20
 
