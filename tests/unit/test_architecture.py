@@ -185,3 +185,20 @@ def test_no_function_is_over_60_lines() -> None:
             if node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
                 long.append(f"{module}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert long == []
+
+
+def test_the_public_api_and_old_import_paths_still_work() -> None:
+    import llem_mlflow
+    from llem_mlflow.config import ExperimentConfig
+    from llem_mlflow.result import ExperimentResult
+
+    assert llem_mlflow.ExperimentResult is ExperimentResult
+    assert llem_mlflow.ExperimentConfig is ExperimentConfig
+    assert {"run_experiment", "run_sweep", "track"} <= set(dir(llem_mlflow))
+    assert all(callable(getattr(llem_mlflow, name)) for name in ("run_experiment", "run_sweep", "track"))
+    from importlib import metadata
+
+    scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
+    assert scripts["llem-mlflow"] == "llem_mlflow.cli.app:main"
+    providers = [ep.load() for ep in metadata.entry_points(group="mlflow.run_context_provider")]
+    assert [p.__name__ for p in providers if p.__module__.startswith("llem_mlflow")] == ["GpuRunContext"]
