@@ -203,6 +203,26 @@ def _context(context: str) -> Iterator[None]:
         yield
 
 
+def _clear_handled_exception() -> None:
+    """Clear the thread's handled exception (called from a plain frame: the thread's own stack item).
+
+    A trace function that raises inside a stdlib ``except`` clause (enum's value lookup in
+    ``signal.signal``) can leave CPython's handled-exception state set after every frame has unwound;
+    ``sys.exc_info()`` then names that ``KeyError`` and every later exception takes it as its
+    ``__context__`` (seen in tests/unit/test_oom.py). A signal the interpreter delivers itself does not
+    go through a trace function, so this is the harness's to clean up.
+    """
+    if sys.exc_info()[0] is None:
+        return
+    import ctypes
+
+    for _ in range(3):
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(None))  # PyErr_SetExcInfo steals 3 references
+    set_exc_info = ctypes.pythonapi.PyErr_SetExcInfo
+    set_exc_info.argtypes = [ctypes.py_object] * 3
+    set_exc_info(None, None, None)
+
+
 def _run(block: str, context: str, inject: _Injector) -> tuple[str | None, str | None]:
     """The block (its entry and exit traced) inside ``context``; (exception that left, Held.signal)."""
     given: list[object] = []
@@ -223,8 +243,11 @@ def _run(block: str, context: str, inject: _Injector) -> tuple[str | None, str |
                 sys.settrace(previous)
             inject.mark("after")
     except (KeyboardInterrupt, SystemExit) as exc:
-        return repr(exc), _held(given)
-    return None, _held(given)
+        left: str | None = repr(exc)
+    else:
+        left = None
+    _clear_handled_exception()
+    return left, _held(given)
 
 
 def _held(given: list[object]) -> str | None:
