@@ -1,42 +1,54 @@
-"""Sampler overhead: how much slower a fixed workload runs while the PowerSampler thread samples.
+"""Sampler overhead: how much slower a workload runs while the PowerSampler samples, with power polled
+(``poll``) or read from the driver's power sample buffer (``buffer``), against no sampler (``none``).
 
-Runs ``--pairs`` interleaved pairs (ABBA order: on/off, off/on, on/off, ...) of one workload, each run
-timed with ``time.perf_counter``; the sampler is started before and stopped after the timed region, so
-only its effect *during* the work is measured. Reported per workload: the median of the paired ratios
-``time(on) / time(off)`` with quartiles and min/max (overhead % = ratio - 1), and the sampler thread's
-CPU time as % of one core. That CPU time is read inside the sampler thread itself: the benchmark runs a
-subclass whose ``_run`` brackets the product's sampling loop with ``time.thread_time()`` (the ``start()``
-and ``stop()`` samples, taken in the caller's thread outside the timed region, are not included). The
-process CPU time difference on - off is reported beside it, as a cross-check that includes GIL effects.
+Design: blocks of timed runs of one workload, one run per condition, in ABBA order (block k even: none,
+poll, buffer; k odd: buffer, poll, none), so a drift (clocks, heat, other tenants) hits every condition
+alike. Each block gives one paired ratio per mode, ``time(mode) / time(none)``. The sampler starts before
+and stops after the timed region, so only its effect *during* the work is measured. Reported per workload
+and mode: the median paired ratio with a distribution-free 95 % interval for the median (order statistics
+of the binomial: no normality assumed), overhead % = ratio - 1, the sampler thread's CPU time as % of one
+core (read inside the thread: a subclass brackets the product's loop with ``time.thread_time()``; the
+``start()``/``stop()`` reads, in the caller's thread outside the timed region, are not counted), the
+samples per second per GPU and where power came from (``sources``: ``buffer`` or ``poll`` per GPU).
 
-* CPU (default): the workload is a pure-Python loop interleaved with small torch matmuls, and the sampler
-  reads ``tests.fakes.FakeDevice`` objects. This measures thread wake-up and GIL contention only, not
-  NVML read cost.
-* GPU (``--gpu``): real ``NvmlDevice`` objects opened through ``llem_mlflow.measure.device`` (as
-  ``runner._nvml_gpus`` does), and the workloads ``matmul`` (GPU-bound: large bf16 matmuls),
-  ``launch`` (launch-bound: many tiny kernels from a Python loop) and ``decode`` (gpt2 with random
-  weights, batch 1, eager ``generate``: a real launch-bound decode).
+Pairs: ``--pairs`` blocks at least; with ``--max-pairs`` above it, blocks are added until every mode's
+95 % interval is at most ``--resolve-pct`` wide (half-width <= 0.25 % for the default 0.5, so an overhead
+of 0.5 % is told apart from none), ``--max-pairs`` is reached or the workload has used ``--budget-s``.
+Stopping on the interval's width makes its coverage slightly optimistic; the pairs used are reported.
 
-Targets: median ratio <= 1.005 (throughput ratio off/on >= 0.995, overhead <= 0.5 %) and sampler CPU
-< 1 % of one core.
+* CPU (default; ``--smoke``: a few short blocks, to check the script): a pure-Python loop interleaved with
+  small torch matmuls, sampling ``tests.fakes.FakeDevice`` objects whose ``FakePowerBuffer.live`` buffer
+  fills itself every 20 ms: thread wake-ups and GIL contention only, not NVML's cost.
+* GPU (``--gpu``): real ``NvmlDevice`` objects (matched to CUDA devices by UUID/PCI, as the runner does)
+  and the workloads ``matmul`` (GPU-bound), ``launch`` (tiny kernels from a Python loop) and ``decode``
+  (gpt2, random weights, bf16, eager ``generate``, 32 new tokens; one workload per ``--batches`` size).
+  Before measuring, the buffer of each GPU is opened once: which clock its timestamps are on, how old its
+  newest sample is, its spacing and depth, and the cost of one buffer read and one power poll.
 
-Rerun: ``python benchmarks/sampler_overhead.py`` (CPU) or
-``python benchmarks/sampler_overhead.py --gpu --pairs 12 --run-s 0.5`` (GPU host).
+Targets: median ratio <= 1.005 (overhead <= 0.5 %) and sampler thread CPU < 1 % of one core.
+
+Rerun: ``python benchmarks/sampler_overhead.py --smoke`` (CPU, seconds) or, on a GPU host, one command per
+decode batch size (each stops adding blocks after 480 s): ``python benchmarks/sampler_overhead.py --gpu
+--workloads decode --batches 1 --pairs 20 --max-pairs 400 --budget-s 480 --run-s 1.0`` (then
+``--batches 8``). Runs of one ``generate`` call (~0.2 s at batch 1) vary by +-3 % pair to pair, so longer
+runs and many pairs are needed to resolve 0.5 %.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
 import bench_common as bc
 
-from llem_mlflow.measure.sampler import PowerSampler
+from llem_mlflow.measure.power_buffer import open_buffer
+from llem_mlflow.measure.sampler import PowerSampler, PowerSampling
 from llem_mlflow.protocols import CudaDeviceId, GpuDevice
 
 TARGET_RATIO = 1.005
@@ -59,13 +71,14 @@ class TimedSampler(PowerSampler):
 
 @dataclass
 class Run:
-    """One timed run of a workload."""
+    """One timed run of a workload; ``mode`` None: no sampler."""
 
-    sampler_on: bool
+    mode: str | None
     wall_s: float
     process_cpu_s: float
     sampler_cpu_s: float | None = None
     samples: int | None = None
+    sources: dict[int, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------- workloads
@@ -116,13 +129,13 @@ def launch_workload() -> Workload:
     return run
 
 
-def decode_workload() -> Workload:
-    """gpt2 (random weights, bf16, eager, dynamic cache), batch 1: n generate calls of 32 new tokens."""
+def decode_workload(batch: int) -> Workload:
+    """gpt2 (random weights, bf16, eager, dynamic cache) at ``batch``: n generate calls of 32 new tokens."""
     import torch
     from backend_efficiency import build_model
 
     model = build_model("gpt2", "cuda")
-    ids = torch.randint(0, 50000, (1, 32), device="cuda")
+    ids = torch.randint(0, 50000, (batch, 32), device="cuda")
     kw = {"max_new_tokens": 32, "min_new_tokens": 32, "do_sample": False, "pad_token_id": 0}
 
     def run(n: int) -> None:
@@ -135,12 +148,13 @@ def decode_workload() -> Workload:
 
 
 def build_workload(name: str, torch_threads: int) -> Workload:
-    """The named workload, ready to run."""
+    """The named workload, ready to run (``decode_b<batch>``: decode at that batch size)."""
+    if name.startswith("decode_b"):
+        return decode_workload(int(name.removeprefix("decode_b")))
     makers: dict[str, Callable[[], Workload]] = {
         "cpu": lambda: cpu_workload(torch_threads),
         "matmul": matmul_workload,
         "launch": launch_workload,
-        "decode": decode_workload,
     }
     return makers[name]()
 
@@ -160,11 +174,19 @@ def calibrate(work: Workload, target_s: float) -> int:
 
 
 def fake_devices(count: int) -> list[GpuDevice]:
-    """``count`` FakeDevice objects (constant power, default slow readings)."""
+    """``count`` FakeDevice objects: constant power, polled or from a live buffer (a sample every 20 ms)."""
     bc.repo_on_path()
-    from tests.fakes import FakeDevice
+    from tests.fakes import FakeDevice, FakePowerBuffer
 
-    return [FakeDevice(cuda_index=i, uuid=f"GPU-fake-{i}", power_w=150.0 + i) for i in range(count)]
+    return [
+        FakeDevice(
+            cuda_index=i,
+            uuid=f"GPU-fake-{i}",
+            power_w=150.0 + i,
+            power_buffer=FakePowerBuffer.live(150.0 + i),
+        )
+        for i in range(count)
+    ]
 
 
 def cuda_device_id(index: int) -> CudaDeviceId:
@@ -191,76 +213,182 @@ def nvml_devices(count: int) -> tuple[list[GpuDevice], Callable[[], None]]:
     return list(session.devices_for(ids)), session.close
 
 
+# ------------------------------------------------------------------------------------- the buffer
+
+
+def median_call_s(call: Callable[[], Any], calls: int = 50) -> float | None:
+    """Median wall seconds of ``call`` over ``calls`` calls; None when it raises."""
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        try:
+            call()
+        except Exception:
+            return None
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def buffer_facts(devices: Sequence[GpuDevice]) -> list[dict[str, Any]]:
+    """Per GPU: can the buffer be used, on which clock, its newest sample's age, spacing, depth, costs."""
+    facts = []
+    for device in devices:
+        opened = open_buffer(device, time.time)
+        fact: dict[str, Any] = {"gpu": device.info.cuda_index, "poll_call_s": median_call_s(device.power_w)}
+        if isinstance(opened, str):
+            facts.append({**fact, "usable": False, "why": opened})
+            continue
+        buffer, (newest_s, _) = opened
+        facts.append(
+            {
+                **fact,
+                "usable": True,
+                "clock": buffer.clock_name,
+                "newest_sample_age_s": time.time() - newest_s,
+                "spacing_s": buffer.spacing_s,
+                "depth_s": buffer.depth_s,
+                "read_all_call_s": median_call_s(lambda d=device: d.power_samples(0)),
+                "read_new_call_s": median_call_s(lambda b=buffer: b.read()),
+            }
+        )
+    return facts
+
+
+def show_facts(facts: list[dict[str, Any]]) -> None:
+    """Print what ``buffer_facts`` found."""
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value * 1e3:.3f} ms"
+
+    for f in facts:
+        head = f"GPU {f['gpu']}: power poll {ms(f['poll_call_s'])} a call; buffer"
+        if not f["usable"]:
+            print(f"{head} NOT usable: {f['why']}")
+            continue
+        print(
+            f"{head} on {f['clock']}, newest sample {ms(f['newest_sample_age_s'])} old, spacing "
+            f"{ms(f['spacing_s'])}, depth {f['depth_s']:.2f} s, a read of all {ms(f['read_all_call_s'])}, "
+            f"of the new ones {ms(f['read_new_call_s'])}"
+        )
+
+
 # ------------------------------------------------------------------------------------- measuring
 
 
-def one_run(work: Workload, n: int, devices: Sequence[GpuDevice] | None, interval_s: float) -> Run:
-    """Time ``work(n)``, with the sampler running over ``devices`` when given."""
+def one_run(work: Workload, n: int, devices: Sequence[GpuDevice], mode: str | None, interval_s: float) -> Run:
+    """Time ``work(n)``, with the sampler in ``mode`` (None: no sampler)."""
     gc.collect()
-    sampler = TimedSampler(devices, interval_s) if devices is not None else None
-    if sampler is not None:
+    sampler = None
+    if mode is not None:
+        sampler = TimedSampler(devices, interval_s, mode=_mode(mode))
         sampler.start()
     t0, c0 = time.perf_counter(), time.process_time()
     work(n)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if sampler is None:
-        return Run(False, wall, cpu)
+        return Run(None, wall, cpu)
     trace = sampler.stop()
-    return Run(True, wall, cpu, sampler.thread_cpu_s, len(trace.samples))
+    return Run(mode, wall, cpu, sampler.thread_cpu_s, len(trace), dict(sampler.sources))
 
 
-def abba(work: Workload, n: int, devices: Sequence[GpuDevice], interval_s: float, pairs: int) -> list[Run]:
-    """``pairs`` pairs in ABBA order (on/off, off/on, ...), after one unrecorded run of each."""
-    one_run(work, n, devices, interval_s)
-    one_run(work, n, None, interval_s)
-    runs: list[Run] = []
-    for k in range(pairs):
-        order = (devices, None) if k % 2 == 0 else (None, devices)
-        runs += [one_run(work, n, d, interval_s) for d in order]
-    return runs
+def _mode(name: str) -> PowerSampling:
+    if name not in ("auto", "buffer", "poll"):
+        raise SystemExit(f"unknown mode {name!r}: use poll, buffer or auto")
+    return name  # type: ignore[return-value]
 
 
-def summarize(name: str, runs: list[Run], n: int, interval_s: float, n_devices: int) -> dict[str, Any]:
-    """Paired ratios and sampler CPU for one workload."""
-    on = [r for r in runs if r.sampler_on]
-    off = [r for r in runs if not r.sampler_on]
-    ratios = [a.wall_s / b.wall_s for a, b in zip(on, off, strict=True)]
+def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Distribution-free interval for the median: order statistics k and n+1-k, k from Binomial(n, 1/2).
+
+    None when there are too few values (n < 6 for 95 %).
+    """
+    ordered, n = sorted(values), len(values)
+    tail, cdf, k = (1 - level) / 2, 0.0, 0
+    for i in range(n + 1):
+        p = math.comb(n, i) / 2**n
+        if cdf + p > tail:
+            break
+        cdf, k = cdf + p, i + 1
+    return None if k == 0 else (ordered[k - 1], ordered[n - k])
+
+
+def ratios(blocks: list[dict[str | None, Run]], mode: str) -> list[float]:
+    """Per block: time(mode) / time(no sampler)."""
+    return [b[mode].wall_s / b[None].wall_s for b in blocks]
+
+
+def resolved(blocks: list[dict[str | None, Run]], modes: Sequence[str], width_pct: float) -> bool:
+    """Whether every mode's 95 % interval of the median ratio is at most ``width_pct`` % wide."""
+    for mode in modes:
+        interval = median_interval(ratios(blocks, mode))
+        if interval is None or 100 * (interval[1] - interval[0]) > width_pct:
+            return False
+    return True
+
+
+def run_blocks(
+    work: Workload, n: int, devices: Sequence[GpuDevice], args: Any
+) -> list[dict[str | None, Run]]:
+    """ABBA blocks (none, modes... / modes reversed..., none), after one unrecorded run of each."""
+    modes: list[str] = args.modes.split(",")
+    for mode in [None, *modes]:
+        one_run(work, n, devices, mode, args.interval_s)
+    blocks: list[dict[str | None, Run]] = []
+    deadline = time.monotonic() + args.budget_s if args.budget_s > 0 else math.inf
+    while len(blocks) < args.pairs or (
+        len(blocks) < args.max_pairs
+        and time.monotonic() < deadline
+        and not resolved(blocks, modes, args.resolve_pct)
+    ):
+        order: list[str | None] = [None, *modes] if len(blocks) % 2 == 0 else [*reversed(modes), None]
+        blocks.append({mode: one_run(work, n, devices, mode, args.interval_s) for mode in order})
+    return blocks
+
+
+def summarize(name: str, mode: str, blocks: list[dict[str | None, Run]], n: int, args: Any) -> dict[str, Any]:
+    """Paired ratios, their median's 95 % interval and the sampler's CPU for one workload and mode."""
+    on = [b[mode] for b in blocks]
+    paired = ratios(blocks, mode)
+    interval = median_interval(paired)
     core_pct = [100 * (r.sampler_cpu_s or 0.0) / r.wall_s for r in on]
-    proc_pct = [100 * (a.process_cpu_s - b.process_cpu_s) / a.wall_s for a, b in zip(on, off, strict=True)]
-    rate = [max(0, (r.samples or 0) - 2 * n_devices) / n_devices / r.wall_s for r in on]  # less start/stop
-    ratio = bc.spread(ratios)
+    devices = max(1, len(on[0].sources))
+    rate = [max(0, (r.samples or 0) - 2 * devices) / devices / r.wall_s for r in on]  # less start/stop
+    ratio = bc.spread(paired)
     return {
         "workload": name,
+        "mode": mode,
         "iterations_per_run": n,
-        "interval_s": interval_s,
-        "devices": n_devices,
-        "run_s_median": statistics.median(r.wall_s for r in off),
-        "ratio_on_off": ratio,
+        "interval_s": args.interval_s,
+        "devices": devices,
+        "sources": sorted({f"{g}:{s}" for r in on for g, s in r.sources.items()}),
+        "run_s_median": statistics.median(b[None].wall_s for b in blocks),
+        "ratio_mode_none": ratio,
+        "ratio_median_ci95": interval,
         "overhead_pct_median": 100 * (ratio["median"] - 1),
-        "throughput_ratio_off_on_median": 1 / ratio["median"],
         "sampler_thread_core_pct": bc.spread(core_pct),
-        "process_cpu_diff_core_pct": bc.spread(proc_pct),
         "samples_per_s_per_device_median": statistics.median(rate),
         "meets_ratio_target": ratio["median"] <= TARGET_RATIO,
+        "resolved": interval is not None and 100 * (interval[1] - interval[0]) <= args.resolve_pct,
         "meets_cpu_target": statistics.median(core_pct) < TARGET_CORE_PCT,
-        "runs": [asdict(r) for r in runs],
+        "runs": [asdict(r) for r in on],
     }
 
 
 def row(s: dict[str, Any]) -> list[Any]:
-    """One table row of a workload summary."""
-    r, c, p = s["ratio_on_off"], s["sampler_thread_core_pct"], s["process_cpu_diff_core_pct"]
+    """One table row of a workload and mode summary."""
+    r, c, ci = s["ratio_mode_none"], s["sampler_thread_core_pct"], s["ratio_median_ci95"]
     ok = "yes" if s["meets_ratio_target"] and s["meets_cpu_target"] else "NO"
     return [
         s["workload"],
+        s["mode"],
+        ",".join(s["sources"]),
         r["n"],
         f"{s['run_s_median']:.3f}",
         f"{r['median']:.4f}",
-        f"{r['q1']:.4f}-{r['q3']:.4f}",
-        f"{r['min']:.4f}-{r['max']:.4f}",
+        "-" if ci is None else f"{ci[0]:.4f}-{ci[1]:.4f}",
+        "yes" if s["resolved"] else "no",
         f"{s['overhead_pct_median']:+.2f}",
         f"{c['median']:.3f} (max {c['max']:.3f})",
-        f"{p['median']:+.2f}",
         f"{s['samples_per_s_per_device_median']:.1f}",
         ok,
     ]
@@ -268,43 +396,74 @@ def row(s: dict[str, Any]) -> list[Any]:
 
 HEADERS = [
     "workload",
+    "mode",
+    "sources",
     "pairs",
     "run s",
-    "ratio on/off",
-    "IQR",
-    "min-max",
+    "ratio mode/none",
+    "95% CI (median)",
+    "resolved",
     "overhead %",
     "sampler thread % core",
-    "proc CPU diff % core",
     "samples/s/dev",
     "meets target",
 ]
 
 
-def main() -> None:
-    """Parse flags, run every workload, print the table and write the JSON."""
-    bc.quiet_env()
+def arguments() -> Any:
+    """The command line (``--smoke``: a few short CPU blocks)."""
     p = bc.parser(__doc__, "sampler_overhead.json")
     p.add_argument("--gpu", action="store_true", help="real NVML devices and GPU workloads")
+    p.add_argument("--smoke", action="store_true", help="a quick check: 4 blocks of 0.05 s runs")
     p.add_argument("--workloads", help="comma list (default: cpu; with --gpu: matmul,launch,decode)")
-    p.add_argument("--pairs", type=int, default=10, help="on/off pairs per workload (default 10)")
+    p.add_argument("--batches", default="1", help="decode batch sizes, comma list (default 1)")
+    p.add_argument("--modes", default="poll,buffer", help="sampler modes against none (default poll,buffer)")
+    p.add_argument("--pairs", type=int, default=10, help="blocks per workload, at least (default 10)")
+    p.add_argument(
+        "--max-pairs", type=int, default=0, help="add blocks up to this until resolved (default: no)"
+    )
+    p.add_argument("--resolve-pct", type=float, default=0.5, help="wanted 95%% interval width (default 0.5)")
+    p.add_argument(
+        "--budget-s", type=float, default=0, help="per workload: no block added past this (0: none)"
+    )
     p.add_argument("--run-s", type=float, default=0.25, help="target seconds per run (default 0.25)")
-    p.add_argument("--interval-s", type=float, default=0.015, help="sampling interval (product default)")
+    p.add_argument("--interval-s", type=float, default=0.015, help="polling interval (product default)")
     p.add_argument("--devices", type=int, default=1, help="devices the sampler reads (default 1)")
     p.add_argument("--torch-threads", type=int, default=1, help="torch threads of the cpu workload")
     args = p.parse_args()
+    if args.smoke:
+        args.pairs, args.run_s = min(args.pairs, 4), min(args.run_s, 0.05)
+    args.max_pairs = max(args.max_pairs, args.pairs)
+    return args
+
+
+def workload_names(args: Any) -> list[str]:
+    """The workloads to run, ``decode`` expanded to one per batch size."""
     names = (args.workloads or ("matmul,launch,decode" if args.gpu else "cpu")).split(",")
+    batches = [int(b) for b in args.batches.split(",")]
+    return [x for name in names for x in ([f"decode_b{b}" for b in batches] if name == "decode" else [name])]
+
+
+def main() -> None:
+    """Parse flags, check the buffer, run every workload, print the table and write the JSON."""
+    bc.quiet_env()
+    args = arguments()
     devices, close = nvml_devices(args.devices) if args.gpu else (fake_devices(args.devices), _nothing)
     try:
-        summaries = [measure(name, devices, args) for name in names]
+        facts = buffer_facts(devices)
+        show_facts(facts)
+        summaries = [s for name in workload_names(args) for s in measure(name, devices, args)]
     finally:
         close()
-    title = f"Sampler overhead ({'NVML' if args.gpu else 'FakeDevice'}, interval {args.interval_s} s)"
+    title = (
+        f"Sampler overhead ({'NVML' if args.gpu else 'FakeDevice'}, poll interval {args.interval_s} s, "
+        "ratio = time with the sampler / time without, paired in ABBA blocks)"
+    )
     text = bc.show(title, HEADERS, [row(s) for s in summaries])
     bc.write_json(
         args.out,
         "sampler_overhead",
-        {"mode": "gpu" if args.gpu else "cpu", "table": text, "workloads": summaries},
+        {"mode": "gpu" if args.gpu else "cpu", "table": text, "buffer": facts, "workloads": summaries},
     )
 
 
@@ -312,13 +471,13 @@ def _nothing() -> None:
     pass
 
 
-def measure(name: str, devices: Sequence[GpuDevice], args: Any) -> dict[str, Any]:
-    """Build, calibrate and measure one workload."""
+def measure(name: str, devices: Sequence[GpuDevice], args: Any) -> list[dict[str, Any]]:
+    """Build, calibrate and measure one workload; one summary per mode."""
     work = build_workload(name, args.torch_threads)
     n = calibrate(work, args.run_s)
-    print(f"{name}: {n} iterations per run, {args.pairs} pairs", flush=True)
-    runs = abba(work, n, devices, args.interval_s, args.pairs)
-    return summarize(name, runs, n, args.interval_s, len(devices))
+    print(f"{name}: {n} iterations per run, {args.pairs}-{args.max_pairs} blocks", flush=True)
+    blocks = run_blocks(work, n, devices, args)
+    return [summarize(name, mode, blocks, n, args) for mode in args.modes.split(",")]
 
 
 if __name__ == "__main__":

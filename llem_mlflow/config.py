@@ -151,6 +151,9 @@ class ExperimentConfig(BaseModel):
         description="Before the baseline, wait up to this long for idle power to settle "
         f"({span(0, MAX_SETTLE_S)}).",
     )
+    idle_after_s: float = Field(
+        1.0, ge=0, le=MAX_PAUSE_S, description=f"Drift-check idle after the cycles ({span(0, MAX_PAUSE_S)})."
+    )
     measurement_methodology: Literal["total", "steady_state"] = Field(
         "total", description="total: every measured batch; steady_state: the ramp is trimmed (see docs)."
     )
@@ -163,8 +166,10 @@ class ExperimentConfig(BaseModel):
     cache: Literal["dynamic", "static"] = Field(
         "dynamic", description="KV cache: dynamic (grows each step) or static (preallocated, fixed shapes)."
     )
-    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
-        "off", description="torch.compile of the decode step by generate() (reduce-overhead: CUDA graphs)."
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune", "graph"] = Field(
+        "off",
+        description="torch.compile of the decode step by generate() (reduce-overhead: CUDA graphs); graph: "
+        "our own decode loop, one CUDA graph per decode step.",
     )
     attention: Literal["auto", "eager", "sdpa"] = Field(
         "auto", description="attn_implementation at load; auto: the model's default."
@@ -174,6 +179,11 @@ class ExperimentConfig(BaseModel):
         ge=MIN_SAMPLING_INTERVAL_S,
         le=1.0,
         description=f"Power trace period in seconds ({span(MIN_SAMPLING_INTERVAL_S, 1.0)}).",
+    )
+    power_sampling: Literal["auto", "buffer", "poll"] = Field(
+        "auto",
+        description="Power trace source: auto: the driver's power sample buffer where kept, else polling; "
+        "buffer: auto, warning when polling; poll.",
     )
     carbon_intensity_g_per_kwh: float | None = Field(
         None,
@@ -262,8 +272,8 @@ class ExperimentConfig(BaseModel):
         # transformers compiles generate()'s decode step only with a static cache (fixed shapes)
         if self.compile != "off" and self.cache != "static":
             raise ValueError(
-                f"compile: {self.compile} needs cache: static (generate() compiles only with a static "
-                "KV cache); set cache: static, or compile: off"
+                f"compile: {self.compile} needs cache: static (a compiled or captured decode step needs "
+                "a static KV cache); set cache: static, or compile: off"
             )
         return self
 

@@ -68,6 +68,15 @@ class GpuDevice(Protocol):
         """Instantaneous board power in watts (cheap: microseconds)."""
         ...
 
+    def power_samples(self, since_us: int) -> list[tuple[int, float]]:
+        """The driver's power sample buffer: ``(timestamp_us, watts)`` newer than ``since_us``, oldest first.
+
+        Timestamps are microseconds on the driver's clock (not necessarily the Unix epoch: see
+        ``measure.power_buffer``); ``since_us=0`` gives every sample the buffer holds, ``[]`` means none
+        newer. Raises ``measure.device.PowerBufferUnsupportedError`` when the GPU keeps no such buffer.
+        """
+        ...
+
     def slow_reading(self) -> SlowReading:
         """Temperature, SM clock, utilization, memory used, throttle reasons, compute processes."""
         ...
@@ -82,6 +91,7 @@ class ModelShape:
     n_layers: int
     attn_dim: int  # n_heads * head_dim (width of Q and of the attended values)
     vocab_size: int
+    kv_dim: int | None = None  # kv_heads * head_dim (width of the cached K and V); None: attn_dim
 
 
 @dataclass(frozen=True)

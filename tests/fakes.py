@@ -4,6 +4,9 @@ They script exact numbers so tests can assert exact energies and token counts, a
 so tests can assert what was (not) read, e.g. that the sampler never reads the energy counter.
 NVML faults are injected through the scripts (an exception in a scripted sequence is raised at that
 read) or with ``FakeDevice.lose()`` (every later read fails as NVML's GPU-is-lost does).
+``FakePowerBuffer`` is the driver's power sample buffer (a ring of timestamped mW samples), served by
+``FakeDevice(power_buffer=...)`` and by ``FakeGpu(power_buffer=...)`` through ``FakeNvml``; without one,
+both answer as a GPU that keeps no buffer.
 ``FakeNvml`` stands in for the pynvml module itself (``llem_mlflow.measure.device``); ``PoweredGpu`` is a
 board whose counter integrates its power over wall time, so a run on it is physically plausible.
 """
@@ -13,13 +16,14 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
 from llem_mlflow.config import ExperimentConfig
-from llem_mlflow.measure.device import DeviceLostError
+from llem_mlflow.measure.device import DeviceLostError, PowerBufferUnsupportedError
 from llem_mlflow.protocols import (
     BatchStats,
     CudaDeviceId,
@@ -59,6 +63,69 @@ def _reader(script: float | Script, what: str) -> Callable[[], float]:
     return next_value
 
 
+class FakePowerBuffer:
+    """A driver's power sample buffer: a ring of ``(timestamp_us, milliwatts)``, oldest out past ``capacity``.
+
+    ``push`` adds samples; ``push_script`` adds one per scripted power (watts), ``spacing_us`` after the
+    last (or from ``first_us``); ``fail_next`` makes the next reads raise the given errors in turn.
+    ``FakePowerBuffer.live(power_w)`` fills itself with one sample every ``spacing_us`` of ``clock`` (Unix
+    epoch time by default) up to the moment of each read, as a driver does. ``reads`` counts reads.
+    """
+
+    def __init__(self, samples: Iterable[tuple[int, int]] = (), capacity: int = 120) -> None:
+        self._ring: deque[tuple[int, int]] = deque(samples, maxlen=capacity)
+        self._lock = threading.Lock()
+        self._failures: list[BaseException] = []
+        self._live: tuple[Callable[[], float], float, int] | None = None  # clock, watts, spacing_us
+        self.reads = 0
+
+    @classmethod
+    def live(
+        cls,
+        power_w: float,
+        spacing_us: int = 20_000,
+        capacity: int = 120,
+        clock: Callable[[], float] = time.time,
+    ) -> FakePowerBuffer:
+        """A buffer that samples ``power_w`` every ``spacing_us`` of ``clock``, from now on."""
+        buffer = cls(capacity=capacity)
+        buffer._live = (clock, power_w, spacing_us)
+        buffer._ring.append((int(clock() * 1e6), round(power_w * 1000)))
+        return buffer
+
+    def push(self, samples: Iterable[tuple[int, int]]) -> None:
+        """Add ``(timestamp_us, milliwatts)`` samples, in one step (a concurrent read sees all or none)."""
+        with self._lock:
+            self._ring.extend(samples)
+
+    def push_script(
+        self, watts: Sequence[float], spacing_us: int = 20_000, first_us: int | None = None
+    ) -> None:
+        """One sample per scripted power (watts, stored as whole mW), ``spacing_us`` apart."""
+        start = first_us if first_us is not None else self.newest_us() + spacing_us
+        self.push((start + k * spacing_us, round(w * 1000)) for k, w in enumerate(watts))
+
+    def newest_us(self) -> int:
+        """The newest sample's timestamp (0 when empty)."""
+        return self._ring[-1][0] if self._ring else 0
+
+    def fail_next(self, *errors: BaseException) -> None:
+        """The next reads raise these errors, one each, in order."""
+        self._failures.extend(errors)
+
+    def since(self, since_us: int) -> list[tuple[int, int]]:
+        """The samples newer than ``since_us``, oldest first (a live buffer fills up to now first)."""
+        with self._lock:
+            self.reads += 1
+            if self._failures:
+                raise self._failures.pop(0)
+            if self._live is not None:
+                clock, power_w, spacing_us = self._live
+                now_us, next_us = int(clock() * 1e6), self.newest_us() + spacing_us
+                self._ring.extend((t, round(power_w * 1000)) for t in range(next_us, now_us + 1, spacing_us))
+            return [s for s in self._ring if s[0] > since_us]
+
+
 DEFAULT_SLOW = SlowReading(
     temperature_c=45.0, sm_clock_mhz=1980.0, utilization_pct=50.0, memory_used_b=1 << 30, throttle_reasons=0
 )
@@ -69,6 +136,7 @@ class FakeDevice:
 
     After ``lose()``, energy and power reads raise ``DeviceLostError`` and slow readings are all None,
     as ``NvmlDevice`` behaves once NVML reports the GPU lost (reads are still counted).
+    ``power_buffer`` serves ``power_samples`` (mW to W); None: the GPU keeps no buffer.
     """
 
     def __init__(
@@ -80,7 +148,10 @@ class FakeDevice:
         power_w: float | Script = 100.0,
         slow: SlowReading | Callable[[], SlowReading] = DEFAULT_SLOW,
         power_limit_w: float | None = 700.0,
+        power_buffer: FakePowerBuffer | None = None,
     ) -> None:
+        self.power_buffer = power_buffer
+        self.buffer_reads = 0
         self._info = GpuInfo(
             cuda_index=cuda_index,
             nvml_index=cuda_index,
@@ -124,6 +195,14 @@ class FakeDevice:
         self.power_reads += 1
         self._check_lost("power")
         return self._power()
+
+    def power_samples(self, since_us: int) -> list[tuple[int, float]]:
+        """The buffer's samples newer than ``since_us``, in watts; unsupported without a buffer."""
+        self.buffer_reads += 1
+        self._check_lost("power sample buffer")
+        if self.power_buffer is None:
+            raise PowerBufferUnsupportedError("FakeDevice keeps no power sample buffer")
+        return [(t_us, mw / 1000.0) for t_us, mw in self.power_buffer.since(since_us)]
 
     def slow_reading(self) -> SlowReading:
         """The scripted slow reading (a callable may raise to simulate NVML failures)."""
@@ -266,7 +345,12 @@ class FakeBackend:
 
 
 class FakeNVMLError(Exception):
-    """Stands in for pynvml.NVMLError."""
+    """Stands in for pynvml.NVMLError; ``value``, when given, is the NVML return code (as pynvml's)."""
+
+    def __init__(self, *args: object, value: int | None = None) -> None:
+        super().__init__(*args)
+        if value is not None:  # a subclass may carry its code as a class attribute
+            self.value = value
 
 
 @dataclass
@@ -285,6 +369,7 @@ class FakeGpu:
     has_event_reasons: bool = True
     pids: list[int] | None = None  # compute processes listed; None: the call is not supported
     only_v2_processes: bool = False  # the driver lacks the v3 process call (pynvml: library mismatch)
+    power_buffer: FakePowerBuffer | None = None  # None: nvmlDeviceGetSamples answers Not Supported
 
 
 class FakeLibraryMismatchError(Exception):
@@ -300,6 +385,7 @@ class FakeNvml:
     NVML_TEMPERATURE_GPU = 0
     NVML_CLOCK_SM = 1
     NVML_FEATURE_ENABLED = 1
+    NVML_TOTAL_POWER_SAMPLES = 0
 
     def __init__(self, gpus: list[FakeGpu], fail_init: bool = False, as_bytes: bool = True) -> None:
         self.gpus = gpus
@@ -385,6 +471,17 @@ class FakeNvml:
         if h.power_instant_mw is None:
             return [SimpleNamespace(nvmlReturn=3, valueType=1, value=SimpleNamespace(uiVal=0))]
         return [SimpleNamespace(nvmlReturn=0, valueType=1, value=SimpleNamespace(uiVal=h.power_instant_mw))]
+
+    def nvmlDeviceGetSamples(self, h: FakeGpu, sampling_type: int, since_us: int) -> tuple[int, list[Any]]:
+        """The power buffer's samples newer than ``since_us`` (uiVal, mW); Not Found when none is newer."""
+        if sampling_type != self.NVML_TOTAL_POWER_SAMPLES:
+            raise FakeNVMLError("Invalid Argument", value=2)
+        if h.power_buffer is None:
+            raise FakeNVMLError("Not Supported", value=3)
+        samples = h.power_buffer.since(since_us)
+        if not samples:
+            raise FakeNVMLError("Not Found", value=6)
+        return 1, [SimpleNamespace(timeStamp=t, sampleValue=SimpleNamespace(uiVal=mw)) for t, mw in samples]
 
     def nvmlDeviceGetTemperature(self, h: FakeGpu, sensor: int) -> int:
         if h.fail_temperature:

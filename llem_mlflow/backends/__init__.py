@@ -17,12 +17,16 @@ and itself. The modules of the transformers backend:
 * ``tokens``: left padding, special ids, counting generated tokens;
 * ``timing``: ``StepTimer`` (prefill and decode-step timings);
 * ``fastpath``: static KV cache, ``torch.compile`` and attention kernel choices for generate().
+
+``start_runtime`` starts what a backend's runtime needs before its first batch (the transformers backend:
+the CUDA context and cuBLAS, ``runtime.CudaStart``) in the background; the runner calls it as the model
+starts loading and waits for it before measuring.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from llem_mlflow.errors import ConfigError
 from llem_mlflow.protocols import Backend
@@ -30,7 +34,13 @@ from llem_mlflow.protocols import Backend
 if TYPE_CHECKING:
     from llem_mlflow.config import ExperimentConfig
 
-__all__ = ["BACKENDS", "Backend", "create_backend"]
+__all__ = ["BACKENDS", "STARTS", "Backend", "Started", "create_backend", "start_runtime"]
+
+
+class Started(Protocol):
+    """Work a backend started in the background; ``wait`` joins it: None, or one line saying why it failed."""
+
+    def wait(self, timeout_s: float = ...) -> str | None: ...
 
 
 def _transformers(cfg: ExperimentConfig) -> Backend:
@@ -61,3 +71,26 @@ def create_backend(cfg: ExperimentConfig) -> Backend:
     if build is None:
         raise ConfigError(f"backend must be one of {', '.join(sorted(BACKENDS))}, not {cfg.backend!r}")
     return build(cfg)
+
+
+def _transformers_start(cfg: ExperimentConfig) -> Started | None:
+    """CUDA's start-up (context, cuBLAS) in a thread; None on CPU and with ``device_map`` (the model then
+    decides which GPUs it uses, and a context on a GPU it leaves empty would hold memory there)."""
+    if cfg.device == "cpu" or cfg.device_map is not None:
+        return None
+    from llem_mlflow.backends.runtime import CudaStart, warm_cuda
+
+    precision = cfg.precision
+    return CudaStart(lambda: warm_cuda(precision))
+
+
+#: ``cfg.backend`` -> what starts that backend's runtime in the background (a backend may have none).
+STARTS: dict[str, Callable[[ExperimentConfig], Started | None]] = {
+    "pytorch": _transformers_start,
+}
+
+
+def start_runtime(cfg: ExperimentConfig) -> Started | None:
+    """Start ``cfg.backend``'s runtime in the background (``STARTS``); None when it has nothing to start."""
+    start = STARTS.get(cfg.backend)
+    return start(cfg) if start is not None else None

@@ -6,7 +6,10 @@ config fields pick a faster path; all three enter the measurement hash (recipe 5
 * ``cache``: ``dynamic`` (transformers' default ``DynamicCache``, grown by concatenation each step) or
   ``static`` (a ``StaticCache`` preallocated to a fixed length, so every decode step has the same shapes).
 * ``compile``: ``off``, or a ``torch.compile`` mode for the decode step: ``default``, ``reduce-overhead``
-  (inductor + CUDA graphs: one graph replay per step) or ``max-autotune``. Needs ``cache: static``.
+  (inductor + CUDA graphs: one graph replay per step) or ``max-autotune``; or ``graph``: not generate()
+  but our own decode loop (``decode_loop``: prefill once, then the whole decode step, model forward and
+  greedy argmax, captured in one CUDA graph per batch size and replayed per token; uncaptured on CPU),
+  which removes generate()'s per-step Python. Every value but ``off`` needs ``cache: static``.
 * ``attention``: ``attn_implementation`` at load: ``eager``, ``sdpa``, or ``auto`` (the model's default).
 
 What transformers 5.24 does (``transformers/generation/utils.py`` unless named otherwise):
@@ -42,8 +45,9 @@ Shapes and warm-up: compilation and capture happen on the first decode step of e
 shapes depend only on the batch size (cache length is fixed above, the 4-D mask is built to the cache
 length), so a run recompiles once per distinct batch size: a smaller last batch (``n`` not a multiple of
 ``batch_size``) compiles its own graph, and ``dynamic=False`` keeps each size on its own static graph
-(automatic dynamic shapes would serve later calls from a slower symbolic-shape graph). ``warmup_groups``
-names the batches that must run in warm-up so that nothing compiles inside a measured window.
+(automatic dynamic shapes would serve later calls from a slower symbolic-shape graph). ``compile: graph``
+likewise captures one graph per batch size (a bucket: its own static cache and tensors). ``warmup_groups``
+names the batches that must run in warm-up so that nothing compiles or captures inside a measured window.
 
 Backend wiring: ``load_kwargs`` at ``from_pretrained``/``from_config``; ``prepare`` after the model is
 loaded (and after its generation config is replaced); ``generate_kwargs`` merged into each call's
@@ -56,6 +60,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from llem_mlflow.backends import decode_loop
 from llem_mlflow.config import ExperimentConfig
 
 T = TypeVar("T")
@@ -77,7 +82,18 @@ class FastPath:
 
     @property
     def compiled(self) -> bool:
-        return self.compile != "off"
+        """generate() compiles its decode step (``torch.compile``)."""
+        return self.compile not in ("off", "graph")
+
+    @property
+    def graph(self) -> bool:
+        """Our own decode loop (``decode_loop``) instead of generate(), CUDA graphs on CUDA."""
+        return self.compile == "graph"
+
+    @property
+    def per_batch_size(self) -> bool:
+        """Something is built per batch size on its first call (a compile or a graph capture)."""
+        return self.compiled or self.graph
 
 
 def _fast(options: FastPath | ExperimentConfig) -> FastPath:
@@ -110,14 +126,20 @@ def generate_kwargs(options: FastPath | ExperimentConfig) -> dict[str, Any]:
         fields["max_cache_len"] = fast.max_cache_len
     if fast.compiled:
         fields["compile_config"] = compile_config(fast.compile)
-    else:
+    else:  # off, or graph (whose loop never calls generate(): any other generate() call stays eager)
         fields["disable_compile"] = True  # else transformers auto-compiles a static cache on CUDA
     return fields
 
 
 def prepare(model: Any, options: FastPath | ExperimentConfig) -> list[str]:
-    """Set the fast path on ``model.generation_config`` (for any generate() call); returns warnings."""
+    """Set the fast path on ``model.generation_config`` (for any generate() call); returns warnings.
+
+    Raises:
+        ConfigError: ``compile: graph`` for a model the decode loop cannot run (``decode_loop``).
+    """
     fast = _fast(options)
+    if fast.graph:
+        decode_loop.check_supported(model)
     for name, value in generate_kwargs(fast).items():
         setattr(model.generation_config, name, value)
     return _warnings(model, fast)
@@ -132,6 +154,8 @@ def _warnings(model: Any, fast: FastPath) -> list[str]:
     warnings = []
     if fast.cache == "static" and not _supports_cache(model):
         warnings.append(f"cache: static is ignored by {type(model).__name__} (it keeps its own cache)")
+    if fast.graph and any(d.startswith("cpu") for d in _devices(model)):
+        warnings.append("compile: graph on CPU: the decode loop runs uncaptured (CUDA graphs need a GPU)")
     if not fast.compiled:
         return warnings
     devices = _devices(model)
@@ -163,10 +187,10 @@ def resolved_attention(model: Any) -> str:
 def warmup_groups(options: FastPath | ExperimentConfig, groups: Sequence[Sequence[T]]) -> list[Sequence[T]]:
     """The batches warm-up must run so no compile happens in a measured window: one per batch size.
 
-    Empty without compile. With compile, the first batch of each distinct size (row count), in order;
-    a warm-up that already ran the first batch needs only the rest (``[1:]``).
+    Empty without compile or graph. With either, the first batch of each distinct size (row count), in
+    order; a warm-up that already ran the first batch needs only the rest (``[1:]``).
     """
-    if not _fast(options).compiled:
+    if not _fast(options).per_batch_size:
         return []
     seen: dict[int, Sequence[T]] = {}
     for group in groups:

@@ -2,8 +2,10 @@
 
 ``prepare`` left-pads the batch onto the model's input device, builds the greedy ``GenerationConfig``
 (exactly ``max_output_tokens`` new tokens) with the fast-path fields (``fastpath.generate_kwargs``) and
-binds ``model.generate`` with the ``StepTimer`` as its logits processor. ``batch_stats`` counts what
-came out (real tokens only) and reads the step timings. torch and transformers are imported lazily.
+binds ``model.generate`` with the ``StepTimer`` as its logits processor. With ``compile: graph`` it binds
+our own decode loop instead (``decode_loop``: the same greedy tokens, the same timer marks, one CUDA graph
+replay per decode step on CUDA). ``batch_stats`` counts what came out (real tokens only) and reads the
+step timings. torch and transformers are imported lazily.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from llem_mlflow.backends import fastpath
+from llem_mlflow.backends import decode_loop, fastpath
 from llem_mlflow.backends.fastpath import FastPath
 from llem_mlflow.backends.timing import StepTimer, step_timings
 from llem_mlflow.backends.tokens import greedy_generation_config, left_pad, output_lengths, special_ids
@@ -48,11 +50,13 @@ def prepare(
     ids, mask = left_pad(batch, pad_id)
     input_ids = torch.tensor(ids, dtype=torch.long, device=timer.device)
     attention_mask = torch.tensor(mask, dtype=torch.long, device=timer.device)
+    timer.reserve(max_output_tokens + 1)  # CUDA events made once (warm-up), reused per batch
+    if fast.graph:
+        return _loop_call(model, batch, (input_ids, attention_mask), max_output_tokens, fast, timer, eos_ids)
     config = greedy_generation_config(max_output_tokens, pad_id, eos_ids)
     for key, value in fastpath.generate_kwargs(fast).items():
         setattr(config, key, value)  # static cache and compile settings (fastpath)
     processors: Any = LogitsProcessorList  # untyped vendor API
-    timer.reserve(max_output_tokens + 1)  # CUDA events made once (warm-up), reused per batch
     generate = functools.partial(
         model.generate,
         input_ids=input_ids,
@@ -61,6 +65,35 @@ def prepare(
         logits_processor=processors([timer]),
     )
     return GenerateCall(generate, int(input_ids.shape[1]), eos_ids)
+
+
+def _loop_call(
+    model: Any,
+    batch: list[list[int]],
+    tensors: tuple[Any, Any],
+    max_output_tokens: int,
+    fast: FastPath,
+    timer: StepTimer,
+    eos_ids: set[int],
+) -> GenerateCall:
+    """The decode loop's call for the padded ``tensors`` (ids, mask): the model's own loop, graphs on CUDA."""
+    import torch
+
+    input_ids, attention_mask = tensors
+    width = int(input_ids.shape[1])
+    eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=timer.device) if eos_ids else None
+    call = decode_loop.LoopCall(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        new_tokens=max_output_tokens,
+        cache_len=max(fast.max_cache_len or 0, width + max_output_tokens),
+        eos=eos,
+        padded=any(len(row) < width for row in batch),
+    )
+    device = timer.device
+    graphs = decode_loop.CudaGraphs(device) if getattr(device, "type", str(device)) == "cuda" else None
+    loop = decode_loop.loop_for(model, graphs)
+    return GenerateCall(functools.partial(loop.run, model, call, timer), width, eos_ids)
 
 
 def batch_stats(batch: list[list[int]], out: Any, call: GenerateCall, timer: StepTimer) -> BatchStats:

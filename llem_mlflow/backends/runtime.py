@@ -2,14 +2,17 @@
 
 Owns ``cuda_available``, ``backend_versions``, ``resolve_device``/``resolve_precision`` (what ``auto``
 becomes), the torch dtype of a precision (and the ``dtype=``/``torch_dtype=`` spelling of the installed
-transformers), and ``cuda_device_ids`` (the GPUs holding a model, as NVML spells them). torch is imported
-lazily, inside functions.
+transformers), ``cuda_device_ids`` (the GPUs holding a model, as NVML spells them), and ``CudaStart``: the
+CUDA context, cuBLAS handles and two small GEMMs started in a background thread while the model loads
+(``warm_cuda``), so the first warm-up batch does not pay them. torch is imported lazily, inside functions.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import threading
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
@@ -198,3 +201,54 @@ def synchronize_all() -> None:
     if cuda.is_available() and cuda.is_initialized():
         for index in range(cuda.device_count()):
             cuda.synchronize(index)
+
+
+#: How long ``CudaStart.wait`` waits for the background CUDA start-up before the run goes on without it.
+CUDA_START_WAIT_S = 60.0
+
+
+class CudaStart:
+    """``work`` (``warm_cuda``) in a daemon thread, started now; ``wait()`` joins it.
+
+    ``wait()`` returns None when the work ended, else one line saying why not (it raised, or it still ran
+    after ``timeout_s``). A failure is reported, never raised: the load and the first warm-up batch start
+    CUDA themselves anyway, and pay the start-up as they did before.
+    """
+
+    def __init__(self, work: Callable[[], None], name: str = "llem-cuda-start") -> None:
+        self._failure: list[str] = []
+        self._thread = threading.Thread(target=self._run, args=(work,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except Exception as exc:  # reported by wait(), never raised: the run starts CUDA itself anyway
+            self._failure.append(" ".join(f"{type(exc).__name__}: {exc}".split())[:300])
+
+    def wait(self, timeout_s: float = CUDA_START_WAIT_S) -> str | None:
+        """Join the thread (at most ``timeout_s``); None when the work ended well, else why not."""
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            return f"the background CUDA start-up was still running after {timeout_s:g} s; measuring anyway"
+        if self._failure:
+            return f"the background CUDA start-up failed ({self._failure[0]}); the run started CUDA itself"
+        return None
+
+
+def warm_cuda(precision: str | None) -> None:
+    """Start CUDA on the current device: its context, the cuBLAS and cuBLASLt handles and their workspace,
+    and two 64 x 64 GEMMs (plain and with a bias, as linear layers call them) in the run's precision.
+
+    Nothing happens where torch sees no CUDA device. Only ones and zeros: no random number is drawn, so the
+    seeded weights the load builds are the same as without it. torch keeps cuBLAS handles in a pool that a
+    thread gives back when it ends, so the main thread's first matmul takes the handle made here.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    dtype = torch_dtype(resolve_precision(precision, "cuda"))
+    a = torch.ones((64, 64), device="cuda", dtype=dtype)
+    bias = torch.zeros(64, device="cuda", dtype=dtype)
+    (a @ a + torch.addmm(bias, a, a)).sum().item()  # .item() waits for both GEMMs

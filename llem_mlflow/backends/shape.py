@@ -76,7 +76,7 @@ def config_shape(config: Any) -> ModelShape | None:
     per_layer = _layer_matmul_params(text)
     if per_layer is None:
         return None
-    n_heads, _, head_dim = _attention_widths(text)
+    n_heads, kv_heads, head_dim = _attention_widths(text)
     n_layers = int(text.num_hidden_layers)
     vocab = int(text.vocab_size)
     return ModelShape(
@@ -85,6 +85,7 @@ def config_shape(config: Any) -> ModelShape | None:
         n_layers=n_layers,
         attn_dim=n_heads * head_dim,
         vocab_size=vocab,
+        kv_dim=kv_heads * head_dim,
     )
 
 
@@ -108,4 +109,5 @@ def model_shape(model: Any) -> ModelShape:
         n_layers=int(config.num_hidden_layers),
         attn_dim=int(n_heads * head_dim),
         vocab_size=int(config.vocab_size),
+        kv_dim=int((getattr(config, "num_key_value_heads", None) or n_heads) * head_dim),
     )

@@ -1,7 +1,8 @@
 """What a run measured, as the CLI prints it after the run: ``summary`` and its ``stages`` line.
 
 One ``label  value`` row per figure (model, workload, time, energy, per-token energy, cycles with their
-95 % intervals, the methods that ran, warnings, stages), then the result folder and the MLflow run.
+95 % intervals, MFU and memory-bandwidth utilization, the methods that ran, warnings, stages), then the
+result folder and the MLflow run.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def summary(outcome: Outcome) -> str:
         if r.avg_energy_per_token_j is not None:
             lines.append(line("energy/token", f"{_joules(r.avg_energy_per_token_j)} per output token"))
     lines.extend(_cycle_lines(r))
+    lines.extend(_roof_lines(r))
     lines.extend(_method_lines(r))
     if r.warnings:
         lines.append(line("warnings", f"{len(r.warnings)} (see result.json)"))
@@ -111,6 +113,17 @@ def _cycle_lines(r: Any) -> list[str]:
         bounds = "" if interval.ci95_low is not None else f" (no interval: {_why_no_bounds(interval.n)})"
         lines.append(line(f"  {name}", f"{text}{bounds}, CV {cv}{rests}"))
     return lines
+
+
+def _roof_lines(r: Any) -> list[str]:
+    """How far from the hardware's roofs: MFU over the window, memory-bandwidth utilization in decode."""
+    c = r.compute
+    parts = []
+    if c is not None and c.mfu is not None:
+        parts.append(f"MFU {c.mfu * 100:.2f}%")
+    if c is not None and c.memory_bandwidth_util is not None:
+        parts.append(f"memory bandwidth {c.memory_bandwidth_util * 100:.1f}% of peak in decode")
+    return [line("utilization", ", ".join(parts))] if parts else []
 
 
 def _method_lines(r: Any) -> list[str]:

@@ -34,7 +34,8 @@ Each phase is summed exactly in integers and converted to float once, and
 to the total bit for bit.
 
 Derived ratios: ``mfu`` (achieved FLOP/s over the hardware peak, see ``llem_mlflow.figures.peaks``)
-and ``joules_per_tflop``.
+and ``joules_per_tflop``. The memory side (bytes moved per phase, bandwidth utilization, the roof of
+memory-bound decode) is ``llem_mlflow.figures.roofline``, counted per batch and phase the same way.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ Readings and units:
 * ``power_w`` reads the instant field ``NVML_FI_DEV_POWER_INSTANT`` (mW, microseconds per call). On
   Hopper ``nvmlDeviceGetPowerUsage`` is a 1 s average, so it is only the fallback when the field is not
   supported; ``NvmlDevice.power_field`` says which one is in use ("instant" or "average").
+* ``power_samples`` reads the driver's power sample buffer (``nvmlDeviceGetSamples``,
+  ``NVML_TOTAL_POWER_SAMPLES``, mW): ``[]`` when nothing is newer (``NVML_ERROR_NOT_FOUND``),
+  ``PowerBufferUnsupportedError`` when the GPU, driver or pynvml has no such buffer.
 * ``slow_reading().compute_processes`` is the length of ``nvmlDeviceGetComputeRunningProcesses``: the
   compute processes on the GPU, this one included. Only the count is kept: inside a container NVML may
   list host PIDs (not ours) or nothing at all, so PIDs cannot be matched to ``os.getpid()``.
@@ -40,11 +43,17 @@ T = TypeVar("T")
 
 _NVML_SUCCESS = 0
 _NVML_ERROR_GPU_IS_LOST = 15  # pynvml.NVML_ERROR_GPU_IS_LOST
+_NVML_ERROR_NOT_FOUND = 6  # nvmlDeviceGetSamples: no sample newer than the timestamp
+_NO_BUFFER = (3, 13)  # NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND (driver lacks the call)
 _NO_ENERGY = "GPU energy will not be measured"
 
 
 class DeviceLostError(DeviceError):
     """NVML reports the GPU as lost (``NVML_ERROR_GPU_IS_LOST``): no later read of it can succeed."""
+
+
+class PowerBufferUnsupportedError(DeviceError):
+    """The GPU, driver or pynvml keeps no power sample buffer (``nvmlDeviceGetSamples``): poll instead."""
 
 
 def _read_error(nvml: Any, error: Exception, message: str) -> DeviceError:
@@ -70,10 +79,15 @@ def _optional(nvml: Any, read: Callable[[], T]) -> T | None:
         return None
 
 
-def _field_value(field: Any) -> float:
-    """Decode an ``nvmlFieldValue_t`` union according to its ``valueType``."""
+def _union_value(value: Any, value_type: Any) -> float:
+    """Decode an ``nvmlValue_t`` union according to its ``nvmlValueType_t``."""
     member = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
-    return float(getattr(field.value, member.get(int(field.valueType), "uiVal")))
+    return float(getattr(value, member.get(int(value_type), "uiVal")))
+
+
+def _field_value(field: Any) -> float:
+    """Decode an ``nvmlFieldValue_t`` according to its ``valueType``."""
+    return _union_value(field.value, field.valueType)
 
 
 class NvmlDevice:
@@ -119,6 +133,23 @@ class NvmlDevice:
                 f"Reading the power of GPU {self._info.cuda_index} ({self._info.name}) failed: {e}. "
                 "Check the driver with `nvidia-smi -q -d POWER`.",
             ) from e
+
+    def power_samples(self, since_us: int) -> list[tuple[int, float]]:
+        """Buffered power samples newer than ``since_us``: ``(timestamp_us, watts)``, oldest first."""
+        nvml, gpu = self._nvml, f"GPU {self._info.cuda_index} ({self._info.name})"
+        try:
+            kind = getattr(nvml, "NVML_TOTAL_POWER_SAMPLES", 0)
+            value_type, samples = nvml.nvmlDeviceGetSamples(self._handle, kind, since_us)
+        except AttributeError as e:  # a pynvml without the call
+            raise PowerBufferUnsupportedError(f"pynvml has no nvmlDeviceGetSamples ({e})") from e
+        except nvml.NVMLError as e:
+            if getattr(e, "value", None) == _NVML_ERROR_NOT_FOUND:
+                return []
+            if getattr(e, "value", None) in _NO_BUFFER:
+                raise PowerBufferUnsupportedError(f"{gpu} keeps no power sample buffer: {e}") from e
+            raise _read_error(nvml, e, f"Reading the power sample buffer of {gpu} failed: {e}.") from e
+        out = [(int(s.timeStamp), _union_value(s.sampleValue, value_type) / 1000.0) for s in samples]
+        return sorted(s for s in out if s[0] > since_us)
 
     def slow_reading(self) -> SlowReading:
         """Temperature, SM clock, utilization, memory used, clock-event reasons and compute processes.

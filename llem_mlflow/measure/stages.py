@@ -132,7 +132,7 @@ def measure(
         with clock.lap("warmup"):
             warmup = progress.warmup = warm_up(cfg, backend, groups, show)
         cpu, cpu_warning = _open_rapl()
-        sampler = PowerSampler(devices, cfg.sampling_interval_s)
+        sampler = PowerSampler(devices, cfg.sampling_interval_s, mode=cfg.power_sampling)
         sampler.start()
         try:
             done = _sampled_stages(cfg, backend, devices, groups, show, cpu, clock, progress)
@@ -339,13 +339,17 @@ def _steady_warnings(cfg: ExperimentConfig, cycles: list[Cycle]) -> list[str]:
 def _idle_after(
     cfg: ExperimentConfig, devices: Sequence[GpuDevice], backend: Backend, show: Progress
 ) -> tuple[float, float] | None:
-    """Model-resident idle after the last cycle, as long as the baseline, seen by the trace only."""
-    if not devices or cfg.baseline_s <= 0:
+    """Model-resident idle after the last cycle, ``idle_after_s`` long, seen by the trace only.
+
+    Its one use is the drift check against the baseline (``idle_after_w``, the ``idle_drift`` flag), so
+    it is skipped (None) where there is nothing to compare: no GPU, no baseline, or ``idle_after_s`` 0.
+    """
+    if not devices or cfg.baseline_s <= 0 or cfg.idle_after_s <= 0:
         return None
-    show.stage(f"idle after the last cycle {cfg.baseline_s:g} s (drift check)")
+    show.stage(f"idle after the last cycle {cfg.idle_after_s:g} s (drift check)")
     backend.synchronize()
     start_s = time.time()
-    time.sleep(cfg.baseline_s)
+    time.sleep(cfg.idle_after_s)
     return start_s, time.time()
 
 

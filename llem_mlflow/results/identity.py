@@ -83,8 +83,8 @@ class ResolvedSettings(BaseModel):
     device_map: Any = Field(None, description="Requested split over GPUs, as asked (recipe 4 on).")
     gpus: int = Field(0, description="CUDA devices holding weights; 0 on CPU (recipe 4 on).")
     cache: Literal["dynamic", "static"] = Field("dynamic", description="KV cache (recipe 5 on).")
-    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
-        "off", description="torch.compile mode of the decode step (recipe 5 on)."
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune", "graph"] = Field(
+        "off", description="torch.compile mode of the decode step, or graph: our captured loop (recipe 5 on)."
     )
     attention: str | None = Field(
         None, description="attn_implementation the loaded model uses, e.g. sdpa (recipe 5 on)."

@@ -99,7 +99,7 @@ def _seconds(value: float) -> float:
 
 
 def _count(value: float) -> float:
-    """Tokens and FLOPs: integral."""
+    """Tokens, FLOPs and bytes: integral."""
     return float(round(value))
 
 
@@ -226,7 +226,7 @@ def _energy_metrics(result: NamedResult) -> dict[str, _Rounded]:
 
 
 def _extra_metrics(result: NamedResult) -> dict[str, _Rounded]:
-    """Phase FLOPs, MFU, J/TFLOP, CPU energy and carbon, where known."""
+    """Phase FLOPs and bytes, MFU, decode bandwidth utilization, J/TFLOP, CPU energy and carbon, if known."""
     c, cpu, u, lat = result.compute, result.cpu_energy, result.uncertainty, result.latency
     return {
         "latency/ttft_p50_s": (lat.ttft_p50_s if lat else None, _seconds),
@@ -244,6 +244,9 @@ def _extra_metrics(result: NamedResult) -> dict[str, _Rounded]:
         "compute/prefill_flops": (c.prefill_flops if c else None, _count),
         "compute/decode_flops": (c.decode_flops if c else None, _count),
         "compute/mfu": (c.mfu if c else None, _ratio),
+        "compute/prefill_bytes": (c.prefill_bytes if c else None, _count),
+        "compute/decode_bytes": (c.decode_bytes if c else None, _count),
+        "compute/memory_bandwidth_util": (c.memory_bandwidth_util if c else None, _ratio),  # decode
         "energy/per_tflop_j": (c.energy_per_tflop_j if c else None, _ratio),
         "energy/cpu_package_j": (cpu.package_j if cpu else None, _energy_j),
         "energy/cpu_dram_j": (cpu.dram_j if cpu else None, _energy_j),

@@ -61,7 +61,11 @@ class Window(_Model):
 
 
 class ComputeFigures(_Model):
-    """FLOPs per phase and what they say about efficiency (see ``flops`` for the counting rules)."""
+    """FLOPs and memory bytes per phase and what they say about efficiency: the compute roof (MFU) and the
+    memory roof (bandwidth utilization); see ``flops`` and ``roofline`` for the counting rules.
+
+    The bytes fields are null in results written before they existed, and without a known precision.
+    """
 
     prefill_flops: float = Field(ge=0)
     decode_flops: float = Field(ge=0)
@@ -69,6 +73,11 @@ class ComputeFigures(_Model):
     peak_flops_per_s: float | None = None  # dense peak of the GPU model at the precision, per GPU
     mfu: float | None = None  # total FLOPs / (measured seconds x peak x GPUs), a fraction
     energy_per_tflop_j: float | None = None  # gross energy / (total FLOPs / 1e12)
+    prefill_bytes: float | None = Field(default=None, ge=0)  # weights once per batch + KV cache written
+    decode_bytes: float | None = Field(default=None, ge=0)  # weights once per step + KV cache read
+    bytes_method: str | None = None  # roofline.BYTES_METHOD
+    peak_memory_bytes_per_s: float | None = None  # peak memory bandwidth of the GPU model, per GPU
+    memory_bandwidth_util: float | None = None  # decode bytes / (decode step s x peak x GPUs), a fraction
 
 
 class Uncertainty(_Model):

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 from llem_mlflow._version import __version__
 from llem_mlflow.config import ExperimentConfig
-from llem_mlflow.figures import carbon, flops, latency, peaks, phases, quality, stats
+from llem_mlflow.figures import carbon, flops, latency, peaks, phases, quality, roofline, stats
 from llem_mlflow.figures.stats import Interval
 from llem_mlflow.measure import energy, prefill, steady
 from llem_mlflow.measure import stages as measure
@@ -352,14 +352,25 @@ def _pct(part: float, whole: float) -> float:
 def _compute(
     c: _Context, m: measure.Measurement, infos: list[GpuInfo], gross: float | None
 ) -> ComputeFigures:
-    phases = flops.estimate_phase_flops(c.loaded.shape, m.stats)
+    """FLOPs and MFU (the compute roof); bytes and decode's bandwidth utilization (the memory roof)."""
+    shape, gpus = c.loaded.shape, max(len(infos), 1)
+    phases = flops.estimate_phase_flops(shape, m.stats)
     peak = peaks.peak_flops(infos[0].name, c.resolved.precision) if infos else None
+    e = roofline.element_bytes(c.resolved.precision)
+    moved = roofline.estimate_phase_bytes(shape, m.stats, e) if e else None
+    bandwidth = peaks.peak_memory_bandwidth(infos[0].name) if infos else None
+    util = roofline.decode_bandwidth_util(shape, m.stats, e, bandwidth, gpus) if e else None
     return ComputeFigures(
         prefill_flops=phases.prefill,
         decode_flops=phases.decode,
         peak_flops_per_s=peak,
-        mfu=flops.mfu(phases.total, m.seconds, peak, gpus=max(len(infos), 1)),
+        mfu=flops.mfu(phases.total, m.seconds, peak, gpus=gpus),
         energy_per_tflop_j=flops.joules_per_tflop(gross, phases.total),
+        prefill_bytes=moved.prefill if moved else None,
+        decode_bytes=moved.decode if moved else None,
+        bytes_method=roofline.BYTES_METHOD if moved else None,
+        peak_memory_bytes_per_s=bandwidth,
+        memory_bandwidth_util=util,
     )
 
 

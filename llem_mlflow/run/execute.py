@@ -17,7 +17,7 @@ import uuid
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llem_mlflow import interrupts
 from llem_mlflow.config import ExperimentConfig, load_config
@@ -38,6 +38,14 @@ from llem_mlflow.run.stop import _interrupted, _keep, _Kept, _log_later, _stop, 
 from llem_mlflow.tracking.prefetch import PREFETCH_WAIT_S, Prefetch, prefetch
 from llem_mlflow.tracking.runs import ChildOf, active_run_id
 from llem_mlflow.tracking.uris import target_tracking_uri
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from llem_mlflow.backends import Started
+
+    #: Starts a backend's runtime in the background (``backends.start_runtime``); None: nothing to start.
+    RuntimeStart = Callable[[ExperimentConfig], Started | None]
 
 #: The public names of ``run``: the entry points and the types in their signatures.
 __all__ = ["GpuProvider", "GpuSet", "Outcome", "execute", "rescue_roots", "run_experiment"]
@@ -75,6 +83,7 @@ def execute(
     store_probe: preflight.StoreProbe | None = None,
     startup_s: float | None = None,
     child_of: ChildOf | None = None,
+    start_runtime: RuntimeStart | None = None,
 ) -> Outcome:
     """Run ``cfg`` with injectable parts: checks, load, measure, write files, then log to MLflow.
 
@@ -84,11 +93,13 @@ def execute(
     imported in the background while the model loads (``prefetch``), and that import has
     ended before the GPU works. ``startup_s``: seconds from process start to this call, when the
     caller knows them (the CLI); they go into the timings block. ``child_of``: log into a new run
-    nested under that parent (a sweep's point; see ``tracking``).
+    nested under that parent (a sweep's point; see ``tracking``). ``start_runtime``: started as the model
+    loads (see ``_load``); a backend this call makes gets ``backends.start_runtime``.
     """
     if backend is None:  # bad-input/OOM: a backend this run made is released when the run fails
         kw = {"gpus": gpus, "progress": progress, "store_probe": store_probe, "startup_s": startup_s}
-        return _owning(cfg, _default_backend(cfg), child_of=child_of, **kw)
+        starter = start_runtime or _start_runtime
+        return _owning(cfg, _default_backend(cfg), child_of=child_of, start_runtime=starter, **kw)
     clock = Stopwatch()
     interrupts.last_words(None)  # an earlier run's, in this process
     if startup_s is not None:
@@ -103,8 +114,7 @@ def execute(
         log.warning(warning)
     imports = prefetch(cfg.tracking_uri) if cfg.mlflow else None
     show.stage(f"loading {cfg.model} ({cfg.weights} weights)")
-    with clock.lap("load"):
-        loaded = backend.load()
+    loaded = _load(cfg, backend, start_runtime, clock)
     resolved = _resolve(cfg, loaded, plan)
     config_hash = resolved.measurement_hash()
     folder, experiment_id = artifacts.claim_result_dir(
@@ -161,6 +171,26 @@ def _measure(
     return _with_gpu_warning(m, c.gpu_set), held
 
 
+def _load(
+    cfg: ExperimentConfig, backend: Backend, start: RuntimeStart | None, clock: Stopwatch
+) -> LoadedModel:
+    """``backend.load()``, with the backend's runtime started beside it (``start``: CUDA's context and cuBLAS
+    for the transformers backend) and joined before this returns, inside the ``load`` lap: none of it runs
+    into the warm-up or a measured window, nor is it left running when the load fails. Its failure is a
+    warning of the run, never an error.
+    """
+    with clock.lap("load"):
+        started = start(cfg) if start is not None else None
+        try:
+            loaded = backend.load()
+        finally:
+            problem = started.wait() if started is not None else None
+    if problem is None:
+        return loaded
+    log.warning(problem)
+    return replace(loaded, warnings=[*loaded.warnings, problem])
+
+
 def _owning(cfg: ExperimentConfig, backend: Backend, **kw: Any) -> Outcome:
     """``execute`` with a backend it made: on any failure the model is released (``release()``, when
     the backend has one), not kept alive by the traceback until the caller drops the exception."""
@@ -187,6 +217,12 @@ def _default_backend(cfg: ExperimentConfig) -> Backend:
     from llem_mlflow.backends import create_backend
 
     return create_backend(cfg)
+
+
+def _start_runtime(cfg: ExperimentConfig) -> Started | None:
+    from llem_mlflow.backends import start_runtime
+
+    return start_runtime(cfg)
 
 
 def _probe_store(cfg: ExperimentConfig) -> str | None:

@@ -90,8 +90,9 @@ def test_shape_of_tiny_gpt2_by_hand() -> None:
     info = backend.load()
     # per layer: c_attn 64x192 + attn c_proj 64x64 + c_fc 64x256 + mlp c_proj 256x64 = 49152
     assert info.shape == ModelShape(
-        body_matmul_params=2 * 49152, lm_head_params=1000 * 64, n_layers=2, attn_dim=64, vocab_size=1000
-    )
+        body_matmul_params=2 * 49152, lm_head_params=1000 * 64, n_layers=2, attn_dim=64, vocab_size=1000,
+        kv_dim=64,
+    )  # fmt: skip
     assert (info.weights, info.precision, info.device, info.cuda_devices, info.warnings) == (
         "random", "fp32", "cpu", [], [],
     )  # fmt: skip
@@ -101,7 +102,7 @@ def test_shape_of_tiny_gpt2_by_hand() -> None:
 def test_shape_of_tiny_llama_by_hand() -> None:
     info = TransformersBackend("llem/tiny-llama", weights="random", device="cpu").load()
     # per layer: q 64x64 + k 32x64 + v 32x64 + o 64x64 + gate/up/down 3 x 64x128 = 36864
-    assert info.shape == ModelShape(73728, 64000, 2, 64, 1000)
+    assert info.shape == ModelShape(73728, 64000, 2, 64, 1000, kv_dim=32)  # k, v: 32 wide (grouped)
 
 
 def test_bf16_random_model_on_cpu() -> None:
@@ -276,7 +277,7 @@ def test_auto_falls_back_to_random_gpt2_offline(caplog: pytest.LogCaptureFixture
     assert info.weights == "random"
     assert len(info.warnings) == 1 and "RANDOM WEIGHTS" in info.warnings[0]
     assert any("RANDOM WEIGHTS" in record.getMessage() for record in caplog.records)
-    assert info.shape == ModelShape(84_934_656, 38_597_376, 12, 768, 50257)
+    assert info.shape == ModelShape(84_934_656, 38_597_376, 12, 768, 50257, kv_dim=768)
 
 
 def test_pretrained_without_a_tokenizer_says_what_to_do(tmp_path: Path) -> None:

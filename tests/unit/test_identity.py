@@ -124,6 +124,10 @@ def test_every_config_field_is_hashed_or_declared_as_where_results_go() -> None:
     where_results_go |= {"carbon_intensity_g_per_kwh", "pue", "gain_uncertainty_pct"}  # derived, not measured
     # a permission, not a setting: a model needing remote code loads only with it, others ignore it
     where_results_go |= {"trust_remote_code"}
+    # how power is observed (buffer or poll), not what is measured: the energy comes from the counter
+    where_results_go |= {"power_sampling"}
+    # a drift check after the cycles, seen by the trace only: the cycles are measured the same either way
+    where_results_go |= {"idle_after_s"}
     hashed = set(ResolvedSettings.model_fields)
     assert set(ExperimentConfig.model_fields) - where_results_go <= hashed
 
