@@ -20,7 +20,6 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 import annotated_types
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -33,6 +32,7 @@ from pydantic import (
 )
 
 from llem_mlflow.config_rules import MAX_CARBON_G_PER_KWH as MAX_CARBON_G_PER_KWH
+from llem_mlflow.config_rules import MAX_CONCURRENCY as MAX_CONCURRENCY
 from llem_mlflow.config_rules import MAX_CV_PCT as MAX_CV_PCT
 from llem_mlflow.config_rules import MAX_CYCLES as MAX_CYCLES
 from llem_mlflow.config_rules import MAX_EXPERIMENT_NAME as MAX_EXPERIMENT_NAME
@@ -43,6 +43,7 @@ from llem_mlflow.config_rules import MAX_PAUSE_S as MAX_PAUSE_S
 from llem_mlflow.config_rules import MAX_PROMPT_FIELD as MAX_PROMPT_FIELD
 from llem_mlflow.config_rules import MAX_PROMPTS as MAX_PROMPTS
 from llem_mlflow.config_rules import MAX_PUE as MAX_PUE
+from llem_mlflow.config_rules import MAX_REQUEST_RATE as MAX_REQUEST_RATE
 from llem_mlflow.config_rules import MAX_RUN_NAME as MAX_RUN_NAME
 from llem_mlflow.config_rules import MAX_SEED as MAX_SEED
 from llem_mlflow.config_rules import MAX_SETTLE_S as MAX_SETTLE_S
@@ -53,6 +54,9 @@ from llem_mlflow.config_rules import MIN_SAMPLING_INTERVAL_S as MIN_SAMPLING_INT
 from llem_mlflow.config_rules import TEXT_LIMITS as TEXT_LIMITS
 from llem_mlflow.config_rules import TextLimit as TextLimit
 from llem_mlflow.config_rules import span as span
+from llem_mlflow.config_server import server_problem
+from llem_mlflow.config_yaml import format_validation_error as format_validation_error
+from llem_mlflow.config_yaml import read_yaml as read_yaml
 from llem_mlflow.errors import ConfigError
 from llem_mlflow.secrets import scrub_secrets
 
@@ -221,6 +225,49 @@ class ExperimentConfig(BaseModel):
     )
     run_name: str | None = Field(None, description=f"MLflow run name ({TEXT_LIMITS['run_name'].text()}).")
     mlflow: bool = Field(True, description="Log the result to MLflow.")
+    scenario: Literal["in_process", "server"] = Field(
+        "in_process",
+        description="in_process: generate() in this process; server: streamed requests to an "
+        "OpenAI-compatible server (server_command or server_url).",
+    )
+    server_command: str | None = Field(
+        None,
+        description="Launch the server: a command with {model}, {port}, {host}, e.g. 'transformers serve "
+        f"{{model}} --port {{port}}' ({TEXT_LIMITS['server_command'].text()}).",
+    )
+    server_url: str | None = Field(
+        None,
+        description=f"Attach to a running server at this base URL ({TEXT_LIMITS['server_url'].text()}).",
+    )
+    server_gpus: str | None = Field(
+        None,
+        description="An attached server's GPUs, CUDA indices or UUIDs, comma-separated; default all "
+        f"({TEXT_LIMITS['server_gpus'].text()}).",
+    )
+    concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_CONCURRENCY,
+        description=f"Closed loop: requests in flight; 8 without request_rate ({span(1, MAX_CONCURRENCY)}).",
+    )
+    request_rate: float | None = Field(
+        None,
+        gt=0.0,
+        le=MAX_REQUEST_RATE,
+        description=f"Open loop: seeded Poisson arrivals, requests/s ({span(0, MAX_REQUEST_RATE, True)}).",
+    )
+    api: Literal["completions", "chat"] = Field(
+        "completions", description="Server route: /v1/completions or /v1/chat/completions."
+    )
+    request_timeout_s: float = Field(
+        120.0,
+        gt=0.0,
+        le=MAX_PAUSE_S,
+        description=f"Server: one request's limit ({span(0, MAX_PAUSE_S, True)}).",
+    )
+    server_start_timeout_s: float = Field(
+        600.0, gt=0.0, le=MAX_PAUSE_S, description=f"Launch: wait for health ({span(0, MAX_PAUSE_S, True)})."
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -277,7 +324,14 @@ class ExperimentConfig(BaseModel):
             )
         return self
 
-    @field_serializer("tracking_uri")
+    @model_validator(mode="after")
+    def _scenario_fields_agree(self) -> ExperimentConfig:
+        problem = server_problem(dict(self))
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @field_serializer("tracking_uri", "server_url", "server_command")
     def _no_credentials(self, value: str | None) -> str | None:
         # Serialized copies (result.json, MLflow params) never hold credentials; the live value keeps them.
         return None if value is None else scrub_secrets(value)
@@ -310,69 +364,6 @@ def limits(name: str) -> str | None:
     return span(low, high, low_open)
 
 
-def _loc_part(part: object) -> str:
-    text = str(part)
-    return text if text.isprintable() else repr(text)  # a YAML key holding a newline stays on one line
-
-
-#: pydantic's prefix on the message of a ValueError / AssertionError raised in a validator, by error type.
-_PYDANTIC_PREFIXES = {"value_error": "Value error, ", "assertion_error": "Assertion failed, "}
-
-
-def _own_words(error_type: str, msg: str) -> str:
-    """A validator's own message without pydantic's "Value error, " style prefix."""
-    return msg.removeprefix(_PYDANTIC_PREFIXES.get(error_type, ""))
-
-
-def format_validation_error(err: ValidationError) -> str:
-    """``field: message`` per problem, joined by ``; `` (one line)."""
-    parts = []
-    for item in err.errors():
-        loc = ".".join(_loc_part(p) for p in item["loc"]) or "config"
-        msg = _own_words(item["type"], item["msg"])
-        if item["type"] == "extra_forbidden":
-            allowed = ", ".join(ExperimentConfig.model_fields)
-            msg = f"unknown field; allowed fields are: {allowed}"
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """The mapping a YAML config file holds (empty file: ``{}``).
-
-    Raises:
-        ConfigError: the file is missing, unreadable, not UTF-8, not YAML or not a mapping (one line).
-    """
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
-    except RecursionError:
-        raise ConfigError(f"config file {path} is nested too deeply to be a config") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
-    if data is None:  # empty, or only comments
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"config file {path} must hold a mapping of field: value, not {type(data).__name__}"
-        )
-    return data
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """``<problem> at line L, column C`` (PyYAML's own text spans several lines)."""
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        return f"{exc.problem}{where}"
-    return " ".join(str(exc).split())
-
-
 def load_config(
     source: str | Path | ExperimentConfig | Mapping[str, Any] | None = None, **overrides: Any
 ) -> ExperimentConfig:
@@ -395,4 +386,6 @@ def load_config(
     try:
         return ExperimentConfig.model_validate(base)
     except ValidationError as err:
-        raise ConfigError(f"invalid config: {format_validation_error(err)}") from None
+        raise ConfigError(
+            f"invalid config: {format_validation_error(err, ExperimentConfig.model_fields)}"
+        ) from None

@@ -17,6 +17,8 @@ MAX_SEED = 2**64 - 1  # torch.manual_seed's range
 MAX_PAUSE_S = 3600.0  # time.sleep overflows past ~9.2e9 s
 MAX_SETTLE_S = 600.0  # idle power that has not settled in 10 minutes will not
 MAX_CYCLES = 1000
+MAX_REQUEST_RATE = 100000.0  # requests per second a load generator could send
+MAX_CONCURRENCY = 4096  # one client thread per request in flight
 MAX_WARMUP_BATCHES = 1000  # as many generate() calls as the most cycles
 MAX_CV_PCT = 100.0  # a settle threshold above 100% accepts any warm-up
 MIN_SAMPLING_INTERVAL_S = 0.001  # NVML refreshes power every ~20-100 ms; below 1 ms only burns a core
@@ -121,4 +123,9 @@ TEXT_LIMITS = {
         "an experiment name may have (MLflow's SQL stores hold 256)", max_chars=MAX_EXPERIMENT_NAME
     ),
     "run_name": TextLimit("a run name may have (MLflow's SQL stores hold 250)", max_chars=MAX_RUN_NAME),
+    "server_command": TextLimit(
+        "a server command may have (it is logged as an MLflow param)", max_chars=MAX_URI
+    ),
+    "server_url": TextLimit("a server URL may have (it is logged as an MLflow param)", max_chars=MAX_URI),
+    "server_gpus": TextLimit("a GPU list may have", max_chars=MAX_URI),
 }

@@ -12,11 +12,10 @@ After measuring, the stage decides what a signal does (``runner`` opens these bl
 - ``cutting()`` (MLflow logging): a signal, first or repeated, raises ``KeyboardInterrupt`` once to cut
   a slow store short; the runner then spools the result and ends the run KILLED.
 
-Anywhere else a repeated signal ends the process at once (exit 130, ``os._exit``) with one line: the
-user asked twice. That line ends with the way back set by ``exit_line()`` (e.g. ``llem-mlflow log DIR``).
-Signal handlers can only be set in the main thread; elsewhere (a worker thread embedding the API)
-``graceful()`` and ``holding()`` change nothing. ``deferred()`` holds both signals while a store's
-schema is created or migrated (a cut migration would break the store for good), then delivers them.
+Anywhere else a repeated signal ends the process at once (exit 130, ``os._exit``, after ``on_hard_exit``
+hooks) with one line ending with the way back set by ``exit_line()`` (e.g. ``llem-mlflow log DIR``).
+Handlers are set in the main thread only (in a worker thread ``graceful()`` and ``holding()`` do nothing).
+``deferred()`` holds both signals while a store's schema is created or migrated, then delivers them.
 
 A signal that this module's handlers get while a block is entered or left never finds its state half
 changed: it is noted and delivered once the entry or exit is whole, acting as one just before or inside
@@ -26,6 +25,7 @@ holding). So no handler is left installed, no count is left off and no signal is
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -65,9 +65,16 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
+_BEFORE_EXIT: list[Callable[[], object]] = []  # run before a hard exit, e.g. stop a launched server
+on_hard_exit = _BEFORE_EXIT.append
+
+
 def _exit_now(line: str) -> None:
     try:
         _say(line)  # a closed or broken stderr must not keep the process alive
+        for stop in _BEFORE_EXIT:
+            with contextlib.suppress(BaseException):
+                stop()
     finally:
         os._exit(EXIT_CODE)
 
@@ -305,8 +312,7 @@ class exit_line(_Block[None]):
 
 
 def last_words(message: str | None) -> None:
-    """From now on, a process that exits at once (outside any ``exit_line()``) says ``message``: what a
-    stopped run kept, so a signal that lands before the CLI prints it cannot lose it."""
+    """A process that exits at once from now on (outside ``exit_line()``) says ``message``: what it kept."""
     _State.final = message
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # annotations only: importing the seams stays cheap (no pydantic, no yaml)
     from llem_mlflow.config import ExperimentConfig
+    from llem_mlflow.served import LoadRun
 
 
 @dataclass(frozen=True)
@@ -179,4 +180,22 @@ class Backend(Protocol):
 
     def versions(self) -> dict[str, str | None]:
         """torch, transformers and CUDA runtime versions."""
+        ...
+
+
+class RequestLoad(Protocol):
+    """The server scenario's workload (``serving`` implements it, ``measure.serving`` drives it).
+
+    ``target_concurrency``: requests in flight the closed loop keeps (None: open loop). ``send`` runs one
+    cycle's load (or, with ``warmup``, one warm-up round) and returns when every request has ended; on
+    Ctrl-C it stops sending and raises ``served.LoadCut`` with the requests that ended.
+    """
+
+    @property
+    def target_concurrency(self) -> int | None:
+        """The closed loop's in-flight target; None for the open loop."""
+        ...
+
+    def send(self, cycle: int, *, warmup: bool = False) -> LoadRun:
+        """One cycle's requests (``warmup``: one warm-up round), every one ended."""
         ...

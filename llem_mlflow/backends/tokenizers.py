@@ -37,6 +37,10 @@ class TextTokenizer(Protocol):
         """Token ids per prompt, truncated to ``max_input_tokens``."""
         ...
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of ``ids`` (special tokens left out): what a server scenario sends."""
+        ...
+
 
 @dataclass(frozen=True)
 class ModelTokenizer:
@@ -58,6 +62,10 @@ class ModelTokenizer:
         )
         return [list(map(int, ids)) for ids in encoded["input_ids"]]
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """The tokenizer's text of ``ids``, special tokens skipped."""
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
 
 @dataclass(frozen=True)
 class ByteTokenizer:
@@ -77,3 +85,7 @@ class ByteTokenizer:
     def encode(self, prompts: Sequence[str], max_input_tokens: int) -> list[list[int]]:
         """The prompt's UTF-8 bytes, the first ``max_input_tokens`` of them."""
         return [list(prompt.encode("utf-8")[:max_input_tokens]) for prompt in prompts]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The UTF-8 text of byte ids; ids above 255 and broken sequences become U+FFFD."""
+        return bytes(i if 0 <= i < BYTE_VOCAB else 0x3F for i in ids).decode("utf-8", errors="replace")

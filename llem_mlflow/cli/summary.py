@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from llem_mlflow.cli.console import line, with_interval
+from llem_mlflow.cli.serving_summary import serving_lines
 
 if TYPE_CHECKING:
     from llem_mlflow.results.schema import Timings
@@ -36,12 +37,22 @@ def _not_measured_reason(warnings: list[str]) -> str:
     return "no NVIDIA GPU energy counter"
 
 
+def _model_words(r: Any) -> str:
+    if r.serving is not None:
+        return f"{r.model} (served as {r.serving.served_model!r}; precision {r.precision}; GPUs: {r.device})"
+    return f"{r.model} ({r.weights} weights, {r.precision}, {r.device})"
+
+
+def _unit(r: Any) -> str:
+    return "prompts" if r.serving is None else "requests per cycle"
+
+
 def summary(outcome: Outcome) -> str:
     """What a run measured, one ``label  value`` per line; the last lines name its folder and run."""
     r = outcome.result
     lines = [
-        line("model", f"{r.model} ({r.weights} weights, {r.precision}, {r.device})"),
-        line("workload", f"{r.config.n} prompts: {r.input_tokens:,} tokens in, {r.output_tokens:,} out"),
+        line("model", _model_words(r)),
+        line("workload", f"{r.config.n} {_unit(r)}: {r.input_tokens:,} tokens in, {r.output_tokens:,} out"),
         line(
             "time",
             f"{r.total_inference_time_sec:.2f} s measured, {r.avg_tokens_per_second:,.1f} output tokens/s",
@@ -60,6 +71,7 @@ def summary(outcome: Outcome) -> str:
             lines.append(line("net of idle", f"{_joules(e.net_j)} (idle {e.idle_power_w:,.1f} W)"))
         if r.avg_energy_per_token_j is not None:
             lines.append(line("energy/token", f"{_joules(r.avg_energy_per_token_j)} per output token"))
+    lines.extend(serving_lines(r))
     lines.extend(_cycle_lines(r))
     lines.extend(_roof_lines(r))
     lines.extend(_method_lines(r))

@@ -32,6 +32,7 @@ from llem_mlflow.measure.prefill import PREFILL_MIN_S, PrefillWindow, isolated_p
 from llem_mlflow.measure.progress import Progress, counted
 from llem_mlflow.measure.records import CpuEnergy, WarmupRecord
 from llem_mlflow.measure.sampler import PowerSampler
+from llem_mlflow.measure.served_load import ServedLoad
 from llem_mlflow.measure.settle import IdleSettle
 from llem_mlflow.measure.timings import Stopwatch
 from llem_mlflow.measure.trace import PowerTrace
@@ -68,6 +69,7 @@ class Measurement:
     idle_settle: IdleSettle | None = None
     prefill: PrefillWindow | None = None
     stage_s: dict[str, float] = field(default_factory=dict)  # wall seconds per stage that ran
+    served: ServedLoad | None = None  # the server scenario's requests and in-window counter reads
 
     @property
     def stats(self) -> list[BatchStats]:

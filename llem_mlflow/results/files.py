@@ -14,7 +14,7 @@ import json
 import os
 import uuid
 from array import array
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 RESULT_FILE = "result.json"
 TRACE_FILE = "timeseries.parquet"
+REQUESTS_FILE = "requests.parquet"  # the server scenario's per-request table
 RUN_RECORD_FILE = "mlflow_run.json"
 _RUN_RECORD_KEYS = ("run_id", "experiment_id", "tracking_uri", "logged_at")
 OTHER_PHASE = "other"
@@ -154,6 +155,20 @@ def write_trace_parquet(
         pq.write_table(table, f)
 
     return atomic_write(Path(directory) / TRACE_FILE, write)
+
+
+def write_requests_parquet(rows: list[dict[str, Any]], columns: Sequence[str], directory: Path) -> Path:
+    """Write the server scenario's per-request table (one row per request, ``columns`` in order)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(rows) if rows else pa.table({c: pa.array([], pa.null()) for c in columns})
+    table = table.select(list(columns))
+
+    def write(f: IO[bytes]) -> None:
+        pq.write_table(table, f)
+
+    return atomic_write(Path(directory) / REQUESTS_FILE, write)
 
 
 def _noted(table: pa.Table) -> pa.Table:

@@ -60,7 +60,7 @@ class ResolvedSettings(BaseModel):
     backend: str
     backend_options: dict[str, Any] = Field(default_factory=dict)
     weights: Literal["pretrained", "random"]
-    precision: Literal["fp32", "fp16", "bf16"]
+    precision: Literal["fp32", "fp16", "bf16", "unknown"]  # unknown: what a server runs, when not given
     device: Literal["cpu", "cuda"]
     n: int
     batch_size: int
@@ -135,6 +135,7 @@ def resolve(
     backend_options: dict[str, Any] | None = None,
     gpus: int = 0,
     attention: str | None = None,
+    backend: str | None = None,
 ) -> ResolvedSettings:
     """``cfg`` with what the run decided; ``dataset`` is ``'synthetic'`` or a ``dataset_digest``.
 
@@ -146,7 +147,7 @@ def resolve(
         {
             "model": cfg.model,
             "model_revision": revision if weights == "pretrained" else None,
-            "backend": cfg.backend,
+            "backend": backend or cfg.backend,
             "backend_options": backend_options or {},
             "weights": weights,
             "precision": precision,

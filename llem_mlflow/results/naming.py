@@ -19,7 +19,9 @@ from llem_mlflow.figures.latency import LatencySummary
 from llem_mlflow.figures.stats import Interval
 from llem_mlflow.measure.records import CpuEnergy, EnergyBreakdown, WarmupRecord
 from llem_mlflow.measure.settle import IdleSettle
+from llem_mlflow.results import rounding
 from llem_mlflow.results.identity import ResolvedSettings
+from llem_mlflow.results.naming_serving import serving_metrics, serving_tags
 from llem_mlflow.results.records import (
     ComputeFigures,
     CycleStats,
@@ -30,6 +32,7 @@ from llem_mlflow.results.records import (
     Timings,
     Uncertainty,
 )
+from llem_mlflow.results.serving import ServingFigures
 
 
 class NamedResult(Protocol):
@@ -72,45 +75,18 @@ class NamedResult(Protocol):
     uncertainty: Uncertainty | None
     cpu_energy: CpuEnergy | None
     timings: Timings | None
+    scenario: Literal["in_process", "server"]
+    serving: ServingFigures | None
 
     def description(self) -> str:
         """The run description (tag ``mlflow.note.content``)."""
         ...
 
 
-# Rounding of logged metric values: each keeps the precision its source has, no float noise
-# (266.0649999999987 is logged as 266.065). A metric is (value, rounding rule).
-_Rounded = tuple[float | None, Callable[[float], float]]
-
-
-def _energy_j(value: float) -> float:
-    """Energy in J to 1 mJ (3 decimals): the NVML total-energy counter counts millijoules."""
-    return round(value, 3)
-
-
-def _power_w(value: float) -> float:
-    """Power in W to 1 mW (3 decimals): NVML reports power in milliwatts."""
-    return round(value, 3)
-
-
-def _seconds(value: float) -> float:
-    """Durations in s to 1 us (6 decimals)."""
-    return round(value, 6)
-
-
-def _count(value: float) -> float:
-    """Tokens, FLOPs and bytes: integral."""
-    return float(round(value))
-
-
-def _ratio(value: float) -> float:
-    """Derived ratios (J/token, tokens/s): 6 significant digits."""
-    return float(f"{value:.6g}")
-
-
-def _percent(value: float) -> float:
-    """Percentages to 4 decimals."""
-    return round(value, 4)
+# Rounding of logged metric values: ``rounding`` (each keeps the precision its source has).
+_Rounded = rounding.Rounded
+_energy_j, _power_w, _seconds = rounding.energy_j, rounding.power_w, rounding.seconds
+_count, _ratio, _percent = rounding.count, rounding.ratio, rounding.percent
 
 
 #: Per-cycle figures logged as ``cycles/<figure>`` histories, with their rounding.
@@ -165,6 +141,7 @@ def tags(result: NamedResult) -> dict[str, str]:
         "llem.git.commit": env.git_commit,
         **{f"llem.quality.{name}": message[:500] for name, message in result.quality_flags.items()},
         "mlflow.note.content": result.description(),
+        **serving_tags(result.scenario, result.serving),
     }
     return {k: v for k, v in out.items() if v is not None}
 
@@ -187,6 +164,8 @@ def metrics(result: NamedResult) -> dict[str, float]:
     out.update(_extra_metrics(result))
     if result.timings is not None:
         out.update(_timing_metrics(result.timings))
+    if result.serving is not None:
+        out.update(serving_metrics(result.serving))
     return {k: rule(float(v)) for k, (v, rule) in out.items() if v is not None}
 
 

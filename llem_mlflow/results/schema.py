@@ -34,6 +34,7 @@ from llem_mlflow.results.records import SteadyState as SteadyState
 from llem_mlflow.results.records import Timings as Timings
 from llem_mlflow.results.records import Uncertainty as Uncertainty
 from llem_mlflow.results.records import Window as Window
+from llem_mlflow.results.serving import ServingFigures as ServingFigures
 
 SCHEMA_VERSION: Literal["2.0"] = "2.0"
 
@@ -92,6 +93,8 @@ class ExperimentResult(BaseModel):
     environment_snapshot: EnvironmentSnapshot
     timeseries: str | None = None  # file name of the Parquet trace, relative to result.json
     timings: Timings | None = None  # wall time per stage; null in results written before it existed
+    scenario: Literal["in_process", "server"] = "in_process"
+    serving: ServingFigures | None = None  # the server scenario's server, load, requests and windows
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentResult:
@@ -117,8 +120,8 @@ class ExperimentResult(BaseModel):
         plural = "s" if cycles != 1 else ""
         parts = [
             f"**{self.model}** ({self.weights} weights, {self.precision}, {self.device}), "
-            f"{self.config.n} prompts x {self.config.max_output_tokens} new tokens at batch "
-            f"{self.config.batch_size}, {cycles} cycle{plural} ({self.measurement_methodology}):",
+            f"{self.config.n} prompts x {self.config.max_output_tokens} new tokens {self._load_words()}, "
+            f"{cycles} cycle{plural} ({self.measurement_methodology}):",
             f"{self.avg_tokens_per_second:,.1f} output tok/s",
         ]
         if self.avg_energy_per_token_j is not None and self.total_energy_j is not None:
@@ -135,6 +138,13 @@ class ExperimentResult(BaseModel):
             + f" Quality flags: {flags}. Hash "
             + (f"`{self.measurement_config_hash}`; details in result.json.")
         )
+
+    def _load_words(self) -> str:
+        s = self.serving
+        if s is None:
+            return f"at batch {self.config.batch_size}"
+        load = f"concurrency {s.concurrency}" if s.load == "closed" else f"{s.request_rate:g} requests/s"
+        return f"as streamed requests to a {s.engine} server at {load}"
 
     def mlflow_metrics(self) -> dict[str, float]:
         """Summary metrics, each rounded by its rule (``naming.metrics``); energy ones only when measured."""

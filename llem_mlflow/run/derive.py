@@ -180,7 +180,7 @@ def _build_result(c: _Context, m: measure.Measurement, backend: Backend) -> Expe
     cycles, interval_warnings = _cycle_stats(c.cfg, m, parts)
     unc, flags = _assess(c, m, infos, breakdown, out_tok)
     warnings = _log_warnings(c, m, [*energy_warnings, *incomplete, *interval_warnings], flags)
-    return ExperimentResult(
+    result = ExperimentResult(
         experiment_id=c.experiment_id,
         measurement_config_hash=c.resolved.measurement_hash(),
         llem_version=__version__,
@@ -223,6 +223,12 @@ def _build_result(c: _Context, m: measure.Measurement, backend: Backend) -> Expe
         environment_snapshot=environment.snapshot(infos, c.gpu_set.driver_version, backend.versions()),
         timeseries=artifacts.TRACE_FILE,
     )
+    if m.served is None:
+        return result
+    from llem_mlflow.run.derive_serving import with_serving
+
+    nets: list[float | None] = [p.net_j for p in parts] if parts else [None] * len(m.cycles)
+    return with_serving(c.cfg, m, backend, result, nets, [g.cuda_index for g in infos])
 
 
 def _log_warnings(

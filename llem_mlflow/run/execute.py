@@ -115,7 +115,7 @@ def execute(
     imports = prefetch(cfg.tracking_uri) if cfg.mlflow else None
     show.stage(f"loading {cfg.model} ({cfg.weights} weights)")
     loaded = _load(cfg, backend, start_runtime, clock)
-    resolved = _resolve(cfg, loaded, plan)
+    resolved = _resolve(cfg, loaded, plan, options=_options(cfg, backend))
     config_hash = resolved.measurement_hash()
     folder, experiment_id = artifacts.claim_result_dir(
         Path(cfg.output_dir), lambda: _experiment_id(start, config_hash)
@@ -155,7 +155,7 @@ def _measure(
     kept: _Kept | None = None
     with interrupts.keeping():
         try:
-            m = measure.measure(c.cfg, backend, c.gpu_set.devices, c.plan.prompts, show)
+            m = _measure_stages(c, backend, show)
             held = after.enter_context(interrupts.holding())
         except BackendError:  # e.g. out of memory: nothing was written, leave no empty result folder
             _remove_if_empty(folder)
@@ -169,6 +169,16 @@ def _measure(
         _interrupted(c.cfg, kept, how, show, clock)
     clock.laps.update(m.stage_s)
     return _with_gpu_warning(m, c.gpu_set), held
+
+
+def _measure_stages(c: _Context, backend: Backend, show: Progress) -> measure.Measurement:
+    """``measure.measure`` (in-process), or the server scenario's requests (``serve.measure_server``)."""
+    devices = list(c.gpu_set.devices)
+    if c.cfg.scenario == "server":
+        from llem_mlflow.run.serve import measure_server
+
+        return measure_server(c.cfg, backend, devices, c.plan.prompts, show)
+    return measure.measure(c.cfg, backend, devices, c.plan.prompts, show)
 
 
 def _load(
@@ -193,14 +203,18 @@ def _load(
 
 def _owning(cfg: ExperimentConfig, backend: Backend, **kw: Any) -> Outcome:
     """``execute`` with a backend it made: on any failure the model is released (``release()``, when
-    the backend has one), not kept alive by the traceback until the caller drops the exception."""
+    the backend has one), not kept alive by the traceback until the caller drops the exception; a server
+    this run launched is stopped when the run ends, however it ends."""
+    release = getattr(backend, "release", None)
     try:
-        return execute(cfg, backend=backend, **kw)
+        outcome = execute(cfg, backend=backend, **kw)
     except BaseException:
-        release = getattr(backend, "release", None)
         if callable(release):
             release()
         raise
+    if cfg.scenario == "server" and callable(release):
+        release()  # stop the server this run launched (an attached one is left running)
+    return outcome
 
 
 def _await(imports: Prefetch | None, clock: Stopwatch) -> None:
@@ -214,12 +228,18 @@ def _await(imports: Prefetch | None, clock: Stopwatch) -> None:
 
 
 def _default_backend(cfg: ExperimentConfig) -> Backend:
+    if cfg.scenario == "server":
+        from llem_mlflow.run.serve import server_backend
+
+        return server_backend(cfg)
     from llem_mlflow.backends import create_backend
 
     return create_backend(cfg)
 
 
 def _start_runtime(cfg: ExperimentConfig) -> Started | None:
+    if cfg.scenario == "server":
+        return None  # the model runs in the server's process
     from llem_mlflow.backends import start_runtime
 
     return start_runtime(cfg)
@@ -234,8 +254,21 @@ def _probe_store(cfg: ExperimentConfig) -> str | None:
     return store_probe.probe_store(target_tracking_uri(cfg.tracking_uri))
 
 
+def _options(cfg: ExperimentConfig, backend: Backend) -> dict[str, Any] | None:
+    """The server scenario's settings, hashed as ``backend_options`` (None in-process)."""
+    if cfg.scenario != "server":
+        return None
+    from llem_mlflow.run.serve import server_options
+
+    return server_options(cfg, backend)
+
+
 def _resolve(
-    cfg: ExperimentConfig, loaded: LoadedModel, plan: preflight.Plan, attention: str | None = None
+    cfg: ExperimentConfig,
+    loaded: LoadedModel,
+    plan: preflight.Plan,
+    attention: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> identity.ResolvedSettings:
     return identity.resolve(
         cfg,
@@ -247,6 +280,8 @@ def _resolve(
         tokenizer=plan.tokenizer,
         gpus=len(loaded.cuda_devices),
         attention=attention or loaded.attention,
+        backend_options=options,
+        backend="server" if options else None,
     )
 
 

@@ -63,6 +63,7 @@ def _write_files(
         trace_path = artifacts.write_trace_parquet(m.trace, folder, windows)
     result = result.model_copy(update={"timings": _timings(clock)})
     with clock.lap("write"):
+        _write_requests(result, m, folder)
         json_path = artifacts.write_result_json(result, folder)
         _write_power_png(folder, result, m)
     show.stage(f"wrote {json_path} and {trace_path.name}")
@@ -100,6 +101,17 @@ def _rescue(
 def rescue_roots() -> list[Path]:
     """Where result files go when the result folder cannot hold them: the temp folder, then the spool."""
     return [Path(tempfile.gettempdir()), spool.spool_dir()]
+
+
+def _write_requests(result: ExperimentResult, m: measure.Measurement, folder: Path) -> None:
+    """The server scenario's requests.parquet: every request's timings, usage, error and net joules."""
+    if m.served is None:
+        return
+    from llem_mlflow.run import derive_serving as ds
+
+    nets = [r.net_j for r in result.cycles.records] if result.cycles else [None] * len(m.cycles)
+    joules = ds.per_request_joules(m, nets, ds.idle_power_by_gpu(m))
+    artifacts.write_requests_parquet(ds.request_rows(m, joules), ds.REQUEST_COLUMNS, folder)
 
 
 def _write_power_png(folder: Path, result: ExperimentResult, m: measure.Measurement) -> None:

@@ -178,6 +178,7 @@ def _measure_all(
             for p in group:
                 yield index[id(p)], measuring.measure_point(p, backend, parent_run_id, parts)
         finally:
+            backend.stop_server()
             del backend
             (parts.free_memory or measuring.free_memory)()
 

@@ -70,6 +70,12 @@ class LoadOnce:
     def versions(self) -> dict[str, str | None]:
         return self.inner.versions()
 
+    def stop_server(self) -> None:
+        """Stop the server a server-scenario group launched (its points are measured); else nothing."""
+        stop = getattr(self.inner, "release", None) if hasattr(self.inner, "info") else None
+        if callable(stop):
+            stop()
+
 
 class Reusing:
     """A ``Progress`` for a point whose model is loaded already: the runner's ``loading ...`` stage
@@ -155,6 +161,10 @@ def outcome_row(p: Point, outcome: Outcome) -> Row:
 
 
 def create_backend(cfg: ExperimentConfig) -> Backend:
+    if cfg.scenario == "server":  # one server (launched or attached) for the group's points
+        from llem_mlflow.run.serve import server_backend
+
+        return server_backend(cfg)
     from llem_mlflow.backends import create_backend
 
     return create_backend(cfg)

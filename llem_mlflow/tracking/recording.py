@@ -189,7 +189,8 @@ def remember(folder: Path, logged: LoggedRun) -> None:
 
 
 def _extra_files(folder: Path) -> list[Path]:
-    """Files logged beside result.json and the trace when the folder has them (``power.png``)."""
+    """Files logged beside result.json and the trace when the folder has them (``power.png``, and the
+    server scenario's ``requests.parquet``)."""
     from llem_mlflow.results.plots import POWER_FILE
 
-    return [path for path in (folder / POWER_FILE,) if path.is_file()]
+    return [path for path in (folder / POWER_FILE, folder / artifacts.REQUESTS_FILE) if path.is_file()]

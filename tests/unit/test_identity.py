@@ -128,6 +128,18 @@ def test_every_config_field_is_hashed_or_declared_as_where_results_go() -> None:
     where_results_go |= {"power_sampling"}
     # a drift check after the cycles, seen by the trace only: the cycles are measured the same either way
     where_results_go |= {"idle_after_s"}
+    # the server scenario: what decides the measurement is hashed inside backend_options (run.serve's
+    # server_options: scenario, engine, command template, load, api, timeout); where the server is, how
+    # long it may take to start and which GPUs are read are not
+    where_results_go |= {
+        "scenario",
+        "server_command",
+        "concurrency",
+        "request_rate",
+        "api",
+        "request_timeout_s",
+    }
+    where_results_go |= {"server_url", "server_gpus", "server_start_timeout_s"}
     hashed = set(ResolvedSettings.model_fields)
     assert set(ExperimentConfig.model_fields) - where_results_go <= hashed
 

@@ -79,6 +79,7 @@ DOCUMENTED_TAGS = {
     "llem.env.torch",
     "llem.env.transformers",
     "llem.env.python",
+    "llem.scenario",
 }
 OTHER_LLEM_TAGS = {
     "llem.experiment_id",
