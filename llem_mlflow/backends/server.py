@@ -155,6 +155,15 @@ class ServerBackend:
             "engine_version": info.engine_version if info else None,
         }
 
+    def died(self) -> str | None:
+        """None while a launched server runs (or the server is attached), else how it ended."""
+        server = self.server
+        if server is None or server.alive():
+            return None
+        return (
+            f"the server exited with code {server.returncode}: {server.log_tail()} (log: {server.log_path})"
+        )
+
     @property
     def log_path(self) -> Path | None:
         """The launched server's log file (None when attached)."""

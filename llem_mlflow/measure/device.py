@@ -173,7 +173,11 @@ class NvmlDevice:
         )
 
     def _compute_processes(self) -> int | None:
-        """How many compute processes NVML lists; the v2 call where the driver lacks the newest one."""
+        pids = self.compute_pids()
+        return None if pids is None else len(pids)
+
+    def compute_pids(self) -> list[int] | None:
+        """The compute processes NVML lists (pids); the v2 call where the driver lacks the newest one."""
         nvml, handle = self._nvml, self._handle
         # pynvml raises NVMLLibraryMismatchError (not an NVMLError) when the driver lacks the v3 call
         mismatch = getattr(nvml, "NVMLLibraryMismatchError", nvml.NVMLError)
@@ -181,7 +185,7 @@ class NvmlDevice:
             processes = _optional(nvml, lambda: nvml.nvmlDeviceGetComputeRunningProcesses(handle))
         except mismatch:
             processes = _optional(nvml, lambda: nvml.nvmlDeviceGetComputeRunningProcesses_v2(handle))
-        return None if processes is None else len(processes)
+        return None if processes is None else [int(p.pid) for p in processes]
 
     def _clock_event_reasons(self) -> int | None:
         nvml, handle = self._nvml, self._handle

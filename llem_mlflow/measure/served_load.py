@@ -28,6 +28,7 @@ class ServedLoad:
     cycles: list[ServedCycle]
     warmup: list[RequestRecord] = field(default_factory=list)
     poll_s: float = 0.1
+    gpu_processes: list[str] = field(default_factory=list)  # "GPU 0: pid 1234 (python3)", after warm-up
 
     @property
     def records(self) -> list[RequestRecord]:

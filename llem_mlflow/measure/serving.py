@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.measure import counters, settle
@@ -82,6 +83,8 @@ class _Progress:
     cycles: list[Cycle] = field(default_factory=list)
     served: list[ServedCycle] = field(default_factory=list)
     warm: list[RequestRecord] = field(default_factory=list)
+    processes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def measure_server(
@@ -98,6 +101,7 @@ def measure_server(
     try:
         with clock.lap("warmup"):
             progress.warmup = _warm_up(cfg, load, show, progress)
+        progress.processes = gpu_processes(devices)
         sampler = PowerSampler(devices, cfg.sampling_interval_s, mode=cfg.power_sampling)
         sampler.start()
         try:
@@ -123,12 +127,12 @@ def _measurement(
     idle_after: tuple[float, float] | None,
     load: RequestLoad,
 ) -> Measurement:
-    served = ServedLoad(load.target_concurrency, list(p.served), list(p.warm), POLL_S)
+    served = ServedLoad(load.target_concurrency, list(p.served), list(p.warm), POLL_S, list(p.processes))
     return Measurement(
         cycles=list(p.cycles),
         idle=p.idle,
         trace=trace if trace is not None else PowerTrace(cfg.sampling_interval_s),
-        warnings=[w for w in warnings if w] + _request_warnings(served),
+        warnings=[w for w in warnings if w] + p.notes + _request_warnings(served),
         idle_after=idle_after,
         warmup=p.warmup,
         stage_s=dict(clock.laps),
@@ -177,6 +181,8 @@ def _cycle(load: RequestLoad, devices: Sequence[GpuDevice], index: int, p: _Prog
     try:
         run = load.send(index)
     except LoadCut as cut:
+        if getattr(cut, "reason", None):  # the server died: say so beside the interrupted run's notes
+            p.notes.append(f"cycle {index + 1} stopped: {getattr(cut, 'reason', '')}")
         end = counters.read_mark(devices, _no_sync, allow_unknown=True)
         polls = poller.stop()
         window = counters.window_between(start, end, allow_unknown=True)
@@ -194,6 +200,31 @@ def _cycle(load: RequestLoad, devices: Sequence[GpuDevice], index: int, p: _Prog
         Cycle(index, [request_stats(r) for r in counted_], window, starts_s=[r.sent_s for r in counted_])
     )
     p.served.append(ServedCycle(index, list(run.records), [start, *polls, end], run.delayed))
+
+
+def gpu_processes(devices: Sequence[GpuDevice]) -> list[str]:
+    """What NVML lists on each measured GPU (``GPU 0: pid 1234 (python3)``); a GPU whose list NVML does
+    not give says so. The name is read from /proc where the process is visible from here."""
+    out = []
+    for device in devices:
+        lister = getattr(device, "compute_pids", None)
+        gpu = device.info.cuda_index
+        try:
+            pids = lister() if callable(lister) else None
+        except Exception as exc:  # noqa: BLE001 - a process list is a note, never a failed run
+            out.append(f"GPU {gpu}: its process list could not be read ({exc})")
+            continue
+        if pids is None:
+            out.append(f"GPU {gpu}: NVML does not list its processes")
+        out += [f"GPU {gpu}: pid {pid} ({_process_name(pid)})" for pid in pids or []]
+    return out
+
+
+def _process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() or "?"
+    except OSError:
+        return "not visible from here"
 
 
 def request_stats(r: RequestRecord) -> BatchStats:

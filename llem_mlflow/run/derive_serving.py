@@ -80,7 +80,6 @@ def serving_figures(
     m: measure.Measurement,
     cycle_net_j: Sequence[float | None],
     gpus: Sequence[int],
-    processes: Sequence[str] = (),
 ) -> ServingFigures:
     """The ``serving`` part of the result."""
     assert m.served is not None  # noqa: S101 - the server scenario's measurement
@@ -115,7 +114,7 @@ def serving_figures(
         steady=_steady_windows(m, idle_w, gpus),
         per_request=sf.apportion_summary(flat, records) if known else None,
         net_per_request_j=net_total / len(completed) if net_total is not None and completed else None,
-        gpu_processes=list(processes),
+        gpu_processes=list(m.served.gpu_processes),
         notes=list(info.notes),
     )
 

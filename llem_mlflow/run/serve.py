@@ -96,7 +96,8 @@ def server_load(cfg: ExperimentConfig, backend: ServerBackend, prompts: list[lis
     client = StreamingClient(
         info.url, cfg.api, info.served_model, cfg.request_timeout_s, **exact_length_fields(info.engine, cfg)
     )
-    return ServerLoad(client, load_settings(cfg), lambda cycle: workload.cycle_order(texts, cycle, cfg.seed))
+    order = lambda cycle: workload.cycle_order(texts, cycle, cfg.seed)  # noqa: E731
+    return ServerLoad(client, load_settings(cfg), order, died=backend.died)
 
 
 def exact_length_fields(engine: str, cfg: ExperimentConfig) -> dict[str, Any]:

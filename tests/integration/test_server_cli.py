@@ -58,11 +58,12 @@ def _env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def _cli(model: Path, tmp_path: Path, *extra: str) -> list[str]:
+def _cli(model: Path, tmp_path: Path, example: str, *extra: str) -> list[str]:
+    """The CLI on ``examples/<example>`` with a small workload (flags override the file's fields)."""
     return [
-        sys.executable, "-m", "llem_mlflow", "run", "--scenario", "server", "--model", str(model),
+        sys.executable, "-m", "llem_mlflow", "run", f"examples/{example}", "--model", str(model),
         "--n", "8", "--max-input-tokens", "16", "--max-output-tokens", "8", "--baseline-s", "0",
-        "--output-dir", str(tmp_path / "out"), "--experiment-name", "served", *extra,
+        "--cycles", "1", "--output-dir", str(tmp_path / "out"), "--experiment-name", "served", *extra,
     ]  # fmt: skip
 
 
@@ -72,7 +73,9 @@ def _result(tmp_path: Path) -> dict:
 
 
 def test_a_launched_server_is_measured_logged_and_stopped(model: Path, tmp_path: Path) -> None:
-    argv = _cli(model, tmp_path, "--server-command", SERVE_TEMPLATE, "--concurrency", "4", "--cycles", "2")
+    # the example's command with CPU flags (--continuous-batching on CPU takes ~1 min and GBs to start)
+    argv = _cli(model, tmp_path, "server-launch.yaml", "--server-command", SERVE_TEMPLATE, "--cycles", "2")
+    argv += ["--concurrency", "4"]
     proc = subprocess.run(argv, env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert processes_naming(str(model)) == []  # the server and its model process are gone
@@ -94,7 +97,10 @@ def test_a_launched_server_is_measured_logged_and_stopped(model: Path, tmp_path:
 
 
 def test_ctrl_c_during_the_load_stops_the_server_and_keeps_what_ended(model: Path, tmp_path: Path) -> None:
-    argv = _cli(model, tmp_path, "--server-command", SERVE_TEMPLATE, "--concurrency", "1", "--n", "64")
+    argv = _cli(
+        model, tmp_path, "server-launch.yaml", "--server-command", SERVE_TEMPLATE, "--concurrency", "1"
+    )
+    argv[argv.index("--n") + 1] = "64"
     argv[argv.index("--max-output-tokens") + 1] = "64"
     proc = subprocess.Popen(
         argv, env=_env(tmp_path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -130,7 +136,8 @@ def running(model: Path, tmp_path: Path) -> Iterator[str]:
 
 
 def test_an_attached_server_is_measured_and_left_running(model: Path, tmp_path: Path, running: str) -> None:
-    argv = _cli(model, tmp_path, "--server-url", running, "--api", "chat", "--request-rate", "20")
+    argv = _cli(model, tmp_path, "server-attach.yaml", "--server-url", running, "--api", "chat")
+    argv += ["--request-rate", "20"]
     proc = subprocess.run(argv, env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     s = _result(tmp_path)["serving"]

@@ -5,6 +5,8 @@ flight, so energy, steady-state windows and per-request joules are real arithmet
 from __future__ import annotations
 
 import math
+import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +25,30 @@ from llem_mlflow.run.execute import GpuSet, execute
 from tests.fakes import FakeDevice
 
 CUDA0 = CudaDeviceId(0, "GPU-fake-0", None)
+
+
+@pytest.fixture(autouse=True)
+def no_server_survives() -> Iterator[None]:
+    """After every test here: no launched server is still registered, and no process running the
+    stand-in server script is left (whatever the test did: finish, fail, be interrupted)."""
+    from llem_mlflow.serving import process
+
+    yield
+    assert not process._RUNNING
+    assert _processes_naming("fake_openai_server.py") == []
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if proc.name.isdigit() and text in cmdline and state != "Z":
+            found.append(int(proc.name))
+    return found
 
 
 class LoadBoard:
@@ -119,6 +145,23 @@ def test_a_closed_loop_run_counts_usage_tokens_and_apportions_every_net_joule(
     assert result.mlflow_tags()["llem.scenario"] == "server"
     assert result.resolved is not None and result.resolved.backend == "server"
     assert result.resolved.backend_options["concurrency"] == 4
+    assert s.gpu_processes == ["GPU 0: NVML does not list its processes"]  # the fake lists none
+
+
+def test_the_processes_nvml_lists_are_named() -> None:
+    from llem_mlflow.measure.serving import gpu_processes
+
+    class Listed(FakeDevice):
+        def compute_pids(self) -> list[int]:
+            return [os.getpid()]
+
+    class Failing(FakeDevice):
+        def compute_pids(self) -> list[int]:
+            raise RuntimeError("GPU is lost")
+
+    seen = gpu_processes([Listed(cuda_index=0), Failing(cuda_index=1)])
+    assert seen[0] == f"GPU 0: pid {os.getpid()} ({Path('/proc/self/comm').read_text().strip()})"
+    assert seen[1] == "GPU 1: its process list could not be read (GPU is lost)"
 
 
 def test_the_load_is_in_the_hash_and_the_url_is_not(tmp_path: Path, stub: OpenAIStub) -> None:
@@ -173,3 +216,20 @@ def test_bad_server_settings_are_refused_before_anything_starts(kw: dict[str, An
         from llem_mlflow.config import load_config
 
         load_config(values)
+
+
+def test_a_launched_server_that_dies_mid_load_leaves_a_partial_result(tmp_path: Path) -> None:
+    from llem_mlflow.errors import RunInterrupted
+    from llem_mlflow.run.execute import execute as run
+
+    script = Path(__file__).resolve().parents[1] / "fixtures" / "fake_openai_server.py"
+    command = f"{sys.executable} {script} --port {{port}} --die-after 4"
+    cfg = _cfg(tmp_path, "", server_url=None, server_command=command, n=400, concurrency=2, baseline_s=0.0)
+    with pytest.raises(RunInterrupted) as stopped:
+        run(cfg, store_probe=lambda c: None)  # the run makes (and so releases) its server backend
+    outcome = stopped.value.outcome
+    result = outcome.result
+    assert result.status == "interrupted" and result.serving is not None
+    assert 0 < result.serving.completed < 400
+    assert any("the server exited with code 4" in w for w in result.warnings)
+    assert (outcome.result_dir / "requests.parquet").is_file()
