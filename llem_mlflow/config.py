@@ -175,6 +175,9 @@ class ExperimentConfig(BaseModel):
         description="torch.compile of the decode step by generate() (reduce-overhead: CUDA graphs); graph: "
         "our own decode loop, one CUDA graph per decode step.",
     )
+    quality: Literal["off", "perplexity"] = Field(
+        "off", description="After measuring: perplexity on a shipped held-out text (in-process runs)."
+    )
     attention: Literal["auto", "eager", "sdpa"] = Field(
         "auto", description="attn_implementation at load; auto: the model's default."
     )

@@ -43,6 +43,13 @@ OPENAI_FIELDS = frozenset(
 WORD = " tok"
 
 
+class _Server(ThreadingHTTPServer):
+    """A real server's accept queue (uvicorn's is 2048), not socketserver's 5: a burst of connections at
+    concurrency 16 would otherwise wait for the kernel's SYN retry (~1 s)."""
+
+    request_queue_size = 1024
+
+
 class OpenAIStub:
     """A fake OpenAI-compatible server on 127.0.0.1 in a background thread; use as a context manager.
 
@@ -102,7 +109,7 @@ class OpenAIStub:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def __enter__(self) -> OpenAIStub:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server = _Server(("127.0.0.1", 0), _Handler)
         server.daemon_threads = False  # server_close() joins the handlers: no thread outlives the stub
         server.stub = self  # type: ignore[attr-defined]
         server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]

@@ -50,6 +50,7 @@ from llem_mlflow.backends.hub import (
     pretrained_revision,
     unknown_model_error,
 )
+from llem_mlflow.backends.perplexity import PerplexityFigure, backend_quality, random_weights_note
 from llem_mlflow.backends.placement import (
     ACCELERATE_HINT,
     Placement,
@@ -360,6 +361,18 @@ class TransformersBackend:
         # Here the exception is gone, and with it the activations and KV cache of the failed call.
         free_memory()
         raise out_of_memory_error(detail, self._device, rows, width, max_output_tokens)
+
+    def quality(self) -> PerplexityFigure | None:
+        """Perplexity on the held-out text (``perplexity``), this backend's tokenizer; None before load()."""
+        if self._model is None:
+            return None
+        device = str(input_device(self._model))
+        return backend_quality(self._model, self._tokens.get(), self.inspect().context_length, device)
+
+    def quality_note(self, weights: str | None = None) -> str | None:
+        """A caveat for ``quality()`` when the weights are random: ``weights`` is ``LoadedModel.weights``
+        (load() does not keep it, so weights=auto falling back is known only from it), else the request."""
+        return random_weights_note((weights or self._weights) == "random")
 
     # -- housekeeping
 

@@ -94,14 +94,22 @@ class ServerBackend:
             pid=self.server.pid if self.server is not None else None,
         )
         devices = self._gpus(self._cfg.server_gpus)
+        shape = self._shape()
+        notes = [*self._tokens.warnings] + ([] if self.shape_known else [UNKNOWN_SHAPE_NOTE])
+        if self.info.served_model != self._cfg.model:
+            notes.append(
+                f"the server serves {self.info.served_model!r}, the config names {self._cfg.model!r}: the "
+                "prompts' text, the context check and the FLOPs come from the config's model; give the "
+                "served model's name or folder as model"
+            )
         return LoadedModel(
             weights="pretrained",
             precision=self._cfg.precision if self._cfg.precision != "auto" else "unknown",
             device="cuda" if devices else "cpu",
             load_time_s=load_s,
-            shape=self._shape(),
+            shape=shape,
             cuda_devices=devices,
-            warnings=[*self._tokens.warnings] + ([] if self.shape_known else [UNKNOWN_SHAPE_NOTE]),
+            warnings=notes,
         )
 
     def _url(self) -> str:

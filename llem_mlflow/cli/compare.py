@@ -52,16 +52,67 @@ def compare(
     force: Annotated[
         bool, Opt("--force", help="Compare even runs whose methodology, hash recipe or energy source differ.")
     ] = False,
+    baseline: Annotated[
+        str | None,
+        Opt(metavar="RUN|TAG=VALUE", help="Gate: the baseline run (id, or the newest run with this tag)."),
+    ] = None,
+    fail_if_worse: Annotated[
+        float | None,
+        Opt(metavar="PCT", help="Gate: exit 1 when the candidate is worse by more than PCT % (95 %)."),
+    ] = None,
+    metric: Annotated[
+        str, Opt(metavar="NAME", help="Gate: the per-cycle metric judged.")
+    ] = "energy/per_output_token_j",
+    markdown: Annotated[
+        str | None, Opt(metavar="FILE", help="Gate: append the verdict as Markdown (a CI job summary).")
+    ] = None,
+    max_itl_ms: Annotated[
+        float | None, Opt(metavar="MS", help="Name the lowest-J/token run whose ITL p50 is at most MS.")
+    ] = None,
+    max_ttft_ms: Annotated[
+        float | None, Opt(metavar="MS", help="Name the lowest-J/token run whose TTFT p50 is at most MS.")
+    ] = None,
 ) -> None:
-    """Compare llem runs: J/token and tok/s with 95% intervals, the settings that differ, n.s. flags."""
+    """Compare llem runs: J/token and tok/s with 95% intervals, the settings that differ, n.s. flags.
+
+    With --baseline and --fail-if-worse: the regression gate (exit 0 pass, 1 worse, 3 cannot compare).
+    """
+    if baseline is not None or fail_if_worse is not None:
+        _gate(run_ids or [], baseline, fail_if_worse, metric, experiment_name, tracking_uri, markdown)
     try:
         comparison = _compare(run_ids or [], experiment_name, tracking_uri, parent, force)
         typer.echo(render_table(comparison))
+        for line in best_under_lines(comparison, itl_ms=max_itl_ms, ttft_ms=max_ttft_ms):
+            typer.echo(line)
         _write_outputs(comparison, csv_path, json_path, figure)
     except ConfigError as exc:
         fail(str(exc), INVALID)
     except LlemError as exc:
         fail(str(exc), FAILED)
+
+
+def _gate(
+    run_ids: list[str],
+    baseline: str | None,
+    worse_pct: float | None,
+    metric: str,
+    experiment_name: str | None,
+    tracking_uri: str | None,
+    markdown: str | None,
+) -> None:
+    from llem_mlflow.cli.gate_cmd import gate
+
+    if baseline is None or worse_pct is None:
+        fail("the gate needs both --baseline and --fail-if-worse PCT", INVALID)
+    gate(
+        run_ids,
+        baseline=baseline,
+        worse_pct=worse_pct,
+        metric=metric,
+        experiment_name=experiment_name,
+        tracking_uri=tracking_uri,
+        markdown=markdown,
+    )
 
 
 def _compare(
@@ -81,6 +132,34 @@ def _compare(
     names = Counter(s.run_name for s in stored)
     labels = [s.run_name if names[s.run_name] == 1 else f"{s.run_name} ({s.run_id[:8]})" for s in stored]
     return build([(label, s.run_id, s.result) for label, s in zip(labels, stored, strict=True)])
+
+
+# ---------------------------------------------------------------- best under a latency target
+
+
+def best_under_lines(comparison: Comparison, *, itl_ms: float | None, ttft_ms: float | None) -> list[str]:
+    """For each target given: the run with the lowest J/output token whose latency p50 meets it."""
+    from llem_mlflow.figures import pareto
+
+    out = []
+    for name, limit_ms, field in (("ITL p50", itl_ms, "itl_p50_s"), ("TTFT p50", ttft_ms, "ttft_p50_s")):
+        if limit_ms is None:
+            continue
+        if not limit_ms > 0:
+            raise ConfigError(f"--max-{name.split()[0].lower()}-ms must be a positive number of ms")
+        points = [
+            pareto.FrontPoint(row.label, row.j_per_token.value, latency, None, row.run_id)
+            for row in comparison.rows
+            if row.j_per_token.value is not None and (latency := getattr(row, field)) is not None
+        ]
+        best = pareto.best_under(points, limit_ms / 1000)
+        head = f"best under {name} <= {limit_ms:g} ms:"
+        if best is None:
+            out.append(f"{head} no run meets it ({len(points)} with both figures)")
+        else:
+            ms = best.latency * 1000
+            out.append(f"{head} {best.label} ({best.key}): {best.energy:.4g} J/token, {name} {ms:.1f} ms")
+    return out
 
 
 # ---------------------------------------------------------------- the table

@@ -37,6 +37,13 @@ def _not_measured_reason(warnings: list[str]) -> str:
     return "no NVIDIA GPU energy counter"
 
 
+def _quality_words(q: Any) -> str:
+    if q.value is None:
+        return f"{q.metric} not taken: {q.note}"
+    text = f"{q.metric} {q.value:,.4g} on the held-out text ({q.tokens:,} tokens, window {q.window})"
+    return text + (f"; {q.note}" if q.note else "")
+
+
 def _model_words(r: Any) -> str:
     if r.serving is not None:
         return f"{r.model} (served as {r.serving.served_model!r}; precision {r.precision}; GPUs: {r.device})"
@@ -72,6 +79,8 @@ def summary(outcome: Outcome) -> str:
         if r.avg_energy_per_token_j is not None:
             lines.append(line("energy/token", f"{_joules(r.avg_energy_per_token_j)} per output token"))
     lines.extend(serving_lines(r))
+    if r.quality is not None:
+        lines.append(line("quality", _quality_words(r.quality)))
     lines.extend(_cycle_lines(r))
     lines.extend(_roof_lines(r))
     lines.extend(_method_lines(r))

@@ -165,6 +165,12 @@ def differing_settings(all_settings: Sequence[dict[str, Any]]) -> list[str]:
     return [k for k in names if len({json.dumps(s.get(k), sort_keys=True) for s in all_settings}) > 1]
 
 
+def _served_p50(r: ExperimentResult, name: str) -> float | None:
+    """A server run's latency p50 (its requests'), where an in-process run's comes from step timings."""
+    spread = getattr(r.serving.latency, name) if r.serving is not None else None
+    return spread.p50 if spread is not None else None
+
+
 def _row(label: str, run_id: str | None, r: ExperimentResult, settings: dict[str, Any]) -> Row:
     c, lat = r.cycles, r.latency
     net = r.energy.net_j if r.energy is not None else None
@@ -175,8 +181,8 @@ def _row(label: str, run_id: str | None, r: ExperimentResult, settings: dict[str
         j_per_token=_figure(r.avg_energy_per_token_j, c.energy_per_output_token_j_ci95 if c else None, True),
         net_j_per_token=_figure(net_per_token, c.net_energy_per_output_token_j_ci95 if c else None, False),
         tokens_per_s=_figure(r.avg_tokens_per_second, c.output_tokens_per_s_ci95 if c else None, True),
-        ttft_p50_s=lat.ttft_p50_s if lat else None,
-        itl_p50_s=lat.itl_p50_s if lat else None,
+        ttft_p50_s=lat.ttft_p50_s if lat else _served_p50(r, "ttft_s"),
+        itl_p50_s=lat.itl_p50_s if lat else _served_p50(r, "itl_s"),
         energy_j=r.total_energy_j,
         cycles=c.n if c else 1,
         band=energy_band(r),

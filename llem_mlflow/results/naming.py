@@ -28,6 +28,7 @@ from llem_mlflow.results.records import (
     EnvironmentSnapshot,
     IsolatedPrefill,
     PhaseEnergy,
+    QualityFigure,
     SteadyState,
     Timings,
     Uncertainty,
@@ -77,6 +78,7 @@ class NamedResult(Protocol):
     timings: Timings | None
     scenario: Literal["in_process", "server"]
     serving: ServingFigures | None
+    quality: QualityFigure | None
 
     def description(self) -> str:
         """The run description (tag ``mlflow.note.content``)."""
@@ -230,6 +232,7 @@ def _extra_metrics(result: NamedResult) -> dict[str, _Rounded]:
         "energy/cpu_package_j": (cpu.package_j if cpu else None, _energy_j),
         "energy/cpu_dram_j": (cpu.dram_j if cpu else None, _energy_j),
         "energy/carbon_g": (result.carbon_g, _ratio),
+        "quality/perplexity": (result.quality.value if result.quality else None, _ratio),
         **_method_metrics(result),
     }
 

@@ -216,3 +216,15 @@ class Timings(_Model):
         """The stages that ran, in run order (``startup_s`` and ``total_s`` left out), name without ``_s``."""
         skip = ("startup_s", "total_s")
         return {k[:-2]: v for k, v in self.model_dump().items() if k not in skip and v is not None}
+
+
+class QualityFigure(_Model):
+    """A quality figure of the measured model, taken after the measured windows (``quality``)."""
+
+    metric: str  # "perplexity"
+    value: float | None  # null when it could not be taken (``note`` says why)
+    tokens: int | None = None  # tokens scored
+    window: int | None = None  # context window of the sliding evaluation
+    text_sha256: str | None = None  # the held-out text's digest: the same text gives comparable figures
+    seconds: float | None = None
+    note: str | None = None  # e.g. random weights: meaningless

@@ -30,6 +30,7 @@ from llem_mlflow.results.records import GpuSnapshot as GpuSnapshot
 from llem_mlflow.results.records import IsolatedPrefill as IsolatedPrefill
 from llem_mlflow.results.records import PartialCycle as PartialCycle
 from llem_mlflow.results.records import PhaseEnergy as PhaseEnergy
+from llem_mlflow.results.records import QualityFigure as QualityFigure
 from llem_mlflow.results.records import SteadyState as SteadyState
 from llem_mlflow.results.records import Timings as Timings
 from llem_mlflow.results.records import Uncertainty as Uncertainty
@@ -95,6 +96,7 @@ class ExperimentResult(BaseModel):
     timings: Timings | None = None  # wall time per stage; null in results written before it existed
     scenario: Literal["in_process", "server"] = "in_process"
     serving: ServingFigures | None = None  # the server scenario's server, load, requests and windows
+    quality: QualityFigure | None = None  # `quality: perplexity` only
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentResult:
@@ -118,8 +120,11 @@ class ExperimentResult(BaseModel):
         """One Markdown paragraph for the MLflow run page: what ran, what it cost, how far to trust it."""
         cycles = self.cycles.n if self.cycles else 1
         plural = "s" if cycles != 1 else ""
+        what = f"{self.weights} weights, {self.precision}, {self.device}"
+        if self.serving is not None:
+            what = f"served as {self.serving.served_model!r}, GPUs: {self.device}"
         parts = [
-            f"**{self.model}** ({self.weights} weights, {self.precision}, {self.device}), "
+            f"**{self.model}** ({what}), "
             f"{self.config.n} prompts x {self.config.max_output_tokens} new tokens {self._load_words()}, "
             f"{cycles} cycle{plural} ({self.measurement_methodology}):",
             f"{self.avg_tokens_per_second:,.1f} output tok/s",

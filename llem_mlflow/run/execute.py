@@ -33,6 +33,7 @@ from llem_mlflow.run import preflight
 from llem_mlflow.run.derive import _build_result, _Context
 from llem_mlflow.run.gpus import GpuProvider, GpuSet, _no_gpu, _nvml_gpus, _with_gpu_warning
 from llem_mlflow.run.publish import Outcome, _Cut, _Logging, _publish, _write_error
+from llem_mlflow.run.quality import with_quality
 from llem_mlflow.run.record import _remove_if_empty, _timings, _write, _Written, rescue_roots
 from llem_mlflow.run.stop import _interrupted, _keep, _Kept, _log_later, _stop, _stop_unlogged, _where
 from llem_mlflow.tracking.prefetch import PREFETCH_WAIT_S, Prefetch, prefetch
@@ -127,8 +128,8 @@ def execute(
     with contextlib.ExitStack() as after:  # from the last measured batch until the files are written
         after.enter_context(interrupts.exit_line(_log_later(folder)))  # outlives the holding block
         measurement, held = _measure(context, backend, folder, replace(how, reprobe=None), show, clock, after)
-        with clock.lap("derive"):
-            result = _build_result(context, measurement, backend)
+        with clock.lap("derive"):  # the quality figure, when asked, is taken here: after every window
+            result = with_quality(cfg, _build_result(context, measurement, backend), backend)
         written = _write(result, measurement, folder, show, clock)
     if held.signal:
         _stop_unlogged(cfg, written, how, held.signal)

@@ -109,9 +109,8 @@ class StreamingClient:
         conn = self._connection()
         error: str | None
         try:
-            conn.connect()
+            conn.connect()  # inside the request's time: a client waits for it too (a full accept queue)
             sock = conn.sock  # kept: http.client may drop it from conn once the response starts
-            progress.sent_s = time.time()
             conn.request("POST", self.path + ROUTES[self.api], body=payload, headers=self._headers)
             _set_timeout(sock, deadline)
             response = conn.getresponse()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llem_mlflow.sweep import measuring, parallel
+from llem_mlflow.sweep.front import SweepFront, sweep_front
 from llem_mlflow.sweep.measuring import Parts
 from llem_mlflow.sweep.plan import (
     NOT_SWEPT,
@@ -76,6 +77,8 @@ class SweepOutcome:
     best: dict[str, Row]
     #: ``compare.png`` as drawn (also logged on the parent), None when no point had a result or it failed.
     figure: ComparePlot | None = None
+    #: The energy-latency front (``pareto.png``, ``llem.pareto`` tags); None before it was computed.
+    front: SweepFront | None = None
 
     @property
     def failed(self) -> list[Row]:
@@ -106,7 +109,7 @@ def run_sweep(config: str | Path | SweepPlan, parts: Parts | None = None, **over
             parts.report(row)
     finally:
         if len(rows) < len(plan.points) and parent is not None:  # an unexpected error: end the parent
-            _close(plan, parent, [], {}, failed=True)
+            _close(plan, parent, [], {}, SweepFront(None), failed=True)
     ordered = [rows[i] for i in range(len(plan.points))]
     return _finish(plan, parent, ordered)
 
@@ -188,17 +191,26 @@ def _finish(plan: SweepPlan, parent: SweepParent | None, rows: list[Row]) -> Swe
     files = write_summary(rows, folder)
     figure = compare_png(plan, rows, folder)
     best = best_rows(rows)
+    front = sweep_front(rows, folder, f"sweep {plan.sweep_id}: energy-latency front")
     failed = any(r.status in ("failed", "not logged") for r in rows)
     if parent is not None:
-        logged = [*files, figure.path] if figure is not None else files
-        _close(plan, parent, logged, best, failed=failed)
-    return SweepOutcome(plan, rows, parent.run_id if parent else None, files, best, figure)
+        drawn = [p for p in (figure.path if figure else None, front.figure) if p is not None]
+        _close(plan, parent, [*files, *drawn], best, front, failed=failed)
+    return SweepOutcome(plan, rows, parent.run_id if parent else None, files, best, figure, front)
 
 
 def _close(
-    plan: SweepPlan, parent: SweepParent, files: list[Path], best: dict[str, Row], failed: bool
+    plan: SweepPlan,
+    parent: SweepParent,
+    files: list[Path],
+    best: dict[str, Row],
+    front: SweepFront,
+    failed: bool,
 ) -> None:
     from llem_mlflow.tracking.sweep_runs import close_sweep_parent
 
     tags = {f"llem.sweep.best.{name}": f"{row.run_id} {row.point.label}" for name, row in best.items()}
-    close_sweep_parent(parent, tags, files, tracking_uri=plan.base.tracking_uri, failed=failed)
+    tags |= front.parent_tags
+    close_sweep_parent(
+        parent, tags, files, tracking_uri=plan.base.tracking_uri, failed=failed, child_tags=front.child_tags
+    )

@@ -59,13 +59,17 @@ class RunTarget:
 
 
 def default_run_name(result: ExperimentResult) -> str:
-    """``<model tail>-bs<batch size>-<precision>``, e.g. ``gpt2-bs8-bf16`` for ``openai/gpt2``.
+    """``<model tail>-bs<batch size>-<precision>``, e.g. ``gpt2-bs8-bf16`` for ``openai/gpt2``; a server run's
+    ``<model tail>-<engine>-c<concurrency>`` (closed loop) or ``-r<request rate>`` (open loop).
 
     A long model folder name is cut so the whole fits ``MAX_RUN_NAME`` (what MLflow's SQL stores hold).
     """
     model_tail = result.model.rstrip("/").rsplit("/", 1)[-1] or result.model
     batch_size = result.resolved.batch_size if result.resolved is not None else result.config.batch_size
     suffix = f"-bs{batch_size}-{result.precision}"
+    s = result.serving
+    if s is not None:  # a server run: the engine and the load, e.g. gpt2-vllm-c32 or gpt2-vllm-r4
+        suffix = f"-{s.engine}-" + (f"c{s.concurrency}" if s.load == "closed" else f"r{s.request_rate:g}")
     return model_tail[: MAX_RUN_NAME - len(suffix)] + suffix
 
 

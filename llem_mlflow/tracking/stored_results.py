@@ -62,6 +62,24 @@ def read_results(
     return [_stored(client, uri, run) for run in runs]
 
 
+def newest_run_id(tracking_uri: str | None, experiment_name: str | None, tag: tuple[str, str] | None) -> str:
+    """The newest FINISHED llem run of the experiment, with tag ``key = value`` when ``tag`` is given.
+
+    Raises:
+        ConfigError: the experiment does not exist or no run matches (one line naming what was sought).
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    client = open_client(uri)
+    name = resolve_experiment_name(experiment_name)
+    runs = _experiment_runs(client, uri, name)
+    if tag is not None:
+        runs = [r for r in runs if r.data.tags.get(tag[0]) == tag[1]]
+    if not runs:
+        sought = f" tagged {tag[0]}={tag[1]}" if tag else ""
+        raise ConfigError(f"no finished llem run{sought} in experiment {name!r} ({scrub_uri(uri)})")
+    return str(runs[-1].info.run_id)  # oldest first
+
+
 def _named_run(client: MlflowClient, uri: str, run_id: str) -> Run:
     run = guarded(uri, f"read run {run_id}", lambda: run_or_none(client, run_id))
     if run is None:

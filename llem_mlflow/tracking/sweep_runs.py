@@ -118,12 +118,16 @@ def close_sweep_parent(
     *,
     tracking_uri: str | None,
     failed: bool,
+    child_tags: Mapping[str, Mapping[str, str]] | None = None,
 ) -> None:
-    """Tag the parent, log ``files`` at its artifact root and end it FINISHED (FAILED: ``failed``)."""
+    """Tag the children (``child_tags``: run id -> tags) and the parent, log ``files`` at its artifact root
+    and end it FINISHED (FAILED: ``failed``)."""
     uri = target_tracking_uri(tracking_uri)
     client = open_client(uri)
 
     def close() -> None:
+        for child, more in (child_tags or {}).items():
+            client.log_batch(child, tags=run_tags(dict(more)))
         client.log_batch(parent.run_id, tags=run_tags(dict(tags)))
         for path in files:
             client.log_artifact(parent.run_id, str(path))
