@@ -35,14 +35,20 @@ def with_cycles(result: ExperimentResult, per_token: list[float]) -> ExperimentR
     return result.model_copy(update={"cycles": result.cycles.model_copy(update={"records": records})})
 
 
-def log(result: ExperimentResult, tmp_path: Path, experiment: str, tags: dict[str, str] | None = None) -> str:
+def log(
+    result: ExperimentResult,
+    tmp_path: Path,
+    experiment: str,
+    tags: dict[str, str] | None = None,
+    run_name: str | None = None,
+) -> str:
     """Write ``result`` (a new experiment id) beside the fixture's trace, log it; the run id."""
     folder = tmp_path / uuid.uuid4().hex[:8]
     shutil.copytree(FIXTURES / BASE, folder)
     (folder / files.RUN_RECORD_FILE).unlink(missing_ok=True)
     fresh = result.model_copy(update={"experiment_id": f"gate-{uuid.uuid4().hex[:12]}"})
     files.write_result_json(fresh, folder)
-    run_id = recording.log_folder(folder, None, experiment, None).run_id
+    run_id = recording.log_folder(folder, None, experiment, run_name).run_id
     for key, value in (tags or {}).items():
         MlflowClient().set_tag(run_id, key, value)
     return run_id
@@ -50,7 +56,7 @@ def log(result: ExperimentResult, tmp_path: Path, experiment: str, tags: dict[st
 
 def test_the_gate_passes_fails_and_refuses_with_its_exit_codes(tmp_path: Path) -> None:
     same = [0.100, 0.101, 0.099]
-    baseline = log(with_cycles(base(), same), tmp_path, "gate", {"llem.git.commit": "abc123"})
+    baseline = log(with_cycles(base(), same), tmp_path, "gate", {"llem.git.commit": "abc123"}, "sha-abc123")
     again = log(with_cycles(base(), [0.1005, 0.0995, 0.1]), tmp_path, "gate")
     worse = log(with_cycles(base(), [0.120, 0.121, 0.119]), tmp_path, "gate")
     other = log(
@@ -62,6 +68,10 @@ def test_the_gate_passes_fails_and_refuses_with_its_exit_codes(tmp_path: Path) -
 
     code, stdout, stderr = invoke(again, "--baseline", baseline, "--fail-if-worse", "5")
     assert code == 0, stderr
+    code, stdout, stderr = invoke(
+        worse, "--baseline", "mlflow.runName=sha-abc123", "--fail-if-worse", "5", "--experiment-name", "gate"
+    )
+    assert code == 1, stderr  # the GPU CI's way: the baseline run is named after its commit
     code, stdout, _ = invoke(
         worse,
         "--baseline",

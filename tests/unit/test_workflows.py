@@ -41,3 +41,14 @@ def test_gpu_ci_triggers_and_script() -> None:
     commands = _commands(wf)
     assert "scripts/gpu-tests.sh" in commands and "--gpus all" in commands and "mlflow" in commands
     assert "-m gpu" in (ROOT / "scripts" / "gpu-tests.sh").read_text()
+
+
+def test_gpu_ci_gates_each_commit_against_the_default_branchs_last_run() -> None:
+    wf = _workflow("gpu-ci.yml")
+    job = wf["jobs"]["gpu-gate"]  # type: ignore[index]
+    commands = "\n".join(str(step.get("run", "")) for step in job["steps"])
+    assert "--run-name" in commands and "${{ github.sha }}" in commands  # each commit's run is findable
+    assert '--baseline "mlflow.runName=$BASE_SHA"' in commands and "--fail-if-worse" in commands
+    assert "GITHUB_STEP_SUMMARY" in commands and "1) " in commands and "3) " in commands
+    assert job["env"]["GATE_STORE"].startswith("/var/lib/")  # the same tracking server every time
+    assert "pull_request" in wf[True]  # type: ignore[index]
