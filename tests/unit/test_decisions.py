@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -185,3 +186,52 @@ def test_closing_a_sweep_parent_tags_its_children_and_logs_pareto_png(tmp_path: 
     assert client.get_run(child).data.tags["llem.pareto"] == "true"
     assert client.get_run(parent).data.tags["llem.pareto.latency_metric"] == "latency/itl_p50_s"
     assert [a.path for a in client.list_artifacts(parent)] == ["pareto.png"]
+
+
+def test_a_sweep_on_a_fake_gpu_tags_its_front_and_logs_pareto_png(tmp_path: Path) -> None:
+    """Three precisions on a board whose busy time (energy) and decode step (ITL) are scripted:
+    fp32 0.05 s busy at 1 ms/step, bf16 0.08 s at 2 ms (dominated by fp32), fp16 0.02 s at 3 ms."""
+    import time
+
+    import yaml
+
+    from llem_mlflow.protocols import CudaDeviceId
+    from llem_mlflow.run.execute import GpuSet
+    from llem_mlflow.sweep import execute as sweep
+    from tests.fakes import FakeBackend, PoweredGpu
+
+    board = PoweredGpu(idle_w=100.0, busy_w=400.0)
+    script = {"fp32": (0.05, 0.001), "bf16": (0.08, 0.002), "fp16": (0.02, 0.003)}
+
+    def make(cfg: Any) -> FakeBackend:
+        busy_s, step_s = script[cfg.precision]
+
+        def busy() -> None:
+            board._set_power(board.busy_w)
+            time.sleep(busy_s)
+            board._set_power(board.idle_w)
+
+        cuda0 = CudaDeviceId(0, "GPU-fake-0", None)
+        return FakeBackend(device="cuda", cuda_devices=[cuda0], on_generate=busy, decode_step_s=step_s)
+
+    path = tmp_path / "sweep.yaml"
+    data = {"n": 4, "batch_size": 2, "max_input_tokens": 4, "max_output_tokens": 4, "baseline_s": 0.1,
+            "idle_after_s": 0.0, "output_dir": str(tmp_path / "out"), "experiment_name": "front",
+            "sweep": {"precision": ["fp32", "bf16", "fp16"]}}  # fmt: skip
+    path.write_text(yaml.safe_dump(data))
+    parts = sweep.Parts(
+        make_backend=make, free_memory=lambda: None, store_probe=lambda c: None,
+        gpus=lambda ids: GpuSet([board.device], "580"),
+    )  # fmt: skip
+    outcome = sweep.run_sweep(path, parts)
+
+    client = MlflowClient()
+    assert outcome.parent_run_id is not None
+    assert "pareto.png" in {a.path for a in client.list_artifacts(outcome.parent_run_id)}
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.tags["llem.pareto.latency_metric"] == "latency/itl_p50_s"
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'"
+    )
+    on_front = {c.data.params["precision"]: c.data.tags["llem.pareto"] for c in children}
+    assert on_front == {"fp32": "true", "bf16": "false", "fp16": "true"}
