@@ -20,6 +20,7 @@ python -c "import mlflow; print('mlflow', mlflow.__version__, '(lowest supported
 python -m pytest -q -p no:cacheprovider "$@" \
   tests/unit/test_tracking.py tests/unit/test_tracking_server.py tests/unit/test_tracking_race.py \
   tests/unit/test_recording.py tests/unit/test_spool.py tests/unit/test_nested_runs.py \
-  tests/unit/test_mlflow_names.py tests/unit/test_context_provider.py tests/unit/test_track.py \
+  tests/unit/test_mlflow_names.py tests/unit/test_context_provider.py tests/unit/test_track.py tests/unit/test_traces.py \
   tests/unit/test_one_experiment.py tests/unit/test_sweep.py tests/unit/test_sweep_honest.py \
-  tests/unit/test_mlproject.py tests/unit/test_nvml_faults.py tests/unit/test_interrupt_partial.py
+  tests/unit/test_mlproject.py tests/unit/test_nvml_faults.py tests/unit/test_interrupt_partial.py \
+  tests/unit/test_decisions.py

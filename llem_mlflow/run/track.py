@@ -121,6 +121,9 @@ class track(contextlib.ContextDecorator):  # noqa: N801 - used like a function: 
                 self._logger(state.tracked)
             except Exception as error:  # logging must never hide the block's own outcome
                 log.warning("track(%r): logging to MLflow failed: %s", self.name, error)
+        from llem_mlflow.tracking.traces import annotate_active_span
+
+        annotate_active_span(state.tracked)  # the active MLflow trace span, if any: never raises
 
 
 @dataclass
