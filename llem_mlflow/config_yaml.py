@@ -10,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from llem_mlflow.errors import ConfigError
+from llem_mlflow.secrets import scrub_secrets
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -71,5 +72,8 @@ def format_validation_error(err: ValidationError, fields: Iterable[str]) -> str:
         if item["type"] == "extra_forbidden":
             allowed = ", ".join(fields)
             msg = f"unknown field; allowed fields are: {allowed}"
+            if scrub_secrets(f"{loc}: unknown") != f"{loc}: unknown":  # `Authorization: x` reads as a header
+                parts.append(f"unknown field {loc!r}; allowed fields are: {allowed}")
+                continue
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
