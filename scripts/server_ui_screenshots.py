@@ -132,10 +132,9 @@ def _shoot_table(page: Browser, url: str, run_ids: list[str], png: Path, parent:
             f"document.querySelector({_js(_row(parent) + ' ' + RUN_NAME_CELL + ' button')}).click()"
         )
     page.wait_for(rows, f"all {len(run_ids)} rows in the runs table")
-    widen = [("Attributes", "Run Name")] if parent else []  # the child runs' names are cut short
-    for group, name in [*widen, *COLUMNS]:
+    for group, name in COLUMNS:
         if group != "Parameters":
-            _autosize(page, group, name)
+            _autosize(page, group, name)  # server runs' names (gpt2-vllm-c16) fit their column as it is
     page.evaluate("document.activeElement?.blur()")  # no focus ring, and no hover highlight:
     page.send("Input.dispatchMouseEvent", type="mouseMoved", x=page.width // 2, y=page.height - 20)
     page.settle(1.0)
