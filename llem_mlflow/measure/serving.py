@@ -112,7 +112,7 @@ def measure_server(
         warnings = sampler.warnings if sampler is not None else []
         partial = _measurement(cfg, progress, trace, warnings, clock, None, load) if progress.cycles else None
         if partial is not None:
-            notes = interrupted_notes(progress.stage, progress.cycles, cfg.cycles)
+            notes = interrupted_notes(progress.stage, progress.cycles, cfg.cycles, "request")
             partial.warnings[:0] = notes
         raise Interrupted(progress.stage, partial, trace) from None
     return _measurement(cfg, progress, trace, sampler.warnings, clock, idle_after, load)
@@ -164,7 +164,7 @@ def _sampled(
             if i and cfg.cooldown_s > 0:
                 time.sleep(cfg.cooldown_s)
             show.stage(f"cycle {i + 1}/{cfg.cycles}: {counted(cfg.n, 'request')}")
-            _cycle(load, devices, i, p)
+            _cycle(load, devices, i, p, cfg.n)
     p.stage = "idle after"
     with clock.lap("idle_after"):
         if not devices or cfg.baseline_s <= 0 or cfg.idle_after_s <= 0:
@@ -174,7 +174,7 @@ def _sampled(
         return start_s, time.time()
 
 
-def _cycle(load: RequestLoad, devices: Sequence[GpuDevice], index: int, p: _Progress) -> None:
+def _cycle(load: RequestLoad, devices: Sequence[GpuDevice], index: int, p: _Progress, n: int) -> None:
     """One load between counter reads, polled inside; an interrupt keeps what ended as a cut cycle."""
     start = counters.read_start(devices, _no_sync, allow_unknown=True)
     poller = CounterPoller(devices).start()
@@ -189,7 +189,7 @@ def _cycle(load: RequestLoad, devices: Sequence[GpuDevice], index: int, p: _Prog
         done = len([r for r in cut.records if r.ok])
         counted_ = [r for r in cut.records if r.ok and r.has_usage]
         stats, starts = [request_stats(r) for r in counted_], [r.sent_s for r in counted_]
-        p.cycles.append(Cycle(index, stats, window, starts_s=starts, cut=Cut(done, len(cut.records), 0.0)))
+        p.cycles.append(Cycle(index, stats, window, starts_s=starts, cut=Cut(done, n, 0.0)))
         p.served.append(ServedCycle(index, list(cut.records), [start, *polls, end]))
         raise
     end = counters.read_mark(devices, _no_sync, allow_unknown=True)

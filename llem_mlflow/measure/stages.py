@@ -187,8 +187,9 @@ def _partial(
     )
 
 
-def interrupted_notes(stage: str, cycles: Sequence[Cycle], of: int) -> list[str]:
-    """The warnings of an interrupted run: what it kept and, for a cut cycle, what its figures hold."""
+def interrupted_notes(stage: str, cycles: Sequence[Cycle], of: int, unit: str = "batch") -> list[str]:
+    """The warnings of an interrupted run: what it kept and, for a cut cycle, what its figures hold
+    (``unit``: what a cycle is made of, batches or, in the server scenario, requests)."""
     whole = sum(1 for c in cycles if c.cut is None)
     last = cycles[-1] if cycles else None
     cut = last.cut if last is not None else None
@@ -196,10 +197,10 @@ def interrupted_notes(stage: str, cycles: Sequence[Cycle], of: int) -> list[str]
     if last is None or cut is None:
         return [f"Interrupted during {stage}: {kept}; every figure comes from those (status: interrupted)."]
     notes = [
-        f"Interrupted during {stage}: {kept}, and {cut.completed} of {counted(cut.batches, 'batch')} of "
+        f"Interrupted during {stage}: {kept}, and {cut.completed} of {counted(cut.batches, unit)} of "
         f"cycle {last.index + 1}, kept as a partial cycle (cycles.records[{last.index}].partial); every "
-        "figure comes from those batches (status: interrupted); the partial cycle is left out of the "
-        "intervals across cycles."
+        f"figure comes from those {counted(2, unit)[2:]} (status: interrupted); the partial cycle is left "
+        "out of the intervals across cycles."
     ]
     share = cut.abandoned_s / last.window.duration_s if last.window.duration_s > 0 else 0.0
     if 0 < share < 1:
