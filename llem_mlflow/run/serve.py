@@ -38,16 +38,16 @@ def server_backend(cfg: ExperimentConfig) -> ServerBackend:
     return ServerBackend(cfg, server_gpus, Path(cfg.output_dir) / SERVER_LOGS)
 
 
-def server_gpus(wanted: str | None) -> list[CudaDeviceId]:
+def server_gpus(wanted: str | None, nvml: Any = None) -> list[CudaDeviceId]:
     """The GPUs the server runs on: ``wanted`` (indices or UUIDs), else those ``CUDA_VISIBLE_DEVICES``
     shows (a launched server inherits it); [] without NVML (energy is then not measured, as on CPU).
 
     Raises:
-        ConfigError: ``wanted`` names a GPU NVML does not see.
+        ConfigError: ``wanted`` names a GPU NVML does not see. ``nvml``: a fake pynvml in tests.
     """
     from llem_mlflow.measure.device import cuda_visible_entries, try_open_session, visible_nvml_gpus
 
-    session, _ = try_open_session()
+    session, _ = try_open_session(nvml)
     if session is None:
         if wanted:
             raise ConfigError(f"server_gpus: {wanted!r} given, but NVML cannot be opened here: remove it")

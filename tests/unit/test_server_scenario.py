@@ -233,3 +233,23 @@ def test_a_launched_server_that_dies_mid_load_leaves_a_partial_result(tmp_path: 
     assert 0 < result.serving.completed < 400
     assert any("the server exited with code 4" in w for w in result.warnings)
     assert (outcome.result_dir / "requests.parquet").is_file()
+
+
+def test_the_servers_gpus_are_found_by_index_or_uuid_and_a_wrong_one_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llem_mlflow.run.serve import server_gpus
+    from tests.fakes import FakeGpu, FakeNvml
+
+    gpus = [FakeGpu("GPU-aaaa-0", "00000000:19:00.0"), FakeGpu("GPU-bbbb-1", "00000000:3B:00.0")]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert [g.uuid for g in server_gpus(None, FakeNvml(gpus))] == ["GPU-aaaa-0", "GPU-bbbb-1"]
+    only = server_gpus("1", FakeNvml(gpus))
+    assert only == [CudaDeviceId(0, "GPU-bbbb-1", "00000000:3B:00.0")]  # the server's first GPU
+    assert [g.uuid for g in server_gpus("GPU-bbbb", FakeNvml(gpus))] == ["GPU-bbbb-1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # what a launched server inherits
+    assert [g.uuid for g in server_gpus(None, FakeNvml(gpus))] == ["GPU-bbbb-1"]
+    with pytest.raises(ConfigError, match="names a GPU NVML does not see"):
+        server_gpus("0,7", FakeNvml(gpus))
+    with pytest.raises(ConfigError, match="NVML cannot be opened"):
+        server_gpus("0", FakeNvml([], fail_init=True))
