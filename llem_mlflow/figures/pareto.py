@@ -169,6 +169,10 @@ def overlapping_neighbours(front_points: Sequence[FrontPoint]) -> list[tuple[Fro
     return [(a, b) for a, b in zip(front_points, front_points[1:], strict=False) if overlaps(a, b)]
 
 
+#: The quality figure (``quality: perplexity``), the front's other axis when every point has it.
+QUALITY_METRIC = "quality/perplexity"
+
+
 def axis_title(metric: str) -> str:
     """An axis label with its unit: ``ITL p50 (ms)`` for a latency metric (drawn in ms),
     ``J per output token`` for the default energy metric, else the metric name."""
@@ -179,6 +183,8 @@ def axis_title(metric: str) -> str:
         return "energy per output token (J/token)"
     if metric == "energy/net_per_output_token_j":
         return "net energy per output token (J/token)"
+    if metric == QUALITY_METRIC:
+        return "perplexity on the held-out text (lower is better)"
     if metric.endswith("_s"):
         return f"{metric} (ms)"
     return metric

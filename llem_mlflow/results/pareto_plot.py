@@ -33,7 +33,7 @@ _FRONT = "C0"
 _OVERLAP = "tab:orange"
 _NOTE = (
     "markers: means over cycles; bars: 95 % energy interval; "
-    "staircase: the least energy within a latency bound"
+    "staircase: the least energy within a {bound} bound"
 )
 
 
@@ -45,6 +45,7 @@ def write_pareto_png(
     energy_metric: str,
     latency_metric: str,
     title: str,
+    name: str = PARETO_PNG,
 ) -> Path:
     """Write ``pareto.png`` into ``folder`` (created if needed) atomically; returns its path.
 
@@ -65,10 +66,11 @@ def write_pareto_png(
     ax.set_ylabel(axis_title(energy_metric))
     ax.grid(True, which="both", alpha=0.25)
     fig.suptitle(title, fontsize=10.5)
-    ax.set_title(_NOTE, fontsize=7.5, color="#444444")
+    bound = "latency" if in_ms(latency_metric) else latency_metric.rsplit("/", 1)[-1]
+    ax.set_title(_NOTE.format(bound=bound), fontsize=7.5, color="#444444")
     if points:
         fig.legend(loc="outside lower center", fontsize=7.5, ncols=3, frameon=False)
-    target = Path(folder) / PARETO_PNG
+    target = Path(folder) / name
     target.parent.mkdir(parents=True, exist_ok=True)
     return _save(fig, target)
 

@@ -191,10 +191,10 @@ def _finish(plan: SweepPlan, parent: SweepParent | None, rows: list[Row]) -> Swe
     files = write_summary(rows, folder)
     figure = compare_png(plan, rows, folder)
     best = best_rows(rows)
-    front = sweep_front(rows, folder, f"sweep {plan.sweep_id}: energy-latency front")
+    front = sweep_front(rows, folder, f"sweep {plan.sweep_id}")
     failed = any(r.status in ("failed", "not logged") for r in rows)
     if parent is not None:
-        drawn = [p for p in (figure.path if figure else None, front.figure) if p is not None]
+        drawn = [*([figure.path] if figure else []), *front.figures]
         _close(plan, parent, [*files, *drawn], best, front, failed=failed)
     return SweepOutcome(plan, rows, parent.run_id if parent else None, files, best, figure, front)
 

@@ -1,7 +1,9 @@
 """A sweep's energy-latency front: which points are Pareto-optimal over J/output token and a latency
 figure (``figures.pareto``), as tags on the children (``llem.pareto=true|false``), tags on the parent
-(the latency axis and the front's points) and ``pareto.png``. A figure never fails a sweep: a drawing that
-fails is a warning, and a sweep with fewer than two points that have both figures has no front.
+(the latency axis and the front's points) and ``pareto.png``; when every point has a quality figure
+(``quality: perplexity``), the energy-quality front too (``llem.pareto.quality``, ``pareto_quality.png``).
+A figure never fails a sweep: a drawing that fails is a warning, and a sweep with fewer than two points
+that have both figures has no front.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from llem_mlflow.sweep.summary import Row
 
 log = logging.getLogger(__name__)
 
-#: Child tag: whether the point is on the front (only points with both figures are tagged).
+#: Child tags: whether the point is on the energy-latency / energy-quality front (points with both figures).
 PARETO_TAG = "llem.pareto"
+QUALITY_TAG = "llem.pareto.quality"
 
 
 @dataclass(frozen=True)
@@ -28,39 +31,58 @@ class SweepFront:
     front: list[pareto.FrontPoint] = field(default_factory=list)
     child_tags: dict[str, dict[str, str]] = field(default_factory=dict)  # run id -> tags
     parent_tags: dict[str, str] = field(default_factory=dict)
-    figure: Path | None = None
+    figures: list[Path] = field(default_factory=list)
 
 
 def sweep_front(rows: Sequence[Row], folder: Path, title: str) -> SweepFront:
-    """The front over the rows that have a run, ``pareto.png`` in ``folder`` (when two points or more)."""
+    """The fronts over the rows that have a run, their figures in ``folder`` (two points or more)."""
     measured = [r for r in rows if r.run_id]
     metric = pareto.default_latency_metric([r.metrics for r in measured])
-    points, skipped = pareto.points_from(
-        ((r.point.label, r.metrics, r.run_id) for r in measured), pareto.ENERGY_METRIC, metric
-    )
-    for s in skipped:
-        log.info("pareto: point %s left out: %s", s.label, s.reason)
-    if metric is None or len(points) < 2:
-        return SweepFront(metric)
-    best = pareto.front(points)
-    on_front = {str(p.key) for p in best}
-    child_tags = {str(p.key): {PARETO_TAG: str(str(p.key) in on_front).lower()} for p in points}
-    parent_tags = {
-        "llem.pareto.latency_metric": metric,
-        "llem.pareto.front": ", ".join(p.label for p in best)[:4000],
-    }
-    return SweepFront(metric, best, child_tags, parent_tags, _draw(folder, points, best, metric, title))
+    out = SweepFront(metric)
+    axes = [(metric, PARETO_TAG, "front", "pareto.png", "energy-latency")] if metric else []
+    if measured and all(r.metrics.get(pareto.QUALITY_METRIC) is not None for r in measured):
+        axes.append(
+            (pareto.QUALITY_METRIC, QUALITY_TAG, "quality_front", "pareto_quality.png", "energy-quality")
+        )
+    for axis, tag, key, name, what in axes:
+        items = ((r.point.label, r.metrics, r.run_id) for r in measured)
+        points, skipped = pareto.points_from(items, pareto.ENERGY_METRIC, axis)
+        for s in skipped:
+            log.info("pareto: point %s left out: %s", s.label, s.reason)
+        if len(points) < 2:
+            continue
+        best = pareto.front(points)
+        on_front = {str(p.key) for p in best}
+        for p in points:
+            out.child_tags.setdefault(str(p.key), {})[tag] = str(str(p.key) in on_front).lower()
+        out.parent_tags[f"llem.pareto.{key}"] = ", ".join(p.label for p in best)[:4000]
+        out.parent_tags.setdefault("llem.pareto.latency_metric", str(metric))
+        out.front.extend(best if axis == metric else [])
+        drawn = _draw(folder, points, best, axis, f"{title}: {what} front", name)
+        out.figures.extend([drawn] if drawn else [])
+    return out
 
 
 def _draw(
-    folder: Path, points: list[pareto.FrontPoint], best: list[pareto.FrontPoint], metric: str, title: str
+    folder: Path,
+    points: list[pareto.FrontPoint],
+    best: list[pareto.FrontPoint],
+    metric: str,
+    title: str,
+    name: str,
 ) -> Path | None:
-    from llem_mlflow.results.pareto_plot import PARETO_PNG, write_pareto_png
+    from llem_mlflow.results.pareto_plot import write_pareto_png
 
     try:
         return write_pareto_png(
-            folder, points, best, energy_metric=pareto.ENERGY_METRIC, latency_metric=metric, title=title
+            folder,
+            points,
+            best,
+            energy_metric=pareto.ENERGY_METRIC,
+            latency_metric=metric,
+            title=title,
+            name=name,
         )
     except Exception as exc:  # noqa: BLE001 - matplotlib, a full disk: the measurements are saved already
-        log.warning("%s not drawn: %s: %s", PARETO_PNG, type(exc).__name__, exc)
+        log.warning("%s not drawn: %s: %s", name, type(exc).__name__, exc)
         return None

@@ -146,7 +146,7 @@ def test_a_sweep_parent_gets_the_front_tags_and_pareto_png(tmp_path: Path) -> No
     assert {k: v[PARETO_TAG] for k, v in front.child_tags.items()} == {
         "run-a": "true", "run-b": "true", "run-c": "true", "run-d": "false",
     }  # fmt: skip
-    assert front.figure is not None and front.figure.read_bytes()[:4] == b"\x89PNG"
+    assert front.figures == [tmp_path / "pareto.png"] and front.figures[0].read_bytes()[:4] == b"\x89PNG"
     assert front.parent_tags["llem.pareto.front"] == '{"p":"a"}, {"p":"b"}, {"p":"c"}'
 
 
@@ -235,3 +235,30 @@ def test_a_sweep_on_a_fake_gpu_tags_its_front_and_logs_pareto_png(tmp_path: Path
     )
     on_front = {c.data.params["precision"]: c.data.tags["llem.pareto"] for c in children}
     assert on_front == {"fp32": "true", "bf16": "false", "fp16": "true"}
+
+
+def test_with_a_quality_figure_the_sweep_also_has_an_energy_quality_front(tmp_path: Path) -> None:
+    from llem_mlflow.sweep.front import QUALITY_TAG, sweep_front
+    from llem_mlflow.sweep.plan import Point
+    from llem_mlflow.sweep.summary import Row
+
+    def row(label: str, j: float, itl: float, ppl: float) -> Row:
+        metrics = {"energy/per_output_token_j": j, "latency/itl_p50_s": itl, "quality/perplexity": ppl}
+        return Row(
+            Point(overrides={"p": label}, config=None), "measured", run_id=f"run-{label}", metrics=metrics
+        )
+
+    # by hand, energy against perplexity: a 0.30 J at 10, b 0.20 at 12, c 0.10 at 30, d 0.25 at 15:
+    # d is dominated by b (less energy and lower perplexity); a, b, c trade one for the other
+    rows = [
+        row("a", 0.30, 0.020, 10),
+        row("b", 0.20, 0.045, 12),
+        row("c", 0.10, 0.080, 30),
+        row("d", 0.25, 0.060, 15),
+    ]
+    front = sweep_front(rows, tmp_path, "test")
+    assert {k: v[QUALITY_TAG] for k, v in front.child_tags.items()} == {
+        "run-a": "true", "run-b": "true", "run-c": "true", "run-d": "false",
+    }  # fmt: skip
+    assert front.figures == [tmp_path / "pareto.png", tmp_path / "pareto_quality.png"]
+    assert front.parent_tags["llem.pareto.quality_front"] == '{"p":"a"}, {"p":"b"}, {"p":"c"}'
