@@ -34,6 +34,7 @@ from llem_mlflow.measure.served_load import ServedCycle, ServedLoad
 from llem_mlflow.measure.stages import Interrupted, Measurement, interrupted_notes
 from llem_mlflow.measure.timings import Stopwatch
 from llem_mlflow.measure.trace import PowerTrace
+from llem_mlflow.measure.warmup import cv_pct
 from llem_mlflow.protocols import BatchStats, GpuDevice, RequestLoad
 from llem_mlflow.served import LoadCut, RequestRecord
 
@@ -257,7 +258,7 @@ def _warm_up(cfg: ExperimentConfig, load: RequestLoad, show: Progress, p: _Progr
         ended = [r.e2e_s for r in run.records if r.ok] or [r.e2e_s for r in run.records]
         medians.append(statistics.median(ended) if ended else 0.0)
         if target is not None and len(medians) >= least:
-            settled = _cv_pct(medians[-SETTLE_WINDOW:]) < target
+            settled = cv_pct(medians[-SETTLE_WINDOW:]) < target
     rule = f"settle: CV of the last {SETTLE_WINDOW} rounds' median latency < {target}%" if target else ""
     return WarmupRecord(
         batches=len(medians),
@@ -265,13 +266,6 @@ def _warm_up(cfg: ExperimentConfig, load: RequestLoad, show: Progress, p: _Progr
         rule=rule or f"fixed: {counted(cfg.warmup_batches, 'round')} of requests (median latency each)",
         settled=settled if target else None,
     )
-
-
-def _cv_pct(values: list[float]) -> float:
-    mean = sum(values) / len(values)
-    if len(values) < 2 or mean <= 0:
-        return float("inf")
-    return statistics.stdev(values) / mean * 100
 
 
 def _request_warnings(served: ServedLoad) -> list[str]:

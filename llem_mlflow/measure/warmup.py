@@ -46,7 +46,7 @@ def warm_up(
         latencies.append(time.perf_counter() - t0)
         show.batch("warm-up", len(latencies), most)
         if settle is not None and len(latencies) >= least:
-            settled = _cv_pct(latencies[-SETTLE_WINDOW:]) < settle
+            settled = cv_pct(latencies[-SETTLE_WINDOW:]) < settle
     rule = f"settle: CV of the last {SETTLE_WINDOW} < {settle}%, {least}-{most} batches" if settle else ""
     return WarmupRecord(
         batches=len(latencies),
@@ -74,7 +74,8 @@ def _compile_warm_up(
     return len(todo), time.perf_counter() - t0
 
 
-def _cv_pct(values: list[float]) -> float:
+def cv_pct(values: list[float]) -> float:
+    """Coefficient of variation in % (sample std / mean); inf for fewer than 2 values or a mean <= 0."""
     mean = sum(values) / len(values)
     if len(values) < 2 or mean <= 0:
         return float("inf")

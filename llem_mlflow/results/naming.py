@@ -61,6 +61,7 @@ class NamedResult(Protocol):
     avg_tokens_per_second: float
     avg_energy_per_token_j: float | None
     total_flops: float
+    flops_method: str
     model_load_time_sec: float
     carbon_g: float | None
     # parts (metrics, where present)
@@ -148,13 +149,18 @@ def tags(result: NamedResult) -> dict[str, str]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def flops_unknown() -> str:
+    """``flops_method`` of a result whose FLOPs were not estimated (its ``compute/flops`` is not logged)."""
+    return "none: the model's family is unknown to the FLOPs estimate"
+
+
 def metrics(result: NamedResult) -> dict[str, float]:
     """Summary metrics, each rounded by its rule (above); energy ones only when energy was measured."""
     out: dict[str, _Rounded] = {
         "throughput/output_tokens_per_s": (result.avg_tokens_per_second, _ratio),
         "time/inference_s": (result.total_inference_time_sec, _seconds),
         "time/model_load_s": (result.model_load_time_sec, _seconds),
-        "compute/flops": (result.total_flops, _count),
+        "compute/flops": (None if result.flops_method == flops_unknown() else result.total_flops, _count),
         "tokens/input": (result.input_tokens, _count),
         "tokens/output": (result.output_tokens, _count),
         "tokens/total": (result.total_tokens, _count),

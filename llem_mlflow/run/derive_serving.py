@@ -19,6 +19,7 @@ from llem_mlflow.figures import serving_energy as se
 from llem_mlflow.measure import stages as measure
 from llem_mlflow.measure.served_load import ServedCycle
 from llem_mlflow.protocols import Backend
+from llem_mlflow.results.naming import flops_unknown
 from llem_mlflow.results.schema import ExperimentResult
 from llem_mlflow.results.serving import ServedWindow, ServingFigures
 from llem_mlflow.run.serve import served_backend
@@ -46,7 +47,10 @@ def with_serving(
     if m.served is None or info is None:
         return result
     figures = serving_figures(cfg, info, m, nets, gpus)
-    return result.model_copy(update={"scenario": "server", "backend": "server", "serving": figures})
+    update: dict[str, object] = {"scenario": "server", "backend": "server", "serving": figures}
+    if server is not None and not server.shape_known:  # no FLOPs estimate: no 0 reported as one
+        update |= {"compute": None, "flops_method": flops_unknown()}
+    return result.model_copy(update=update)
 
 
 def idle_power_by_gpu(m: measure.Measurement) -> dict[int, float]:

@@ -253,3 +253,15 @@ def test_the_servers_gpus_are_found_by_index_or_uuid_and_a_wrong_one_is_refused(
         server_gpus("0,7", FakeNvml(gpus))
     with pytest.raises(ConfigError, match="NVML cannot be opened"):
         server_gpus("0", FakeNvml([], fail_init=True))
+
+
+def test_a_served_model_of_unknown_family_logs_no_flops_rather_than_zero(
+    tmp_path: Path, stub: OpenAIStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llem_mlflow.backends import server
+
+    monkeypatch.setattr(server, "config_shape", lambda config: None)
+    result = _run(_cfg(tmp_path, stub.url, n=4, baseline_s=0.0), None, tmp_path).result
+    assert result.compute is None and result.flops_method.startswith("none")
+    assert "compute/flops" not in result.mlflow_metrics()
+    assert any("FLOPs are not reported" in w for w in result.warnings)
