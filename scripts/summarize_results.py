@@ -41,6 +41,18 @@ def _block(r: dict[str, Any]) -> list[str]:
         f"  quality flags   {list(r['quality_flags']) or 'none'}",
         f"  warm-up         {r['warmup']['rule']} -> {r['warmup']['batches']} batches, settled {r['warmup']['settled']}",
     ]
+    t = r.get("timings") or {}
+    if t:
+        outside = (t.get("total_s") or 0) - (t.get("measure_s") or 0) - (t.get("baseline_s") or 0)
+        laps = " ".join(f"{k[:-2]} {v:.1f}" for k, v in t.items() if v is not None and k != "total_s")
+        lines.append(
+            f"  timings s       total {t.get('total_s', 0):.1f} outside window+baseline {outside:.1f}: {laps}"
+        )
+    comp = r.get("compute") or {}
+    if comp:
+        lines.append(
+            f"  compute         mfu {comp.get('mfu')} bandwidth util {comp.get('memory_bandwidth_util')}"
+        )
     per_gpu = e.get("per_gpu") or []
     if len(per_gpu) > 1:
         parts = " + ".join(f"gpu{g['cuda_index']} {g['gross_j']:.1f}" for g in per_gpu)

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Issues 19-21 on one GPU, in parts that fit one device call each (each part skips itself once BUDGET_S
+# seconds of the call are spent, so a call ends inside its limit with what it measured):
+#   efficiency: decode modes beside eager (backend_efficiency.py): gpt2 and the ~1.1B shape, b1/8/64,
+#               eager and graph; then b1 with the compiled modes (the 4x and roofline targets);
+#   sampler:    no sampler vs polling vs the driver's power sample buffer, launch-bound decode (ABBA);
+#   default:    the default gpt2 run (time to result: the result's timings block);
+#   repeat:     5-cycle runs, REPEAT="model:batch[:compile] ..." with about WINDOW_S s per cycle (n sized
+#               from the efficiency part's ms/step when present);
+#   server:     transformers serve --continuous-batching on a random-weights folder of SERVER_SHAPES,
+#               concurrency sweep SERVER_CONC, then the in-process run of the same folder beside it;
+#   gate:       compare --fail-if-worse on the repeat runs (same config, b8 vs b64, other methodology);
+#   eval:       examples/genai_energy_eval.py with real energy.
+# Everything logs to $OUT_DIR/mlflow.db; results under $OUT_DIR/<part>/.
+#   scripts/gpu-h200.sh OUT_DIR        (PARTS="efficiency sampler default repeat" by default)
+set -uo pipefail
+out=$(mkdir -p "$1" && cd "$1" && pwd)
+cd "$(dirname "$0")/.."
+export MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+export TOKENIZERS_PARALLELISM=false HF_HUB_DISABLE_UPDATE_CHECK=1
+export MLFLOW_TRACKING_URI="sqlite:///$out/mlflow.db"
+py=python3
+budget=${BUDGET_S:-540}
+parts=${PARTS:-efficiency sampler default repeat}
+has() { [[ " $parts " == *" $1 "* ]]; }
+left() { [ "$SECONDS" -lt "$budget" ] || { echo "skip $1: ${SECONDS}s spent" | tee -a "$out/rcs.txt"; return 1; }; }
+rc() { echo "$1 rc=$2 t=${SECONDS}s" | tee -a "$out/rcs.txt"; }
+nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
+$py -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
+  >> "$out/gpu.txt" 2>&1
+
+default_run() {  # the default gpt2 run, as a user types it (time to result: the result's timings block)
+  local s=$SECONDS
+  timeout 120 $py -m llem_mlflow run --model gpt2 --weights random --output-dir "$out/default" \
+    --run-name "default-gpt2-$1" > "$out/default-$1.log" 2>&1
+  rc "default-$1 wall=$((SECONDS - s))s" $?
+}
+has default && left default && default_run first
+if has efficiency && left efficiency; then
+  timeout 150 $py benchmarks/backend_efficiency.py --out "$out/efficiency_modes.json" \
+    --models gpt2,TinyLlama/TinyLlama-1.1B-Chat-v1.0 --batches 1,8,64 --modes eager,graph \
+    --new-tokens 128 --calls 3 --warmup 2 > "$out/efficiency_modes.log" 2>&1
+  rc efficiency_modes $?
+  left efficiency_compiled && timeout 140 $py benchmarks/backend_efficiency.py \
+    --out "$out/efficiency_compiled.json" --models gpt2,TinyLlama/TinyLlama-1.1B-Chat-v1.0 --batches 1 \
+    --modes eager,graph,static+compile,graph+compile --new-tokens 128 --calls 3 --warmup 2 \
+    > "$out/efficiency_compiled.log" 2>&1
+  rc efficiency_compiled $?
+fi
+if has sampler && left sampler; then
+  timeout 75 $py benchmarks/sampler_overhead.py --gpu --workloads decode --batches 1 --pairs 20 --max-pairs 300 \
+    --budget-s 55 --run-s 0.5 --out "$out/sampler_overhead.json" > "$out/sampler_overhead.log" 2>&1
+  rc sampler $?
+fi
+prompts_for() {  # prompts_for MODEL BATCH COMPILE: n for about WINDOW_S s per cycle
+  $py - "$out" "$1" "$2" "$3" "${WINDOW_S:-10}" <<'PY'
+import json, math, pathlib, sys
+out, model, batch, compile_, window = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
+mode = {"graph": "graph", "off": "eager", "reduce-overhead": "static+compile"}.get(compile_, "graph")
+ms = None
+for f in ("efficiency_modes.json", "efficiency_compiled.json"):
+    p = pathlib.Path(out) / f
+    if p.exists():
+        for c in json.loads(p.read_text())["cells"]:
+            short = "gpt2" if c["model"] == "gpt2" else c["model"]
+            if short.split("/")[-1].lower().startswith(model.split("/")[-1].lower()[:8]) \
+                    and c["batch"] == batch and c["mode"] == mode and c["ms_per_step"]:
+                ms = c["ms_per_step"]
+ms = ms or {"gpt2": 6.0}.get(model, 14.0)
+batch_s = ms * 64 / 1000 * 1.15  # 64 new tokens, prefill and host gaps
+print(min(8192, batch * max(2, math.ceil(window / batch_s))))
+PY
+}
+if has repeat; then
+  for spec in ${REPEAT:-gpt2:8 gpt2:64}; do
+    left "repeat $spec" || break
+    IFS=: read -r model batch compile tag <<< "$spec"  # tag: again (a second run) or steady (steady_state)
+    compile=${compile:-graph}
+    cache=static; [ "$compile" = off ] && cache=dynamic
+    n=$(prompts_for "$model" "$batch" "$compile")
+    name="rep-$(basename "$model")-b$batch-$compile${tag:+-$tag}"
+    method=total; [ "$tag" = steady ] && method=steady_state
+    timeout 150 $py -m llem_mlflow run --model "$model" --weights random --batch-size "$batch" --n "$n" \
+      --compile "$compile" --cache "$cache" --cycles 5 --warmup-settle-cv-pct 2 --measurement-methodology "$method" \
+      --output-dir "$out/repeat" --run-name "$name" ${REPEAT_ARGS:-} > "$out/$name.log" 2>&1
+    rc "$name n=$n" $?
+  done
+fi
+if has server; then
+  for shape in ${SERVER_SHAPES:-gpt2}; do
+    left "server $shape" || break
+    folder=/tmp/models/$(basename "$shape")
+    [ -d "$folder" ] || $py scripts/served_model_folder.py "$shape" "$folder" > "$out/folder-$(basename "$shape").log" 2>&1
+    sed "s/^  concurrency: .*/  concurrency: ${SERVER_CONC:-[1, 8, 32, 128]}/" examples/server-sweep.yaml \
+      > "$out/server-sweep.yaml"
+    timeout "${SERVER_TIMEOUT:-330}" $py -m llem_mlflow sweep "$out/server-sweep.yaml" --model "$folder" \
+      --n "${SERVER_N:-256}" --cycles "${SERVER_CYCLES:-3}" --output-dir "$out/server" --experiment-name server > "$out/server-$(basename "$shape").log" 2>&1
+    rc "server $shape" $?
+    [ "${SERVER_INPROCESS:-1}" = 1 ] && left "inprocess $shape" && timeout 150 $py -m llem_mlflow run --model "$folder" --weights pretrained \
+      --n "${SERVER_N:-256}" --batch-size 32 --cycles 3 --output-dir "$out/server-inprocess" \
+      --experiment-name server --run-name "inprocess-$(basename "$shape")-b32" \
+      > "$out/inprocess-$(basename "$shape").log" 2>&1
+    rc "inprocess $shape" $?
+  done
+fi
+has default && left "default again" && default_run again
+if has gate && left gate; then
+  $py scripts/gate_h200.py "$out" > "$out/gate.log" 2>&1
+  rc gate $?
+fi
+if has eval && left eval; then
+  timeout 120 $py examples/genai_energy_eval.py > "$out/eval.log" 2>&1
+  rc eval $?
+fi
+for d in default repeat server server-inprocess; do
+  [ -d "$out/$d" ] && { echo "=== $d"; $py scripts/summarize_results.py "$out/$d"; }
+done > "$out/summary.txt" 2>&1
+cat "$out/gpu.txt" "$out/rcs.txt"
+tail -n 60 "$out/summary.txt"
