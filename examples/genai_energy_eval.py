@@ -2,7 +2,8 @@
 
     python examples/genai_energy_eval.py
 
-A tiny GPT-2 with random weights (built from a config: nothing is downloaded) answers four questions.
+A tiny GPT-2 with random weights (built from a config: nothing is downloaded; on the GPU when there is
+one) answers four questions.
 Each answer is generated inside ``@mlflow.trace`` and ``llem_mlflow.track()``, which puts the GPU
 energy of the generation on the trace's span (``llem.energy_j``, ``llem.duration_s``, ...).
 ``evaluate_with_energy`` runs ``mlflow.genai.evaluate`` one prediction at a time (whole-GPU energy
@@ -33,17 +34,21 @@ QUESTIONS = [
     ("What colour is the sky on a clear day?", "blue"),
     ("What is 2 + 2?", "4"),
 ]
-NEW_TOKENS = 12
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# On a GPU an answer must outlast several ~100 ms updates of the energy counter to be resolved: 256 new
+# tokens take about a second there; on a CPU 12 keep the example under a minute.
+NEW_TOKENS = int(os.environ.get("LLEM_EVAL_NEW_TOKENS") or (256 if DEVICE == "cuda" else 12))
 
 
 def tiny_model() -> GPT2LMHeadModel:
-    """A 2-layer GPT-2 with random weights over 256 token ids (a prompt's ids are its UTF-8 bytes)."""
+    """A 2-layer GPT-2 with random weights over 256 token ids (a prompt's ids are its UTF-8 bytes), on the GPU
+    when there is one."""
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=256, n_positions=128, n_embd=64, n_layer=2, n_head=2,
+        vocab_size=256, n_positions=512, n_embd=64, n_layer=2, n_head=2,
         bos_token_id=0, eos_token_id=0, pad_token_id=0,
     )  # fmt: skip
-    return GPT2LMHeadModel(config).eval()
+    return GPT2LMHeadModel(config).eval().to(DEVICE)
 
 
 def make_predict_fn(model: GPT2LMHeadModel) -> Any:
@@ -51,7 +56,7 @@ def make_predict_fn(model: GPT2LMHeadModel) -> Any:
 
     @mlflow.trace(name="answer", span_type="LLM")
     def predict_fn(question: str) -> str:
-        ids = torch.tensor([list(question.encode("utf-8"))])
+        ids = torch.tensor([list(question.encode("utf-8"))], device=DEVICE)
         # log_to_mlflow=False: the energy goes on this trace's span (read by the scorer); without it each
         # prediction would also log track/<name>/... metrics into a run of its own.
         with llem_mlflow.track("generate", log_to_mlflow=False), torch.no_grad():
