@@ -53,6 +53,7 @@ from llem_mlflow.config_rules import MAX_WARMUP_BATCHES as MAX_WARMUP_BATCHES
 from llem_mlflow.config_rules import MIN_SAMPLING_INTERVAL_S as MIN_SAMPLING_INTERVAL_S
 from llem_mlflow.config_rules import TEXT_LIMITS as TEXT_LIMITS
 from llem_mlflow.config_rules import TextLimit as TextLimit
+from llem_mlflow.config_rules import pairing_problem
 from llem_mlflow.config_rules import span as span
 from llem_mlflow.config_server import server_problem
 from llem_mlflow.config_yaml import format_validation_error as format_validation_error
@@ -135,6 +136,14 @@ class ExperimentConfig(BaseModel):
         ge=1,
         le=MAX_CYCLES,
         description=f"Measured windows repeated with the model loaded once ({span(1, MAX_CYCLES)}).",
+    )
+    min_window_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=MAX_PAUSE_S,
+        description="Repeat the prompt set within each measured cycle until the window lasts at least this "
+        "long; passes are chosen once after warm-up from its batch latencies; 0: one pass "
+        f"({span(0, MAX_PAUSE_S)}).",
     )
     cooldown_s: float = Field(
         0.0,
@@ -318,18 +327,8 @@ class ExperimentConfig(BaseModel):
         return None if value in ("", "none", "null") else value
 
     @model_validator(mode="after")
-    def _compile_needs_static_cache(self) -> ExperimentConfig:
-        # transformers compiles generate()'s decode step only with a static cache (fixed shapes)
-        if self.compile != "off" and self.cache != "static":
-            raise ValueError(
-                f"compile: {self.compile} needs cache: static (a compiled or captured decode step needs "
-                "a static KV cache); set cache: static, or compile: off"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _scenario_fields_agree(self) -> ExperimentConfig:
-        problem = server_problem(dict(self))
+    def _fields_agree(self) -> ExperimentConfig:
+        problem = pairing_problem(dict(self)) or server_problem(dict(self))
         if problem:
             raise ValueError(problem)
         return self
@@ -372,13 +371,16 @@ def load_config(
 ) -> ExperimentConfig:
     """Build a config from a YAML path, an existing config, a mapping or defaults, then apply overrides.
 
-    Overrides whose value is None are ignored (unset CLI flags).
+    Overrides whose value is None are ignored (unset CLI flags). Only the fields a user set count as set
+    (``model_fields_set``): of an existing config, its set fields are carried over.
 
     Raises:
         ConfigError: unreadable file, unknown field or invalid value.
     """
     if isinstance(source, ExperimentConfig):
-        base: dict[str, Any] = dict(source)  # field values as they are (model_dump scrubs credentials)
+        # the fields it was given, values as they are (model_dump scrubs credentials); an unset field
+        # (a GPU default, config_gpu) is decided again by whoever runs the new config
+        base: dict[str, Any] = {k: v for k, v in source if k in source.model_fields_set}
     elif isinstance(source, Mapping):
         base = dict(source)
     elif source is None or str(source) == "":

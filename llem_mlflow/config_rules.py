@@ -1,14 +1,17 @@
 """The rules a config's values obey: numeric bounds, text limits, and how ``-h`` and README state them.
 
-One source for the bounds (``MAX_*``), ``TEXT_LIMITS`` (what MLflow's SQL stores and the filesystem take)
-and ``span`` (a range in words). ``config`` builds ``ExperimentConfig`` on them and re-exports them, so
-``from llem_mlflow.config import MAX_RUN_NAME`` keeps working. Imports nothing of llem_mlflow.
+One source for the bounds (``MAX_*``), ``TEXT_LIMITS`` (what MLflow's SQL stores and the filesystem take),
+``span`` (a range in words) and ``pairing_problem`` (fields that must go together). ``config`` builds
+``ExperimentConfig`` on them and re-exports them, so ``from llem_mlflow.config import MAX_RUN_NAME`` keeps
+working. Imports nothing of llem_mlflow.
 """
 
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 #: Upper bounds of numbers that would otherwise fail or never end after the model loaded.
 MAX_PROMPTS = 1_000_000
@@ -129,3 +132,24 @@ TEXT_LIMITS = {
     "server_url": TextLimit("a server URL may have (it is logged as an MLflow param)", max_chars=MAX_URI),
     "server_gpus": TextLimit("a GPU list may have", max_chars=MAX_URI),
 }
+
+
+def pairing_problem(values: Mapping[str, Any]) -> str | None:
+    """Why fields of a config do not go together (None: they do); ``values``: the config's fields.
+
+    The server scenario's own rules are ``config_server.server_problem``'s.
+    """
+    # transformers compiles generate()'s decode step only with a static cache (fixed shapes)
+    if values["compile"] != "off" and values["cache"] != "static":
+        return (
+            f"compile: {values['compile']} needs cache: static (a compiled or captured decode step needs "
+            "a static KV cache); set cache: static, or compile: off"
+        )
+    if values["min_window_s"] > 0:
+        if values["scenario"] == "server":
+            return (
+                "min_window_s: not available with scenario: server (its window is the request load; raise n)"
+            )
+        if not values["warmup_batches"] and values["warmup_settle_cv_pct"] is None:
+            return "min_window_s needs at least one warm-up batch to time: set warmup_batches >= 1"
+    return None

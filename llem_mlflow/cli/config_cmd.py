@@ -1,7 +1,8 @@
 """``llem-mlflow config``: what a run here would use, from the same file and flags as ``run``.
 
 Versions, device, precision, energy source, MLflow store and output folder, then every setting the
-config hash covers as ``resolved.<field>`` and the hash. It runs ``run``'s checks that need no model
+config hash covers as ``resolved.<field>`` and the hash; on a GPU, the values a run takes from the GPU
+defaults (``config_gpu``) are shown and marked ``(GPU default)``. It runs ``run``'s checks that need no model
 (the backend's own, the dataset file, the device), so what ``run`` refuses before loading is refused
 here with the same message and exit code; nothing is loaded or measured.
 """
@@ -24,6 +25,7 @@ from llem_mlflow.cli.console import LABEL, line
 from llem_mlflow.cli.exits import exit_codes
 from llem_mlflow.cli.run_cmd import RUN_OPTIONS, load
 from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.config_gpu import with_gpu_defaults
 from llem_mlflow.errors import LlemError
 
 
@@ -39,7 +41,8 @@ def show_config(**flags: Any) -> None:
     cfg = load(flags)
     with exit_codes():
         planned = _plan(cfg)
-    for label, value in _describe(cfg, planned):
+        cfg, applied = with_gpu_defaults(cfg, planned.device) if planned.device else (cfg, {})
+    for label, value in _describe(cfg, planned, applied):
         typer.echo(line(label, value))
 
 
@@ -69,7 +72,9 @@ def _plan(cfg: ExperimentConfig) -> _Planned:
     return _Planned(device, text, dataset)
 
 
-def _describe(cfg: ExperimentConfig, planned: _Planned) -> list[tuple[str, str]]:
+def _describe(
+    cfg: ExperimentConfig, planned: _Planned, applied: dict[str, object] | None = None
+) -> list[tuple[str, str]]:
     from llem_mlflow.backends.catalogue import shipped_models
     from llem_mlflow.backends.runtime import backend_versions
     from llem_mlflow.tracking.connection import mlflow_version
@@ -90,7 +95,7 @@ def _describe(cfg: ExperimentConfig, planned: _Planned) -> list[tuple[str, str]]
     rows.extend(_energy_source(device))
     rows.extend(_tracking(cfg))
     rows.append(("output folder", str(Path(cfg.output_dir).resolve())))
-    rows.extend(_settings(cfg, planned))
+    rows.extend(_settings(cfg, planned, applied or {}))
     models = textwrap.fill(
         ", ".join(shipped_models()), width=100, subsequent_indent=" " * LABEL, break_on_hyphens=False
     )
@@ -151,9 +156,10 @@ _AT_LOAD = "decided when the model loads"
 _SETTING = 34  # label width of the resolved.<field> rows (the longest is resolved.measurement_methodology)
 
 
-def _settings(cfg: ExperimentConfig, planned: _Planned) -> list[tuple[str, str]]:
+def _settings(cfg: ExperimentConfig, planned: _Planned, applied: dict[str, object]) -> list[tuple[str, str]]:
     """``resolved.<field>`` rows (the names MLflow params use) for every setting the hash covers, then the
-    hash: exact when nothing is left to the load, else provisional with placeholders for those settings."""
+    hash: exact when nothing is left to the load, else provisional with placeholders for those settings.
+    A value ``applied`` from the GPU defaults is marked ``(GPU default)``."""
     from llem_mlflow.results import identity
 
     precision = _resolved_precision(cfg.precision, planned.device)
@@ -174,7 +180,9 @@ def _settings(cfg: ExperimentConfig, planned: _Planned) -> list[tuple[str, str]]
     rows = [
         (
             f"resolved.{name}".ljust(_SETTING),
-            f"{_AT_LOAD} ({at_load[name]})" if name in at_load else _setting_text(values[name]),
+            f"{_AT_LOAD} ({at_load[name]})"
+            if name in at_load
+            else _setting_text(values[name], name in applied),
         )
         for name in identity.RECIPE_FIELDS[resolved.recipe]
         if name != "recipe"
@@ -201,8 +209,11 @@ def _decided_at_load(cfg: ExperimentConfig, planned: _Planned) -> dict[str, str]
     return at_load
 
 
-def _setting_text(value: Any) -> str:
-    """A setting as `config` shows it: null as none, booleans lower-case, dicts and lists as JSON."""
+def _setting_text(value: Any, gpu_default: bool = False) -> str:
+    """A setting as `config` shows it: null as none, booleans lower-case, dicts and lists as JSON; a GPU
+    default marked as such."""
+    if gpu_default:
+        return f"{_setting_text(value)} (GPU default)"
     if value is None:
         return "none"
     if isinstance(value, bool):

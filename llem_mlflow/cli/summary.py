@@ -54,12 +54,28 @@ def _unit(r: Any) -> str:
     return "prompts" if r.serving is None else "requests per cycle"
 
 
+def _workload(r: Any) -> str:
+    """``32 prompts x 12 passes per cycle: ...``: the passes only when the prompt set runs more than once."""
+    passes = r.warmup.passes if r.warmup is not None else 1
+    times = f" x {passes} passes per cycle" if passes > 1 else ""
+    return f"{r.config.n} {_unit(r)}{times}: {r.input_tokens:,} tokens in, {r.output_tokens:,} out"
+
+
+def _gpu_default_lines(r: Any) -> list[str]:
+    from llem_mlflow.config_gpu import describe
+
+    if not r.gpu_defaults:
+        return []
+    return [line("GPU defaults", f"{describe(r.gpu_defaults)} (set any of them to override)")]
+
+
 def summary(outcome: Outcome) -> str:
     """What a run measured, one ``label  value`` per line; the last lines name its folder and run."""
     r = outcome.result
     lines = [
         line("model", _model_words(r)),
-        line("workload", f"{r.config.n} {_unit(r)}: {r.input_tokens:,} tokens in, {r.output_tokens:,} out"),
+        line("workload", _workload(r)),
+        *_gpu_default_lines(r),
         line(
             "time",
             f"{r.total_inference_time_sec:.2f} s measured, {r.avg_tokens_per_second:,.1f} output tokens/s",

@@ -89,8 +89,12 @@ def measure_cycle(
     index: int,
     show: Progress,
     cpu: rapl.RaplReader | None = None,
+    passes: int = 1,
 ) -> Cycle:
     """One cycle in the edge order of ``counters.measure_window``; steady state also marks each batch edge.
+
+    The cycle runs ``groups`` ``passes`` times over: cycle ``index``'s order (``workload.cycle_order``) of
+    the repeated list, so cycle 0 is dataset order repeated and later cycles shuffle every batch of it.
 
     Raises:
         CutShort: on KeyboardInterrupt inside the window, holding the cycle of its completed batches.
@@ -98,9 +102,10 @@ def measure_cycle(
     if index and cfg.cooldown_s > 0:
         show.stage(f"cool-down {cfg.cooldown_s:g} s")
         time.sleep(cfg.cooldown_s)
-    order = workload.cycle_order(groups, index, cfg.seed)
+    order = workload.cycle_order(groups * passes, index, cfg.seed)
     of = f" (cycle {index + 1}/{cfg.cycles})" if cfg.cycles > 1 else ""
-    show.stage(f"measuring {counted(cfg.n, 'prompt')} in {counted(len(order), 'batch')}{of}")
+    times = f" x {passes} passes" if passes > 1 else ""
+    show.stage(f"measuring {counted(cfg.n, 'prompt')}{times} in {counted(len(order), 'batch')}{of}")
     show.batch("measure", 0, len(order))
     done = _Batches()
     steady_state = cfg.measurement_methodology == "steady_state"

@@ -87,3 +87,6 @@ class WarmupRecord(_Model):
     settled: bool | None = None  # settle rule only: the CV fell below the threshold before the cap
     compile_batches: int = 0  # with compile: batches run first, one per batch size (compile and capture)
     compile_s: float | None = None  # their wall time, kept out of every window; null without compile
+    passes: int = Field(default=1, ge=1)  # passes of the prompt set per measured cycle (min_window_s)
+    # passes x batches per pass x the median of the settle rule's latencies; null without a warm-up batch
+    est_window_s: float | None = None

@@ -36,7 +36,7 @@ from llem_mlflow.measure.served_load import ServedLoad
 from llem_mlflow.measure.settle import IdleSettle
 from llem_mlflow.measure.timings import Stopwatch
 from llem_mlflow.measure.trace import PowerTrace
-from llem_mlflow.measure.warmup import warm_up
+from llem_mlflow.measure.warmup import warm_up, window_warnings
 from llem_mlflow.protocols import Backend, BatchStats, GpuDevice
 
 #: Re-exported: ``run.execute`` reads them here (``measure.Cycle``, ``measure.PREFILL_MIN_S``...).
@@ -110,6 +110,7 @@ class _Progress:
     settled: IdleSettle | None = None
     idle: CounterWindow | None = None
     cycles: list[Cycle] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # said before the first window (``window_warnings``)
 
 
 def measure(
@@ -120,6 +121,9 @@ def measure(
     show: Progress,
 ) -> Measurement:
     """Warm-up, idle baseline, ``cfg.cycles`` measured windows and idle after, with the sampler on.
+
+    Each cycle runs the prompt set ``warmup.passes`` times (``min_window_s``; warm-up and isolated prefill
+    run it once); what to say about the windows (``warmup.window_warnings``) is shown before the first.
 
     Raises:
         Interrupted: on KeyboardInterrupt (Ctrl-C, or SIGTERM under ``interrupts.graceful``), after the
@@ -133,6 +137,9 @@ def measure(
     try:
         with clock.lap("warmup"):
             warmup = progress.warmup = warm_up(cfg, backend, groups, show)
+        progress.notes = window_warnings(cfg, warmup, bool(devices))
+        for note in progress.notes:
+            show.stage(f"warning: {note}")
         cpu, cpu_warning = _open_rapl()
         sampler = PowerSampler(devices, cfg.sampling_interval_s, mode=cfg.power_sampling)
         sampler.start()
@@ -148,7 +155,8 @@ def measure(
         cycles = [_trim_ramp(c, trace, devices) for c in cycles]
     faults = [*done.faults, *_fault_warnings(done, cycles, trace, devices)]
     faults += cpu.warnings if cpu else []  # RAPL counters that wrapped inside a window
-    warnings = [w for w in [cpu_warning, *sampler.warnings, *faults, *_steady_warnings(cfg, cycles)] if w]
+    trims = _steady_warnings(cfg, cycles)
+    warnings = [w for w in [*progress.notes, cpu_warning, *sampler.warnings, *faults, *trims] if w]
     return Measurement(
         cycles=cycles,
         idle=done.idle,
@@ -179,7 +187,11 @@ def _partial(
         cycles=list(progress.cycles),
         idle=progress.idle,
         trace=trace,
-        warnings=[*interrupted_notes(progress.stage, progress.cycles, cfg.cycles), *warnings],
+        warnings=[
+            *interrupted_notes(progress.stage, progress.cycles, cfg.cycles),
+            *progress.notes,
+            *warnings,
+        ],
         cpu_energy=_cpu_energy(progress.cycles),
         warmup=progress.warmup,
         idle_settle=progress.settled,
@@ -263,7 +275,8 @@ def _sampled_stages(
         for i in range(cfg.cycles):
             progress.stage = f"cycle {i + 1} of {cfg.cycles}"
             try:
-                progress.cycles.append(measure_cycle(cfg, backend, devices, groups, i, show, cpu))
+                passes = progress.warmup.passes if progress.warmup else 1
+                progress.cycles.append(measure_cycle(cfg, backend, devices, groups, i, show, cpu, passes))
             except CutShort as cut:  # keep the batches that completed, then stop
                 progress.cycles.extend([cut.cycle] if cut.cycle is not None else [])
                 raise

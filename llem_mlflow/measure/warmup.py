@@ -5,19 +5,36 @@ batch size), so compiling and graph capture stay out of every window; they are t
 warm-up runs the measured batches themselves, one at a time, each timed between two syncs:
 ``warmup_batches`` of them, or with ``warmup_settle_cv_pct`` until the latency settles (the rule in
 ``warm_up``). Returns the ``WarmupRecord`` the result keeps.
+
+It also chooses how many passes of the prompt set each measured cycle runs (``min_window_s``, rule in
+``passes_for``), and says before any window is measured when the expected window is too short for the
+energy counter (``window_warnings``: the ``short_window`` rule of ``figures.quality``, ahead of time).
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
+from collections.abc import Callable
 
 from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.config_gpu import GPU_DEFAULTS
 from llem_mlflow.measure.progress import Progress, counted
-from llem_mlflow.measure.records import WarmupRecord
+from llem_mlflow.measure.records import EnergyBreakdown, WarmupRecord
 from llem_mlflow.protocols import Backend
 
 #: Settle rule: the CV of this many latest batch latencies is compared with the threshold.
 SETTLE_WINDOW = 3
+#: Most passes of the prompt set in one measured cycle; ``min_window_s`` asking more is capped (a warning).
+MAX_PASSES = 10_000
+#: The ``short_window`` rule (``figures.quality.MIN_COUNTER_UPDATES``; measure may not import figures, a test
+#: holds them equal): a window under this many updates of the energy counter cannot resolve its energy.
+MIN_COUNTER_UPDATES = 10
+#: Period of the NVML energy counter, as the run's energy breakdown assumes it.
+COUNTER_UPDATE_S: float = EnergyBreakdown.model_fields["counter_update_s"].default
+#: Times each warm-up batch; a test puts a fake clock here.
+TIMER: Callable[[], float] = time.perf_counter
 
 
 def warm_up(
@@ -40,14 +57,17 @@ def warm_up(
     settled = False
     while len(latencies) < most and not settled:
         backend.synchronize()
-        t0 = time.perf_counter()
+        t0 = TIMER()
         backend.generate(groups[len(latencies) % len(groups)], cfg.max_output_tokens)
         backend.synchronize()
-        latencies.append(time.perf_counter() - t0)
+        latencies.append(TIMER() - t0)
         show.batch("warm-up", len(latencies), most)
         if settle is not None and len(latencies) >= least:
             settled = cv_pct(latencies[-SETTLE_WINDOW:]) < settle
     rule = f"settle: CV of the last {SETTLE_WINDOW} < {settle}%, {least}-{most} batches" if settle else ""
+    passes, pass_s = passes_for(cfg.min_window_s, latencies, len(groups))
+    if passes > 1 and pass_s is not None:
+        show.stage(f"min_window_s {cfg.min_window_s:g} s: {passes} passes per cycle (one: ~{pass_s:.3g} s)")
     return WarmupRecord(
         batches=len(latencies),
         latencies_s=latencies,
@@ -55,7 +75,47 @@ def warm_up(
         settled=settled if settle else None,
         compile_batches=compile_batches,
         compile_s=compile_s,
+        passes=passes,
+        est_window_s=None if pass_s is None else passes * pass_s,
     )
+
+
+def passes_for(min_window_s: float, latencies_s: list[float], batches: int) -> tuple[int, float | None]:
+    """(passes of the prompt set per cycle; one pass's expected seconds, None: unknown).
+
+    One pass: ``batches`` x the median of the latencies the settle rule reads (the last ``SETTLE_WINDOW``,
+    or all when fewer). Passes: ``max(1, ceil(min_window_s / pass))``, at most ``MAX_PASSES``; 1 when
+    ``min_window_s`` is 0 or no warm-up batch was timed.
+    """
+    if not latencies_s:
+        return 1, None
+    pass_s = statistics.median(latencies_s[-SETTLE_WINDOW:]) * batches
+    if min_window_s <= 0:
+        return 1, pass_s
+    if pass_s <= 0 or min_window_s / pass_s > MAX_PASSES:
+        return MAX_PASSES, pass_s
+    return max(1, math.ceil(min_window_s / pass_s)), pass_s
+
+
+def window_warnings(cfg: ExperimentConfig, record: WarmupRecord, gpus: bool) -> list[str]:
+    """What to say about the measured windows before the first: ``min_window_s`` capped, and (on a run
+    with GPUs) an expected window under ``MIN_COUNTER_UPDATES`` updates of the energy counter."""
+    est, out = record.est_window_s, []
+    if est is None:
+        return []
+    if record.passes >= MAX_PASSES and est < cfg.min_window_s:
+        out.append(
+            f"min_window_s {cfg.min_window_s:g} s needs more than {MAX_PASSES:,} passes of the prompt set "
+            f"per cycle; capped at {MAX_PASSES:,}: each window will last about {est:.3g} s"
+        )
+    least_s = MIN_COUNTER_UPDATES * COUNTER_UPDATE_S
+    if gpus and est < least_s:
+        out.append(
+            f"The measured window will last about {est:.2f} s, fewer than {MIN_COUNTER_UPDATES} updates of "
+            f"the energy counter ({least_s:g} s): its energy cannot be resolved; set min_window_s: "
+            f"{GPU_DEFAULTS['min_window_s']:g}, or more prompts"
+        )
+    return out
 
 
 def _compile_warm_up(

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from llem_mlflow.config import ExperimentConfig
 
 #: Version of the hash recipe (the fields below and how they are spelled).
-HASH_RECIPE = 5
+HASH_RECIPE = 6
 #: Fields each recipe hashes; an older result keeps its recipe, so its hash stays recomputable.
 _RECIPE_2 = (
     "recipe", "model", "model_revision", "backend", "backend_options", "weights", "precision", "device", "n",
@@ -40,11 +40,13 @@ _RECIPE_4 = (
     "device_map",
     "gpus",
 )
+_RECIPE_5 = (*_RECIPE_4, "cache", "compile", "attention")
 RECIPE_FIELDS: dict[int, tuple[str, ...]] = {
     2: _RECIPE_2,
     3: _RECIPE_3,
     4: _RECIPE_4,
-    5: (*_RECIPE_4, "cache", "compile", "attention"),
+    5: _RECIPE_5,
+    6: (*_RECIPE_5, "min_window_s"),
 }
 SYNTHETIC = "synthetic"
 
@@ -89,6 +91,7 @@ class ResolvedSettings(BaseModel):
     attention: str | None = Field(
         None, description="attn_implementation the loaded model uses, e.g. sdpa (recipe 5 on)."
     )
+    min_window_s: float = Field(0.0, description="Least window per cycle; sets the passes (recipe 6 on).")
 
     @field_validator("recipe")
     @classmethod
@@ -175,5 +178,6 @@ def resolve(
             "cache": cfg.cache,
             "compile": cfg.compile,
             "attention": attention or cfg.attention,
+            "min_window_s": cfg.min_window_s,
         }
     )

@@ -52,6 +52,7 @@ class NamedResult(Protocol):
     energy_source: Literal["nvml", "none"]
     environment_snapshot: EnvironmentSnapshot
     quality_flags: dict[str, str]
+    gpu_defaults: dict[str, Any] | None
     # headline figures (metrics)
     input_tokens: int
     output_tokens: int
@@ -142,6 +143,7 @@ def tags(result: NamedResult) -> dict[str, str]:
         "llem.env.transformers": env.packages.get("transformers"),
         "llem.env.python": env.python_version,
         "llem.git.commit": env.git_commit,
+        "llem.gpu_defaults": _pairs(result.gpu_defaults),
         **{f"llem.quality.{name}": message[:500] for name, message in result.quality_flags.items()},
         "mlflow.note.content": result.description(),
         **serving_tags(result.scenario, result.serving),
@@ -254,6 +256,7 @@ def _method_metrics(result: NamedResult) -> dict[str, _Rounded]:
         "steady/trimmed_batches": (sum(st.trimmed_batches) if st else None, _count),
         "time/idle_settle_s": (idle.waited_s if idle else None, _seconds),
         "time/compile_s": (result.warmup.compile_s if result.warmup else None, _seconds),
+        "workload/passes_per_cycle": (result.warmup.passes if result.warmup else None, _count),
     }
 
 
@@ -277,6 +280,11 @@ def _interval_metrics(cycles: CycleStats) -> dict[str, _Rounded]:
             out[f"{key}_ci95_low"] = (interval.ci95_low, rule)
             out[f"{key}_ci95_high"] = (interval.ci95_high, rule)
     return out
+
+
+def _pairs(values: dict[str, Any] | None) -> str | None:
+    """``cycles=5,cache=static``: a mapping as one tag value (None: empty or missing)."""
+    return ",".join(f"{k}={_param_str(v)}" for k, v in values.items()) if values else None
 
 
 def _params_of(values: dict[str, Any], prefix: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ the model through ``naming``, so no other module keeps its own list of keys.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -52,7 +52,9 @@ class ExperimentResult(BaseModel):
     # "interrupted": Ctrl-C or SIGTERM ended the run early; every figure comes from the completed cycles.
     status: Literal["completed", "interrupted"] = "completed"
     llem_version: str
-    config: ExperimentConfig  # as requested (may say "auto")
+    config: ExperimentConfig  # as requested (may say "auto"), with the GPU defaults the run took
+    # The GPU defaults the run took for fields it was not given (config_gpu), e.g. {"cycles": 5}; null: none.
+    gpu_defaults: dict[str, Any] | None = None
     # What was measured, every "auto" resolved; measurement_config_hash is computed from it alone.
     # Null only in results written before hash recipe 2 (llem-mlflow < 0.2), whose hash was over `config`.
     resolved: ResolvedSettings | None = None

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 
 from llem_mlflow._version import __version__
 from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.config_gpu import held_gpu_defaults
 from llem_mlflow.figures import carbon, flops, latency, peaks, phases, quality, roofline, stats
 from llem_mlflow.figures.stats import Interval
 from llem_mlflow.measure import energy, prefill, steady
@@ -173,8 +174,7 @@ def _build_result(c: _Context, m: measure.Measurement, backend: Backend) -> Expe
     """The validated result of ``m`` under ``c``; the warnings not logged yet are logged here, once."""
     infos = [d.info for d in c.gpu_set.devices]
     breakdown, parts, energy_warnings = _energy(m, infos)
-    in_tok = sum(s.input_tokens for s in m.stats)
-    out_tok = sum(s.output_tokens for s in m.stats)
+    in_tok, out_tok = sum(s.input_tokens for s in m.stats), sum(s.output_tokens for s in m.stats)
     seconds = m.seconds
     gross, incomplete = _gross(m, breakdown)
     cycles, interval_warnings = _cycle_stats(c.cfg, m, parts)
@@ -185,6 +185,7 @@ def _build_result(c: _Context, m: measure.Measurement, backend: Backend) -> Expe
         measurement_config_hash=c.resolved.measurement_hash(),
         llem_version=__version__,
         config=c.cfg,
+        gpu_defaults=held_gpu_defaults(c.cfg) or None,
         resolved=c.resolved,
         model=c.cfg.model,
         backend=c.cfg.backend,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from llem_mlflow import interrupts
 from llem_mlflow.config import ExperimentConfig, load_config
+from llem_mlflow.config_gpu import GPU_DEFAULTS, with_gpu_defaults
 from llem_mlflow.errors import BackendError, TrackingError
 from llem_mlflow.measure import stages as measure
 from llem_mlflow.measure.progress import LogProgress, Progress
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     RuntimeStart = Callable[[ExperimentConfig], Started | None]
 
 #: The public names of ``run``: the entry points and the types in their signatures.
-__all__ = ["GpuProvider", "GpuSet", "Outcome", "execute", "rescue_roots", "run_experiment"]
+__all__ = ["GpuProvider", "GpuSet", "Outcome", "execute", "gpu_config", "rescue_roots", "run_experiment"]
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +89,15 @@ def execute(
 ) -> Outcome:
     """Run ``cfg`` with injectable parts: checks, load, measure, write files, then log to MLflow.
 
-    Every check runs before the model loads (``preflight``); the result folder exists before the
-    GPU works; files are written before MLflow is called, and a logging failure is returned in
-    ``Outcome.tracking_error`` instead of raised, so the measurement is never lost. MLflow is
-    imported in the background while the model loads (``prefetch``), and that import has
-    ended before the GPU works. ``startup_s``: seconds from process start to this call, when the
-    caller knows them (the CLI); they go into the timings block. ``child_of``: log into a new run
-    nested under that parent (a sweep's point; see ``tracking``). ``start_runtime``: started as the model
-    loads (see ``_load``); a backend this call makes gets ``backends.start_runtime``.
-    """
+    Every check runs before the model loads (``preflight``); the result folder exists before the GPU
+    works; files are written before MLflow is called, and a logging failure is returned in
+    ``Outcome.tracking_error`` instead of raised, so the measurement is never lost. MLflow is imported in
+    the background while the model loads (``prefetch``), and that import has ended before the GPU works.
+    ``startup_s``: seconds from process start to this call, when the caller knows them (the CLI); they go
+    into the timings block. ``child_of``: log into a new run nested under that parent (a sweep's point;
+    see ``tracking``). ``start_runtime``: started as the model loads (see ``_load``); a backend this call
+    makes gets ``backends.start_runtime``. On a GPU, unset fields take the GPU defaults (``gpu_config``)."""
+    cfg = gpu_config(cfg, backend)
     if backend is None:  # bad-input/OOM: a backend this run made is released when the run fails
         kw = {"gpus": gpus, "progress": progress, "store_probe": store_probe, "startup_s": startup_s}
         starter = start_runtime or _start_runtime
@@ -180,6 +181,31 @@ def _measure_stages(c: _Context, backend: Backend, show: Progress) -> measure.Me
 
         return measure_server(c.cfg, backend, devices, c.plan.prompts, show)
     return measure.measure(c.cfg, backend, devices, c.plan.prompts, show)
+
+
+def gpu_config(cfg: ExperimentConfig, backend: object | None = None) -> ExperimentConfig:
+    """``cfg`` with the GPU defaults (``config_gpu.with_gpu_defaults``) of the device it will run on.
+
+    The device: ``backend.planned_device()`` where the backend has one; with no backend,
+    ``backends.runtime.resolve_device`` (imports torch unless ``device: cpu``). ``cfg`` unchanged in the
+    server scenario, when every default's field is set, or when the device cannot be told (a backend
+    without ``planned_device``; a failing check, which then fails the run where it always did).
+    """
+    if cfg.scenario == "server" or not set(GPU_DEFAULTS) - cfg.model_fields_set:
+        return cfg
+    planned = getattr(backend, "planned_device", None)
+    if backend is not None and not callable(planned):
+        return cfg
+    try:
+        if callable(planned):
+            device = str(planned())
+        else:
+            from llem_mlflow.backends.runtime import resolve_device
+
+            device = resolve_device(cfg.device)
+    except Exception:  # the run's own checks raise it again, in their place
+        return cfg
+    return with_gpu_defaults(cfg, device)[0]
 
 
 def _load(

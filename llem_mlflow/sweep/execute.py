@@ -170,13 +170,13 @@ def _measure_all(
     todo = [p for i, p in enumerate(plan.points) if i not in skip]
     parent_run_id = parent.run_id if parent is not None else None
     if parts.gpu_ids:
-        order = [index[id(p)] for group in run_groups(todo) for p in group]
+        order = [index[id(p)] for group in run_groups(todo, measuring.run_key) for p in group]
         yield from parallel.run_parallel(plan, order, parent_run_id, parts.gpu_ids, parts.worker_parts)
         return
     make = parts.make_backend or measuring.create_backend
-    for group in run_groups(todo):
+    for group in run_groups(todo, measuring.run_key):  # the configs the points run with (GPU defaults)
         assert group[0].config is not None  # run_groups keeps valid points only
-        backend = measuring.LoadOnce(make(group[0].config))
+        backend = measuring.LoadOnce(make(measuring.run_config(group[0].config)))
         try:
             for p in group:
                 yield index[id(p)], measuring.measure_point(p, backend, parent_run_id, parts)

@@ -7,6 +7,10 @@ size and token count, so points differing in workload fields (``n``, ``batch_siz
 load time of 0, and their ``loading`` stage reads ``reusing loaded <model>``: ``Reusing``); the model is
 released (``backends.runtime.free_memory``) before the next group loads. ``Parts``: what a sweep runs
 with (tests inject fakes).
+
+GPU defaults: a point runs with ``run_config`` of its config (the GPU defaults of the device it resolves
+to, as a single run takes them), and its group's backend is made from that; the point's hash
+(``Point.point_hash``, resume) stays the one of its requested config.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import TYPE_CHECKING
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.errors import LlemError, RunInterrupted
 from llem_mlflow.protocols import Backend, BatchStats, LoadedModel, ModelFacts
-from llem_mlflow.sweep.plan import Point
+from llem_mlflow.sweep.plan import Point, load_key
 from llem_mlflow.sweep.summary import Row
 from llem_mlflow.tracking.store_probe import one_line
 
@@ -136,7 +140,7 @@ def measure_point(
         progress = Reusing(progress or LogProgress(), p.config.model)
     try:
         outcome = execute(
-            p.config,
+            run_config(p.config),
             backend=backend,
             gpus=parts.gpus,
             progress=progress,
@@ -158,6 +162,18 @@ def outcome_row(p: Point, outcome: Outcome) -> Row:
     return Row(
         p, status, outcome.run_id, r.mlflow_metrics(), r.measurement_config_hash, note, outcome.result_dir
     )
+
+
+def run_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config a point runs with here: ``cfg`` with the GPU defaults of its device (``gpu_config``)."""
+    from llem_mlflow.run.execute import gpu_config
+
+    return gpu_config(cfg)
+
+
+def run_key(cfg: ExperimentConfig) -> str:
+    """``plan.load_key`` of the config the point runs with: points with equal keys share a loaded model."""
+    return load_key(run_config(cfg))
 
 
 def create_backend(cfg: ExperimentConfig) -> Backend:

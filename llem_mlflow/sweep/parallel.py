@@ -218,11 +218,12 @@ class _Models:
 
     def for_point(self, point: Point) -> Any:
         assert point.config is not None  # only valid points are queued
-        key = load_key(point.config)
+        cfg = measuring.run_config(point.config)  # with the GPU defaults, as measure_point runs it
+        key = load_key(cfg)
         if key != self.key:
             self.release()
             make = self.parts.make_backend or measuring.create_backend
-            self.backend, self.key = measuring.LoadOnce(make(point.config)), key
+            self.backend, self.key = measuring.LoadOnce(make(cfg)), key
         return self.backend
 
     def release(self) -> None:

@@ -18,7 +18,7 @@ import hashlib
 import itertools
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -192,10 +192,13 @@ def load_key(cfg: ExperimentConfig) -> str:
     return compact_json(key)
 
 
-def run_groups(points: Sequence[Point]) -> list[list[Point]]:
-    """Valid ``points`` grouped by ``load_key``: groups by first appearance, points in their order."""
+def run_groups(
+    points: Sequence[Point], key: Callable[[ExperimentConfig], str] = load_key
+) -> list[list[Point]]:
+    """Valid ``points`` grouped by ``key`` (``load_key``, or that of the config a point runs with): groups
+    by first appearance, points in their order."""
     groups: dict[str, list[Point]] = {}
     for p in points:
         if p.config is not None:
-            groups.setdefault(load_key(p.config), []).append(p)
+            groups.setdefault(key(p.config), []).append(p)
     return list(groups.values())

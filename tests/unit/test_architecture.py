@@ -2,8 +2,9 @@
 
 Every import counts, wherever it stands: at module level, inside a function (a lazy import), or under
 ``TYPE_CHECKING``. A module's package is the folder under ``llem_mlflow/`` it lives in; the top-level
-modules ``config``, ``config_rules``, ``config_server``, ``config_yaml``, ``errors``, ``secrets``,
-``protocols``, ``served``, ``interrupts`` and ``_version`` are the base, which every package may import.
+modules ``config``, ``config_gpu``, ``config_rules``, ``config_server``, ``config_yaml``, ``errors``,
+``secrets``, ``protocols``, ``served``, ``interrupts`` and ``_version`` are the base, which every package may
+import.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "llem_mlflow"
 BASE = {
     "config",
+    "config_gpu",
     "config_rules",
     "config_server",
     "config_yaml",

@@ -22,9 +22,10 @@ def _hash(cfg: ExperimentConfig, **resolved: Any) -> str:
 
 def test_recipe_is_pinned_by_a_literal_hash() -> None:
     # If this fails, the hash recipe changed: bump HASH_RECIPE and update README and this literal.
-    assert HASH_RECIPE == 5
-    assert _hash(ExperimentConfig()) == "2a7cd6a1631116d3"
-    assert _hash(ExperimentConfig(), attention="sdpa") == "87d243e07c350db5"  # what a default run resolves
+    assert HASH_RECIPE == 6
+    assert _hash(ExperimentConfig()) == "f8bd28f6400b2107"
+    assert _hash(ExperimentConfig(), attention="sdpa") == "de68afdbe1436ade"  # what a default run resolves
+    assert _hash(ExperimentConfig(min_window_s=20)) == "383ca60f011e626e"  # recipe 6 hashes min_window_s
 
 
 def test_older_recipes_keep_their_hash() -> None:
@@ -35,6 +36,9 @@ def test_older_recipes_keep_their_hash() -> None:
     assert recipe_3.measurement_hash() == "ce2fdafde6e58290"
     recipe_4 = resolve(ExperimentConfig(), **CPU_RANDOM).model_copy(update={"recipe": 4})
     assert recipe_4.measurement_hash() == "84e74c9d2c43b5b8"
+    recipe_5 = resolve(ExperimentConfig(), **CPU_RANDOM).model_copy(update={"recipe": 5})
+    assert recipe_5.measurement_hash() == "2a7cd6a1631116d3"
+    assert recipe_5.model_copy(update={"min_window_s": 20.0}).measurement_hash() == "2a7cd6a1631116d3"
     assert _hash(ExperimentConfig(cycles=5)) != _hash(ExperimentConfig())
     assert _hash(ExperimentConfig(cooldown_s=2)) != _hash(ExperimentConfig())
 

@@ -114,6 +114,7 @@ CONFIG_PARAMS = {
     "cache",
     "compile",
     "attention",
+    "min_window_s",
 }
 RESOLVED_PARAMS = {  # prompt_field and tokenizer are null for synthetic prompts: not logged
     "resolved.recipe",
@@ -143,6 +144,7 @@ RESOLVED_PARAMS = {  # prompt_field and tokenizer are null for synthetic prompts
     "resolved.cache",
     "resolved.compile",
     "resolved.attention",
+    "resolved.min_window_s",
 }
 
 
@@ -189,7 +191,7 @@ def test_documented_values(sample_result: Sample, tmp_path: Path) -> None:
     assert metrics["compute/flops"] == 32_000_000_000.0
     assert tags["llem.gpu.name"] == "NVIDIA H200" and tags["llem.gpu.count"] == "2"
     assert tags["llem.energy_source"] == "nvml" and tags["llem.schema_version"] == "2.0"
-    assert tags["llem.hash_recipe"] == "5"
+    assert tags["llem.hash_recipe"] == "6"
     assert params["resolved.backend_options"] == "{}"
     assert params["batch_size"] == "2" and params["resolved.precision"] == "bf16"
     assert run.info.run_name == "gpt2-bs2-bf16"
