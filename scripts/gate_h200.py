@@ -19,9 +19,9 @@ from pathlib import Path
 
 PCT = os.environ.get("GATE_PCT", "5")
 QUESTIONS = (  # name, candidate run name, baseline run name, expected exit code
-    ("same", "rep-gpt2-b8-graph-again", "rep-gpt2-b8-graph", 0),
-    ("worse", "rep-gpt2-b8-graph", "rep-gpt2-b64-graph", 1),
-    ("method", "rep-gpt2-b8-graph-steady", "rep-gpt2-b8-graph", 3),
+    ("same", "gate-b8-again", "gate-b8", 0),
+    ("worse", "gate-b8", "gate-b64", 1),
+    ("method", "gate-b8-steady", "gate-b8", 3),
 )
 
 

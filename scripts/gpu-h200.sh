@@ -7,9 +7,10 @@
 #   default:    the default gpt2 run (time to result: the result's timings block);
 #   repeat:     5-cycle runs, REPEAT="model:batch[:compile] ..." with about WINDOW_S s per cycle (n sized
 #               from the efficiency part's ms/step when present);
-#   server:     transformers serve --continuous-batching on a random-weights folder of SERVER_SHAPES,
-#               concurrency sweep SERVER_CONC, then the in-process run of the same folder beside it;
-#   gate:       compare --fail-if-worse on the repeat runs (same config, b8 vs b64, other methodology);
+#   server:     transformers serve --continuous-batching on a random-weights folder of SERVER_SHAPES: c=1 with
+#               the server launched by the tool, then SERVER_CONC attached to one we start; in-process beside;
+#   gaterun:    gpt2 with the GPU defaults and GATE_WINDOW_S s windows: b8, b8 again, b64, b8 steady_state;
+#   gate:       compare --fail-if-worse on those runs (same config, b8 vs b64, other methodology);
 #   eval:       examples/genai_energy_eval.py with real energy.
 # Everything logs to $OUT_DIR/mlflow.db; results under $OUT_DIR/<part>/.
 #   scripts/gpu-h200.sh OUT_DIR        (PARTS="efficiency sampler default repeat" by default)
@@ -86,24 +87,69 @@ if has repeat; then
     rc "$name n=$n" $?
   done
 fi
+srv() {  # srv NAME CONCURRENCY N ARGS...: one server-scenario run of $folder
+  local name=$1 conc=$2 n=$3
+  shift 3
+  left "$name" || return 1
+  timeout 200 $py -m llem_mlflow run --scenario server --model "$folder" --concurrency "$conc" --n "$n" \
+    --cycles "${SERVER_CYCLES:-3}" --max-output-tokens 64 --output-dir "$out/server" --experiment-name server \
+    --run-name "$name" "$@" > "$out/$name.log" 2>&1
+  rc "$name" $?
+}
+wait_health() {  # wait_health URL: up to 180 s
+  $py - "$1" <<'PY'
+import sys, time, urllib.request
+for _ in range(180):
+    try:
+        urllib.request.urlopen(sys.argv[1] + "/health", timeout=2)
+        sys.exit(0)
+    except Exception:
+        time.sleep(1)
+sys.exit(1)
+PY
+}
 if has server; then
   for shape in ${SERVER_SHAPES:-gpt2}; do
     left "server $shape" || break
-    folder=/tmp/models/$(basename "$shape")
-    [ -d "$folder" ] || $py scripts/served_model_folder.py "$shape" "$folder" > "$out/folder-$(basename "$shape").log" 2>&1
-    sed "s/^  concurrency: .*/  concurrency: ${SERVER_CONC:-[1, 8, 32, 128]}/" examples/server-sweep.yaml \
-      > "$out/server-sweep.yaml"
-    timeout "${SERVER_TIMEOUT:-330}" $py -m llem_mlflow sweep "$out/server-sweep.yaml" --model "$folder" \
-      --n "${SERVER_N:-256}" --cycles "${SERVER_CYCLES:-3}" --output-dir "$out/server" --experiment-name server > "$out/server-$(basename "$shape").log" 2>&1
-    rc "server $shape" $?
-    [ "${SERVER_INPROCESS:-1}" = 1 ] && left "inprocess $shape" && timeout 150 $py -m llem_mlflow run --model "$folder" --weights pretrained \
-      --n "${SERVER_N:-256}" --batch-size 32 --cycles 3 --output-dir "$out/server-inprocess" \
-      --experiment-name server --run-name "inprocess-$(basename "$shape")-b32" \
-      > "$out/inprocess-$(basename "$shape").log" 2>&1
-    rc "inprocess $shape" $?
+    b=$(basename "$shape")
+    folder=/tmp/models/$b
+    [ -d "$folder" ] || $py scripts/served_model_folder.py "$shape" "$folder" > "$out/folder-$b.log" 2>&1
+    # launch mode: the tool starts and stops the server (concurrency 1)
+    srv "$b-launch-c1" 1 32 --server-command "transformers serve {model} --host {host} --port {port} --continuous-batching"
+    # attach mode: one server of ours for the other points, measured on GPU 0
+    url=http://127.0.0.1:18123
+    setsid transformers serve "$folder" --host 127.0.0.1 --port 18123 --continuous-batching > "$out/serve-$b.log" 2>&1 &
+    spid=$!
+    wait_health "$url"
+    rc "health $b" $?
+    for c in ${SERVER_CONC:-8 32 128}; do
+      srv "$b-attach-c$c" "$c" $((c * 4 < 128 ? 128 : c * 4)) --server-url "$url" --server-gpus 0
+    done
+    kill -TERM -- -"$spid" 2>/dev/null; sleep 2; kill -KILL -- -"$spid" 2>/dev/null
+    if [ "${SERVER_INPROCESS:-1}" = 1 ] && left "inprocess $b"; then
+      timeout 150 $py -m llem_mlflow run --model "$folder" --weights pretrained --n 256 --batch-size 32 --cycles 3 \
+        --min-window-s 8 --output-dir "$out/server-inprocess" --experiment-name server --run-name "inprocess-$b-b32" \
+        > "$out/inprocess-$b.log" 2>&1
+      rc "inprocess $b" $?
+    fi
   done
+  $py scripts/serving_table.py "$out/server" "$out/server-inprocess" > "$out/serving_table.md" 2>&1
 fi
 has default && left "default again" && default_run again
+gate_run() {  # gate_run NAME ARGS...: a gpt2 run with the GPU defaults and a GATE_WINDOW_S window per cycle
+  local name=$1
+  shift
+  left "$name" || return 1
+  timeout 150 $py -m llem_mlflow run --model gpt2 --weights random --output-dir "$out/gate" --run-name "$name" \
+    --min-window-s "${GATE_WINDOW_S:-8}" "$@" > "$out/$name.log" 2>&1
+  rc "$name" $?
+}
+if has gaterun; then
+  gate_run gate-b8 --batch-size 8
+  gate_run gate-b8-again --batch-size 8
+  gate_run gate-b64 --batch-size 64 --n 256
+  gate_run gate-b8-steady --batch-size 8 --measurement-methodology steady_state
+fi
 if has gate && left gate; then
   $py scripts/gate_h200.py "$out" > "$out/gate.log" 2>&1
   rc gate $?
@@ -112,7 +158,7 @@ if has eval && left eval; then
   timeout 120 $py examples/genai_energy_eval.py > "$out/eval.log" 2>&1
   rc eval $?
 fi
-for d in default repeat server server-inprocess; do
+for d in default repeat gate server server-inprocess; do
   [ -d "$out/$d" ] && { echo "=== $d"; $py scripts/summarize_results.py "$out/$d"; }
 done > "$out/summary.txt" 2>&1
 cat "$out/gpu.txt" "$out/rcs.txt"
