@@ -87,6 +87,28 @@ if has repeat; then
     rc "$name n=$n" $?
   done
 fi
+gate_run() {  # gate_run NAME ARGS...: a gpt2 run with the GPU defaults and a GATE_WINDOW_S window per cycle
+  local name=$1
+  shift
+  left "$name" || return 1
+  timeout 150 $py -m llem_mlflow run --model gpt2 --weights random --output-dir "$out/gate" --run-name "$name" \
+    --min-window-s "${GATE_WINDOW_S:-8}" "$@" > "$out/$name.log" 2>&1
+  rc "$name" $?
+}
+if has gaterun; then
+  gate_run gate-b8 --batch-size 8
+  gate_run gate-b8-again --batch-size 8
+  gate_run gate-b64 --batch-size 64 --n 256
+  gate_run gate-b8-steady --batch-size 8 --measurement-methodology steady_state
+fi
+if has gate && left gate; then
+  $py scripts/gate_h200.py "$out" > "$out/gate.log" 2>&1
+  rc gate $?
+fi
+if has eval && left eval; then
+  timeout 120 $py examples/genai_energy_eval.py > "$out/eval.log" 2>&1
+  rc eval $?
+fi
 srv() {  # srv NAME CONCURRENCY N ARGS...: one server-scenario run of $folder
   local name=$1 conc=$2 n=$3
   shift 3
@@ -115,7 +137,7 @@ if has server; then
     folder=/tmp/models/$b
     [ -d "$folder" ] || $py scripts/served_model_folder.py "$shape" "$folder" > "$out/folder-$b.log" 2>&1
     # launch mode: the tool starts and stops the server (concurrency 1)
-    srv "$b-launch-c1" 1 32 --server-command "transformers serve {model} --host {host} --port {port} --continuous-batching"
+    srv "$b-launch-c1" 1 "${SERVER_N1:-24}" --server-command "transformers serve {model} --host {host} --port {port} --continuous-batching"
     # attach mode: one server of ours for the other points, measured on GPU 0
     url=http://127.0.0.1:18123
     setsid transformers serve "$folder" --host 127.0.0.1 --port 18123 --continuous-batching > "$out/serve-$b.log" 2>&1 &
@@ -136,28 +158,6 @@ if has server; then
   $py scripts/serving_table.py "$out/server" "$out/server-inprocess" > "$out/serving_table.md" 2>&1
 fi
 has default && left "default again" && default_run again
-gate_run() {  # gate_run NAME ARGS...: a gpt2 run with the GPU defaults and a GATE_WINDOW_S window per cycle
-  local name=$1
-  shift
-  left "$name" || return 1
-  timeout 150 $py -m llem_mlflow run --model gpt2 --weights random --output-dir "$out/gate" --run-name "$name" \
-    --min-window-s "${GATE_WINDOW_S:-8}" "$@" > "$out/$name.log" 2>&1
-  rc "$name" $?
-}
-if has gaterun; then
-  gate_run gate-b8 --batch-size 8
-  gate_run gate-b8-again --batch-size 8
-  gate_run gate-b64 --batch-size 64 --n 256
-  gate_run gate-b8-steady --batch-size 8 --measurement-methodology steady_state
-fi
-if has gate && left gate; then
-  $py scripts/gate_h200.py "$out" > "$out/gate.log" 2>&1
-  rc gate $?
-fi
-if has eval && left eval; then
-  timeout 120 $py examples/genai_energy_eval.py > "$out/eval.log" 2>&1
-  rc eval $?
-fi
 for d in default repeat gate server server-inprocess; do
   [ -d "$out/$d" ] && { echo "=== $d"; $py scripts/summarize_results.py "$out/$d"; }
 done > "$out/summary.txt" 2>&1

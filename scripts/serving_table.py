@@ -36,15 +36,17 @@ def _interval(block: dict[str, Any] | None, digits: int = 3) -> str:
 def _ms(stats: dict[str, Any] | None) -> str:
     if not stats or stats.get("p50") is None:
         return "-"
-    return f"{stats['p50'] * 1000:.1f} / {stats['p99'] * 1000:.1f}"
+    p99 = "-" if stats.get("p99") is None else f"{stats['p99'] * 1000:.1f}"
+    return f"{stats['p50'] * 1000:.1f} / {p99}"
 
 
 def _latency(r: dict[str, Any]) -> dict[str, Any]:
     s = r.get("serving") or {}
     if s.get("latency"):
         return s["latency"]
-    lat = r.get("latency") or {}
-    return {"ttft_s": lat.get("ttft_s"), "itl_s": lat.get("itl_s")}
+    lat = r.get("latency") or {}  # in-process: flat keys, TTFT has no p99
+    ttft = {"p50": lat.get("ttft_p50_s"), "p99": lat.get("ttft_p99_s")}
+    return {"ttft_s": ttft, "itl_s": {"p50": lat.get("itl_p50_s"), "p99": lat.get("itl_p99_s")}}
 
 
 def row(r: dict[str, Any]) -> tuple[tuple[Any, ...], list[str]]:
