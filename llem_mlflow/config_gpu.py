@@ -5,8 +5,10 @@ docs/methodology.md), and ``with_gpu_defaults``, which applies it to a config on
 known. A field counts as set when the user gave it (pydantic's ``model_fields_set``: YAML keys, CLI flags,
 API overrides, a sweep point's fields); a default never overrides one. Applied defaults do not count as
 set, so a config passed on (``load_config``, a sweep) has them decided again where it runs. CPU runs and
-the server scenario take none. ``held_gpu_defaults`` reads back which defaults a config holds (the
-result's ``gpu_defaults``). Imports only ``llem_mlflow.config``.
+the server scenario take none. ``with_settled`` takes back a default the loaded model cannot run
+(``compile: graph`` for a model the decode loop refuses: eager generate() instead). ``held_gpu_defaults``
+reads back which defaults a config holds (the result's ``gpu_defaults``). Imports only
+``llem_mlflow.config``.
 """
 
 from __future__ import annotations
@@ -56,6 +58,16 @@ def with_gpu_defaults(cfg: ExperimentConfig, device: str) -> tuple[ExperimentCon
     checked = load_config(values)  # every validator runs; a bad table value is a ConfigError
     new = ExperimentConfig.model_construct(_fields_set=set(cfg.model_fields_set), **dict(checked))
     return new, held_gpu_defaults(new)
+
+
+def with_settled(cfg: ExperimentConfig, changed: dict[str, Any]) -> ExperimentConfig:
+    """``cfg`` with the fields the model's load changed (``LoadedModel.settled``: a GPU default the loaded
+    model cannot run, e.g. ``compile: graph`` -> ``off``), validated; the user's set fields stay as they were.
+    """
+    if not changed:
+        return cfg
+    checked = load_config({**dict(cfg), **changed})
+    return ExperimentConfig.model_construct(_fields_set=set(cfg.model_fields_set), **dict(checked))
 
 
 def _applies(name: str, values: dict[str, Any]) -> bool:

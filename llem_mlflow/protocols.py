@@ -117,6 +117,8 @@ class LoadedModel:
     warnings: list[str] = field(default_factory=list)
     revision: str | None = None  # commit hash of pretrained weights when known; None for random weights
     attention: str | None = None  # attention kernel the model uses (e.g. "sdpa"); None: not reported
+    settled: dict[str, str] = field(default_factory=dict)  # config fields the load changed (a GPU default
+    # it could not apply, e.g. {"compile": "off", "cache": "dynamic"}); the run measures with these
 
 
 @dataclass(frozen=True)

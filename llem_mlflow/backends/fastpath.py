@@ -57,11 +57,12 @@ loaded (and after its generation config is replaced); ``generate_kwargs`` merged
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from llem_mlflow.backends import decode_loop
 from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -74,11 +75,15 @@ class FastPath:
     compile: str = "off"
     attention: str = "auto"
     max_cache_len: int | None = None  # static cache length: max_input_tokens + max_output_tokens
+    fallback: bool = False  # graph came from the GPU defaults: a model the loop cannot run goes eager
 
     @classmethod
     def of(cls, cfg: ExperimentConfig) -> FastPath:
-        """The options ``cfg`` asks for."""
-        return cls(cfg.cache, cfg.compile, cfg.attention, cfg.max_input_tokens + cfg.max_output_tokens)
+        """The options ``cfg`` asks for (``fallback``: its ``compile: graph`` is a GPU default)."""
+        fallback = cfg.compile == "graph" and "compile" not in cfg.model_fields_set
+        return cls(
+            cfg.cache, cfg.compile, cfg.attention, cfg.max_input_tokens + cfg.max_output_tokens, fallback
+        )
 
     @property
     def compiled(self) -> bool:
@@ -143,6 +148,25 @@ def prepare(model: Any, options: FastPath | ExperimentConfig) -> list[str]:
     for name, value in generate_kwargs(fast).items():
         setattr(model.generation_config, name, value)
     return _warnings(model, fast)
+
+
+def settle_path(model: Any, options: FastPath) -> tuple[FastPath, dict[str, str], list[str]]:
+    """The path ``model`` will run: ``options``, or eager generate() where ``compile: graph`` was a GPU
+    default the decode loop cannot run (``FastPath.fallback``). Returns (path, the settings it changed, a
+    warning saying why); a graph the user asked for is checked by ``prepare``, which refuses it.
+    """
+    if not (options.graph and options.fallback):
+        return options, {}, []
+    try:
+        decode_loop.check_supported(model)
+    except ConfigError as exc:
+        eager = replace(options, cache="dynamic", compile="off", fallback=False)
+        why = (
+            f"compile: graph (a GPU default) cannot run {type(model).__name__} ({exc}); measured with "
+            "generate() instead (cache: dynamic, compile: off)"
+        )
+        return eager, {"cache": "dynamic", "compile": "off"}, [why]
+    return options, {}, []
 
 
 def _devices(model: Any) -> set[str]:

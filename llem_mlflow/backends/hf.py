@@ -181,7 +181,8 @@ class TransformersBackend:
             ) from None
         model.eval()
         model.generation_config = clean_generation_config(model.generation_config)
-        self._load_warnings.extend(fastpath.prepare(model, self._fast))
+        self._fast, settled, fell_back = fastpath.settle_path(model, self._fast)
+        self._load_warnings.extend([*fell_back, *fastpath.prepare(model, self._fast)])
         self._model = model
         cuda_ids = cuda_device_ids(model)
         self._cuda_indices = [d.cuda_index for d in cuda_ids]
@@ -198,6 +199,7 @@ class TransformersBackend:
             warnings=[*warnings, *self._load_warnings, *self._tokens.warnings],
             revision=pretrained_revision(self.model_name, folder, model) if weights == "pretrained" else None,
             attention=fastpath.resolved_attention(model),
+            settled=settled,
         )
 
     def _shape(self, model: Any) -> ModelShape:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from llem_mlflow import interrupts
 from llem_mlflow.config import ExperimentConfig, load_config
-from llem_mlflow.config_gpu import GPU_DEFAULTS, with_gpu_defaults
+from llem_mlflow.config_gpu import GPU_DEFAULTS, with_gpu_defaults, with_settled
 from llem_mlflow.errors import BackendError, TrackingError
 from llem_mlflow.measure import stages as measure
 from llem_mlflow.measure.progress import LogProgress, Progress
@@ -106,8 +106,7 @@ def execute(
     interrupts.last_words(None)  # an earlier run's, in this process
     if startup_s is not None:
         clock.laps["startup"] = startup_s  # before the stopwatch started: not part of total_s
-    show = progress or LogProgress()
-    probe = store_probe or _probe_store
+    show, probe = progress or LogProgress(), store_probe or _probe_store
     start = datetime.now(timezone.utc)
     show.stage("checking output folder, dataset, context length and MLflow store")
     with clock.lap("checks"):
@@ -117,6 +116,7 @@ def execute(
     imports = prefetch(cfg.tracking_uri) if cfg.mlflow else None
     show.stage(f"loading {cfg.model} ({cfg.weights} weights)")
     loaded = _load(cfg, backend, start_runtime, clock)
+    cfg = with_settled(cfg, loaded.settled)  # a GPU default the model cannot run (the load's warning)
     resolved = _resolve(cfg, loaded, plan, options=_options(cfg, backend))
     config_hash = resolved.measurement_hash()
     folder, experiment_id = artifacts.claim_result_dir(

@@ -234,3 +234,38 @@ def test_config_marks_the_gpu_defaults(tmp_path: Path, monkeypatch: pytest.Monke
         assert rows[name] == f"{value} (GPU default)", name
     assert f"{'resolved.cycles'.ljust(34)}2\n" in flagged.stdout  # a flag is the user's: unmarked
     assert f"{'resolved.compile'.ljust(34)}graph (GPU default)\n" in flagged.stdout
+
+
+# ---------------------------------------------------------------- a default the model cannot run
+
+
+class GraphlessGpuFake(GpuFake):
+    """A GPU backend whose model the decode loop refuses: its load takes the graph default back."""
+
+    def load(self) -> Any:
+        from dataclasses import replace
+
+        loaded = super().load()
+        why = "compile: graph (a GPU default) cannot run FakeModel (...); measured with generate() instead"
+        return replace(loaded, settled={"cache": "dynamic", "compile": "off"}, warnings=[why])
+
+
+def test_a_graph_default_the_model_cannot_run_falls_back_to_eager(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from llem_mlflow.backends import fastpath
+
+    refused = SimpleNamespace(config=SimpleNamespace(is_encoder_decoder=True))  # the loop refuses it
+    default = fastpath.FastPath.of(with_gpu_defaults(load_config(None), "cuda")[0])
+    assert default.graph and default.fallback
+    path, changed, why = fastpath.settle_path(refused, default)
+    assert (path.cache, path.compile, changed) == ("dynamic", "off", {"cache": "dynamic", "compile": "off"})
+    assert len(why) == 1 and "GPU default" in why[0] and "compile: off" in why[0]
+    asked = fastpath.FastPath.of(load_config(None, cache="static", compile="graph"))  # the user's own graph
+    assert not asked.fallback and fastpath.settle_path(refused, asked) == (asked, {}, [])
+
+    r = _run(tmp_path, backend=GraphlessGpuFake()).result
+    assert (r.config.cache, r.config.compile) == ("dynamic", "off")  # what was measured, not the default
+    assert r.resolved is not None and (r.resolved.cache, r.resolved.compile) == ("dynamic", "off")
+    assert r.gpu_defaults == _except("cache", "compile")
+    assert any("cannot run FakeModel" in w for w in r.warnings)
