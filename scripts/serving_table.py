@@ -43,7 +43,7 @@ def _ms(stats: dict[str, Any] | None) -> str:
 def _latency(r: dict[str, Any]) -> dict[str, Any]:
     s = r.get("serving") or {}
     if s.get("latency"):
-        return s["latency"]
+        return dict(s["latency"])
     lat = r.get("latency") or {}  # in-process: flat keys, TTFT has no p99
     ttft = {"p50": lat.get("ttft_p50_s"), "p99": lat.get("ttft_p99_s")}
     return {"ttft_s": ttft, "itl_s": {"p50": lat.get("itl_p50_s"), "p99": lat.get("itl_p99_s")}}
@@ -57,7 +57,7 @@ def row(r: dict[str, Any]) -> tuple[tuple[Any, ...], list[str]]:
     steady = [w for w in s.get("steady") or [] if w.get("energy_per_output_token_j") is not None]
     steady_j = sum(w["energy_per_output_token_j"] for w in steady) / len(steady) if steady else None
     occupancy = [w["occupancy"] for w in s.get("steady") or [] if w.get("occupancy") is not None]
-    per_request = s.get("net_per_request_j") or {}
+    per_request = s.get("net_per_request_j")  # the mean over requests (a number)
     lat = _latency(r)
     conc = s.get("concurrency") if server else r["config"]["batch_size"]
     model = Path(str(r["model"])).name
@@ -66,7 +66,7 @@ def row(r: dict[str, Any]) -> tuple[tuple[Any, ...], list[str]]:
         model, way, str(conc if server else "-"), str(c.get("n", 1)),
         _interval(c.get("energy_per_output_token_j_ci95")),
         _interval(c.get("net_energy_per_output_token_j_ci95")),
-        _g(per_request.get("mean") if isinstance(per_request, dict) else None), _g(steady_j),
+        _g(per_request.get("mean") if isinstance(per_request, dict) else per_request), _g(steady_j),
         _ms(lat.get("ttft_s")), _ms(lat.get("itl_s")), _interval(c.get("output_tokens_per_s_ci95"), 4),
         f"{100 * sum(occupancy) / len(occupancy):.0f} %" if occupancy else "-",
     ]  # fmt: skip

@@ -262,3 +262,30 @@ def test_with_a_quality_figure_the_sweep_also_has_an_energy_quality_front(tmp_pa
     }  # fmt: skip
     assert front.figures == [tmp_path / "pareto.png", tmp_path / "pareto_quality.png"]
     assert front.parent_tags["llem.pareto.quality_front"] == '{"p":"a"}, {"p":"b"}, {"p":"c"}'
+
+
+GPU_GATE = FIXTURES / "h100_gate"  # four real gpt2 runs on an H100 (tests/fixtures/README.md)
+
+
+def logged_gpu(name: str, tmp_path: Path) -> str:
+    """Log the GPU fixture run ``name`` (a copy of its folder) into the test's store; its run id."""
+    folder = tmp_path / name
+    shutil.copytree(GPU_GATE / name, folder)
+    return recording.log_folder(folder, None, "gpu-gate", name).run_id
+
+
+def test_the_gate_on_real_gpu_runs_gives_0_1_and_3(tmp_path: Path) -> None:
+    runs = {n: logged_gpu(n, tmp_path) for n in ("gate-b8", "gate-b8-again", "gate-b64", "gate-b8-steady")}
+
+    def gate(candidate: str, baseline: str) -> tuple[int, str, str]:
+        return invoke(runs[candidate], "--baseline", runs[baseline], "--fail-if-worse", "5")
+
+    code, stdout, stderr = gate("gate-b8-again", "gate-b8")
+    assert code == 0, stderr  # the same configuration twice: -0.6 % on the H100
+    assert "PASS" in stdout
+    code, stdout, stderr = gate("gate-b8", "gate-b64")
+    assert code == 1, stderr  # batch 8 costs ~4.4x the energy per token of batch 64
+    assert "FAIL (worse)" in stdout and "+337.7 %" in stdout
+    code, stdout, stderr = gate("gate-b8-steady", "gate-b8")
+    assert code == 3
+    assert "measurement_methodology" in stdout + stderr
