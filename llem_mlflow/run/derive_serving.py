@@ -95,8 +95,9 @@ def serving_figures(
     flat = [x for j in joules if j is not None for x in j]
     nets = [n for n in cycle_net_j if n is not None]
     net_total = math.fsum(nets) if len(nets) == len(cycle_net_j) and nets else None
+    engine, why = engine_from_processes(info.engine, m.served.gpu_processes)
     return ServingFigures(
-        engine=info.engine,
+        engine=engine,
         engine_version=info.engine_version,
         url=scrub_secrets(info.url),
         served_model=info.served_model,
@@ -119,8 +120,34 @@ def serving_figures(
         per_request=sf.apportion_summary(flat, records) if known else None,
         net_per_request_j=net_total / len(completed) if net_total is not None and completed else None,
         gpu_processes=list(m.served.gpu_processes),
-        notes=list(info.notes),
+        notes=[*info.notes, *why],
     )
+
+
+#: Marks of each engine in a process name NVML lists on a measured GPU (``/proc/<pid>/comm``).
+_PROCESS_MARKS = {"vllm": ("vllm",), "sglang": ("sglang",), "tgi": ("text-generation",), "transformers": ()}
+
+
+def engine_from_processes(engine: str, processes: Sequence[str]) -> tuple[str, list[str]]:
+    """(``engine``, no note) when known; for an attached server that did not name itself (``unknown``), the
+    one engine the process names on its GPUs point to, with a note saying so (``transformers``: a process
+    named exactly that, the ``transformers serve`` console script); else ``unknown``."""
+    if engine != "unknown":
+        return engine, []
+    names = [p.rsplit("(", 1)[-1].rstrip(")").lower() for p in processes if p.endswith(")")]
+    found = {
+        name: e
+        for name in names
+        for e, marks in _PROCESS_MARKS.items()
+        if any(mark in name for mark in marks) or (e == "transformers" and name == "transformers")
+    }
+    if len(set(found.values())) != 1:
+        return engine, []
+    name, guess = next(iter(found.items()))
+    return guess, [
+        f"engine {guess!r} from the process NVML sees on the measured GPU ({name}); the server "
+        "did not name itself"
+    ]
 
 
 def _error_kinds(records: Sequence[RequestRecord]) -> dict[str, int]:

@@ -265,3 +265,17 @@ def test_a_served_model_of_unknown_family_logs_no_flops_rather_than_zero(
     assert result.compute is None and result.flops_method.startswith("none")
     assert "compute/flops" not in result.mlflow_metrics()
     assert any("FLOPs are not reported" in w for w in result.warnings)
+
+
+def test_an_attached_server_that_does_not_name_itself_is_named_by_its_gpu_process() -> None:
+    from llem_mlflow.run.derive_serving import engine_from_processes
+
+    seen = ["GPU 0: pid 1224 (transformers)"]
+    assert engine_from_processes("unknown", seen)[0] == "transformers"  # the H100 attach runs' case
+    assert "did not name itself" in engine_from_processes("unknown", seen)[1][0]
+    assert engine_from_processes("unknown", ["GPU 0: pid 7 (VLLM::EngineCor)"])[0] == "vllm"
+    assert engine_from_processes("vllm", seen) == ("vllm", [])  # what the server said stands
+    two = ["GPU 0: pid 7 (VLLM::EngineCor)", "GPU 0: pid 8 (transformers)"]
+    assert engine_from_processes("unknown", two) == ("unknown", [])  # two engines: no guess
+    assert engine_from_processes("unknown", ["GPU 0: pid 9 (python3)"]) == ("unknown", [])
+    assert engine_from_processes("unknown", ["GPU 0: NVML does not list its processes"]) == ("unknown", [])
