@@ -197,7 +197,8 @@ class Timings(_Model):
     have both files in ``write_s``, ``log_s``, and ``total_s`` up to the end of logging.
     """
 
-    startup_s: float | None = Field(default=None, ge=0)  # process start to run start (CLI on Linux only)
+    startup_s: float | None = Field(default=None, ge=0)  # process start to run start, telling the device
+    # (GPU defaults: may import torch) included (CLI on Linux only)
     checks_s: float | None = Field(default=None, ge=0)  # preflight: folder, dataset, model config, store
     load_s: float | None = Field(default=None, ge=0)  # loading the model (weights, CUDA context)
     import_wait_s: float | None = Field(default=None, ge=0)  # waiting for the MLflow import after load

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -97,7 +98,7 @@ def execute(
     into the timings block. ``child_of``: log into a new run nested under that parent (a sweep's point;
     see ``tracking``). ``start_runtime``: started as the model loads (see ``_load``); a backend this call
     makes gets ``backends.start_runtime``. On a GPU, unset fields take the GPU defaults (``gpu_config``)."""
-    cfg = gpu_config(cfg, backend)
+    cfg, startup_s = _configured(cfg, backend, startup_s)
     if backend is None:  # bad-input/OOM: a backend this run made is released when the run fails
         kw = {"gpus": gpus, "progress": progress, "store_probe": store_probe, "startup_s": startup_s}
         starter = start_runtime or _start_runtime
@@ -181,6 +182,16 @@ def _measure_stages(c: _Context, backend: Backend, show: Progress) -> measure.Me
 
         return measure_server(c.cfg, backend, devices, c.plan.prompts, show)
     return measure.measure(c.cfg, backend, devices, c.plan.prompts, show)
+
+
+def _configured(
+    cfg: ExperimentConfig, backend: object | None, startup_s: float | None
+) -> tuple[ExperimentConfig, float | None]:
+    """(``gpu_config(cfg, backend)``, ``startup_s`` plus the seconds it took): telling the device can import
+    torch (seconds), before the run's stopwatch starts, so the timings count it as start-up."""
+    t0 = time.perf_counter()
+    configured = gpu_config(cfg, backend)
+    return configured, None if startup_s is None else startup_s + (time.perf_counter() - t0)
 
 
 def gpu_config(cfg: ExperimentConfig, backend: object | None = None) -> ExperimentConfig:

@@ -250,3 +250,19 @@ def test_idle_after_s_is_not_in_the_measurement_hash() -> None:
         return resolve(cfg, dataset="synthetic", tokenizer=None, **kw).measurement_hash()
 
     assert hashed(ExperimentConfig(idle_after_s=0)) == hashed(ExperimentConfig(idle_after_s=3.0))
+
+
+def test_telling_the_device_counts_as_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU defaults' device check can import torch before the stopwatch starts: it is start-up time."""
+    from types import SimpleNamespace
+
+    from llem_mlflow.config import load_config
+    from llem_mlflow.run import execute as ex
+
+    ticks = iter([10.0, 12.5])
+    monkeypatch.setattr(ex, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    monkeypatch.setattr(ex, "gpu_config", lambda cfg, backend: cfg)
+    cfg = load_config(None)
+    assert ex._configured(cfg, None, 0.5) == (cfg, 3.0)  # 0.5 s to the call + 2.5 s telling the device
+    ticks = iter([0.0, 1.0])
+    assert ex._configured(cfg, None, None) == (cfg, None)  # the API: start-up unknown, as before
