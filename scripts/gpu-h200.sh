@@ -11,7 +11,9 @@
 #               the server launched by the tool, then SERVER_CONC attached to one we start; in-process beside;
 #   gaterun:    gpt2 with the GPU defaults and GATE_WINDOW_S s windows: b8, b8 again, b64, b8 steady_state;
 #   gate:       compare --fail-if-worse on those runs (same config, b8 vs b64, other methodology);
-#   eval:       examples/genai_energy_eval.py with real energy.
+#   eval:       examples/genai_energy_eval.py with real energy;
+#   paths:      gpt2 b8 with the GPU defaults, compile off (eager) vs reduce-overhead vs graph (the default);
+#   examples:   examples/server-launch.yaml and examples/server-attach.yaml as they are, on a gpt2 folder.
 # Everything logs to $OUT_DIR/mlflow.db; results under $OUT_DIR/<part>/.
 #   scripts/gpu-h200.sh OUT_DIR        (PARTS="efficiency sampler default repeat" by default)
 set -uo pipefail
@@ -32,7 +34,7 @@ $py -c "import torch, transformers; print('torch', torch.__version__, 'transform
 
 default_run() {  # the default gpt2 run, as a user types it (time to result: the result's timings block)
   local s=$SECONDS
-  timeout 120 $py -m llem_mlflow run --model gpt2 --weights random --output-dir "$out/default" \
+  timeout 200 $py -m llem_mlflow run --model gpt2 --weights random --output-dir "$out/default" \
     --run-name "default-gpt2-$1" > "$out/default-$1.log" 2>&1
   rc "default-$1 wall=$((SECONDS - s))s" $?
 }
@@ -157,8 +159,31 @@ if has server; then
   done
   $py scripts/serving_table.py "$out/server" "$out/server-inprocess" > "$out/serving_table.md" 2>&1
 fi
+if has paths; then  # eager vs generate()'s compiled path vs the default (graph), one workload (issue 19)
+  for path in "off dynamic" "reduce-overhead static" "graph static"; do
+    read -r compile cache <<< "$path"
+    left "path $compile" || break
+    timeout 200 $py -m llem_mlflow run --model gpt2 --weights random --compile "$compile" --cache "$cache" \
+      --output-dir "$out/paths" --run-name "path-gpt2-b8-$compile" > "$out/path-$compile.log" 2>&1
+    rc "path $compile" $?
+  done
+fi
+if has examples; then  # the example YAMLs themselves (issue 20): launch, then attach to a server we start
+  folder=/tmp/models/gpt2
+  [ -d "$folder" ] || $py scripts/served_model_folder.py gpt2 "$folder" > "$out/folder-gpt2.log" 2>&1
+  left "example launch" && timeout 200 $py -m llem_mlflow run examples/server-launch.yaml --model "$folder" \
+    --output-dir "$out/examples" --experiment-name examples > "$out/example-launch.log" 2>&1
+  rc "example launch" $?
+  setsid transformers serve "$folder" --host 127.0.0.1 --port 8000 --continuous-batching > "$out/serve-8000.log" 2>&1 &
+  spid=$!
+  wait_health http://127.0.0.1:8000
+  left "example attach" && timeout 200 $py -m llem_mlflow run examples/server-attach.yaml --model "$folder" \
+    --server-gpus 0 --output-dir "$out/examples" --experiment-name examples > "$out/example-attach.log" 2>&1
+  rc "example attach" $?
+  kill -TERM -- -"$spid" 2>/dev/null; sleep 2; kill -KILL -- -"$spid" 2>/dev/null
+fi
 has default && left "default again" && default_run again
-for d in default repeat gate server server-inprocess; do
+for d in default repeat paths gate server server-inprocess examples; do
   [ -d "$out/$d" ] && { echo "=== $d"; $py scripts/summarize_results.py "$out/$d"; }
 done > "$out/summary.txt" 2>&1
 cat "$out/gpu.txt" "$out/rcs.txt"
