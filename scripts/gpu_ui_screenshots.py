@@ -1,6 +1,6 @@
 """Screenshots of GPU results already in an MLflow sqlite store, in the MLflow UI, for the docs (headless).
 
-    cd /work/main && .venv/bin/python scripts/gpu_ui_screenshots.py .gpu/results/a/r/mlflow.db docs/screenshots
+    .venv/bin/python scripts/gpu_ui_screenshots.py .gpu/results/a/r/mlflow.db docs/screenshots
 
 Nothing is measured here: the store comes from a GPU machine (scripts/gpu-h200.sh's gate, eval and server
 parts). It is copied into a temporary folder (the original is only read) and, in the copy, every
@@ -16,8 +16,9 @@ store. Then `mlflow server` serves the copy on 127.0.0.1 (a free port) and these
                              ("... J measured by NVML over ... s")
   server-run-gpu-runs.png    experiment `server`'s runs table with the columns concurrency,
                              energy/per_output_token_j, latency/ttft_p50_s, throughput/output_tokens_per_s
-  gate-runs-gpu.png          experiment `llem-mlflow`'s runs table (the gate runs) with the columns batch_size,
-                             energy/per_output_token_j and its ci95 low and high
+(both tables: Dataset, Source and Models hidden, as the CPU screenshots hide Models)
+  gate-runs-gpu.png          experiment `llem-mlflow`'s runs table (the gate runs) with the columns
+                             batch_size, energy/per_output_token_j and its ci95 low and high
 
 Chromium (Debian's `chromium`) is driven over the DevTools protocol (scripts/cdp.py, helpers from
 scripts/sweep_screenshots.py and scripts/server_ui_screenshots.py); every wait polls the page for what the
@@ -36,9 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cdp import Browser  # noqa: E402
-from server_ui_screenshots import _escape, _row, _runs, _shrink  # noqa: E402
+from server_ui_screenshots import _escape, _row, _runs, serve_and_shoot  # noqa: E402
 from sweep_screenshots import ML, _autosize, _js, _open, _set_column  # noqa: E402
-from ui_screenshots import _free_port, _serve  # noqa: E402
 
 EVAL_EXPERIMENT, EVAL_RUN = "llem-mlflow-genai-energy", "genai-energy-eval"
 SERVER_EXPERIMENT, GATE_EXPERIMENT = "server", "llem-mlflow"
@@ -49,6 +49,9 @@ SERVER_COLUMNS = [
     ("Metrics", "latency/ttft_p50_s"),
     ("Metrics", "throughput/output_tokens_per_s"),
 ]
+# Models is always "-" for llem-mlflow runs; Dataset ("synthetic (hash)") and Source ("__main__") would push
+# the added columns out of the picture
+HIDDEN = ["Models", "Dataset", "Source"]
 GATE_COLUMNS = [
     ("Parameters", "batch_size"),
     ("Metrics", PER_TOKEN),
@@ -97,8 +100,10 @@ def _shoot_eval(page: Browser, url: str, joules: list[float], png: Path) -> None
     page.screenshot(png)
 
 
-def _shoot_table(page: Browser, url: str, run_ids: list[str], columns: list[tuple[str, str]], png: Path) -> None:
-    """The runs table with `columns` added (metrics widened to their values) and Models hidden."""
+def _shoot_table(
+    page: Browser, url: str, run_ids: list[str], columns: list[tuple[str, str]], png: Path
+) -> None:
+    """The runs table with `columns` added (metrics widened to their values) and HIDDEN hidden."""
     rows = " && ".join(f"!!document.querySelector({_js(_row(r))})" for r in run_ids)
     _open(page, url, rows, f"the {len(run_ids)} runs in the runs table")
     page.evaluate(
@@ -106,7 +111,8 @@ def _shoot_table(page: Browser, url: str, run_ids: list[str], columns: list[tupl
         ".find(b => b.textContent.trim() === 'Columns').click()"
     )
     page.wait_for("!!document.querySelector('input[placeholder=\"Search columns\"]')", "the Columns selector")
-    _set_column(page, "Attributes", "Models", shown=False)  # always "-" for llem-mlflow runs
+    for name in HIDDEN:
+        _set_column(page, "Attributes", name, shown=False)
     for group, name in columns:
         _set_column(page, group, name)
     _escape(page)
@@ -123,15 +129,30 @@ def _shoot_table(page: Browser, url: str, run_ids: list[str], columns: list[tupl
     page.screenshot(png)
 
 
-def _shoot_all(base: str, out: Path) -> list[Path]:
+def _eval_joules(db: Path, run_id: str) -> list[float]:
+    """The `energy` scorer's value on each trace of the evaluation run; a null one stops the script."""
+    with sqlite3.connect(db) as con:
+        values = [v for (v,) in con.execute(
+            "SELECT a.value FROM assessments a JOIN trace_request_metadata m ON m.request_id = a.trace_id"
+            " WHERE a.name = 'energy' AND m.key = 'mlflow.sourceRun' AND m.value = ? ORDER BY a.trace_id",
+            (run_id,),
+        )]  # fmt: skip
+    con.close()
+    joules = [json.loads(v) for v in values]
+    if not joules or not all(isinstance(j, int | float) for j in joules):
+        raise SystemExit(f"run {run_id}: energy values {joules} (none, or some null): nothing to show")
+    return [float(j) for j in joules]
+
+
+def _shoot_all(base: str, db: Path, out: Path) -> list[Path]:
     eval_id, eval_runs = _runs(base, EVAL_EXPERIMENT)
     run_id = next(r["info"]["run_id"] for r in eval_runs if r["info"]["run_name"] == EVAL_RUN)
-    with sqlite3.connect(f"file:{out.parent / 'unused'}?mode=memory", uri=True):
-        pass
-    joules = _eval_joules(base, eval_id, run_id)
+    joules = _eval_joules(db, run_id)
     server_id, server_runs = _runs(base, SERVER_EXPERIMENT)
     gate_id, gate_runs = _runs(base, GATE_EXPERIMENT)
-    pngs = [out / name for name in ("genai_energy_eval_gpu.png", "server-run-gpu-runs.png", "gate-runs-gpu.png")]
+    pngs = [
+        out / name for name in ("genai_energy_eval_gpu.png", "server-run-gpu-runs.png", "gate-runs-gpu.png")
+    ]
     with Browser(1500, 760) as page:
         _shoot_eval(page, f"{base}/#/experiments/{eval_id}/runs/{run_id}/traces", joules, pngs[0])
         page.set_size(1600, 420)
@@ -140,3 +161,19 @@ def _shoot_all(base: str, out: Path) -> list[Path]:
         _shoot_table(page, f"{base}/#/experiments/{gate_id}/runs?{ML}",
                      [r["info"]["run_id"] for r in gate_runs], GATE_COLUMNS, pngs[2])  # fmt: skip
     return pngs
+
+
+def main() -> None:
+    if len(sys.argv) != 3:
+        raise SystemExit(__doc__)
+    source, out = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        db = _copy_store(source, work)
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HOME": str(work)}
+        serve_and_shoot(db, work / "mlruns", env, lambda url: _shoot_all(url, db, out))
+
+
+if __name__ == "__main__":
+    main()

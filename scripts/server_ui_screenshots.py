@@ -39,7 +39,7 @@ import sys
 import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -215,13 +215,21 @@ def main() -> None:
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HOME": str(work), "HF_HUB_OFFLINE": "1"}
         with _stub() as url:
             _measure(url, work, f"sqlite:///{db}", env)
-        port = _free_port()
-        server = _serve(db, work / "mlartifacts", port, env)
-        try:
-            pngs = _shoot_all(f"http://127.0.0.1:{port}", out)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        serve_and_shoot(db, work / "mlartifacts", env, lambda url: _shoot_all(url, out))
+
+
+def serve_and_shoot(
+    db: Path, artifacts: Path, env: dict[str, str], shoot: Callable[[str], list[Path]]
+) -> None:
+    """Serve ``db`` with ``mlflow server`` on a free port, take ``shoot(url)``'s screenshots, stop the
+    server, shrink PNGs over the size limit and say what was written."""
+    port = _free_port()
+    server = _serve(db, artifacts, port, env)
+    try:
+        pngs = shoot(f"http://127.0.0.1:{port}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
     for png in pngs:
         _shrink(png)
     print("wrote " + ", ".join(f"{p} ({p.stat().st_size // 1000} KB)" for p in pngs))
