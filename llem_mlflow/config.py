@@ -19,7 +19,6 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
-import annotated_types
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -53,7 +52,7 @@ from llem_mlflow.config_rules import MAX_WARMUP_BATCHES as MAX_WARMUP_BATCHES
 from llem_mlflow.config_rules import MIN_SAMPLING_INTERVAL_S as MIN_SAMPLING_INTERVAL_S
 from llem_mlflow.config_rules import TEXT_LIMITS as TEXT_LIMITS
 from llem_mlflow.config_rules import TextLimit as TextLimit
-from llem_mlflow.config_rules import pairing_problem
+from llem_mlflow.config_rules import bounds_text, pairing_problem
 from llem_mlflow.config_rules import span as span
 from llem_mlflow.config_server import server_problem
 from llem_mlflow.config_yaml import format_validation_error as format_validation_error
@@ -130,6 +129,21 @@ class ExperimentConfig(BaseModel):
         ge=1,
         le=MAX_WARMUP_BATCHES,
         description=f"Cap on warm-up batches when settling ({span(1, MAX_WARMUP_BATCHES)}).",
+    )
+    warmup_power_settle_pct: float | None = Field(
+        None,
+        gt=0.0,
+        le=MAX_CV_PCT,
+        description="After latency settles, keep warming up in stretches of >= 2 s until the GPUs' mean "
+        "power (energy counter) of a stretch is within this % of the one before (at most warmup_power_max_s) "
+        f"({span(0, MAX_CV_PCT, low_open=True)}).",
+    )
+    warmup_power_max_s: float = Field(
+        60.0,
+        gt=0.0,
+        le=MAX_SETTLE_S,
+        description="Cap on the power settle warm-up in seconds; two stretches always run "
+        f"({span(0, MAX_SETTLE_S, low_open=True)}).",
     )
     cycles: int = Field(
         1,
@@ -352,18 +366,7 @@ def limits(name: str) -> str | None:
     """Field ``name``'s range or text limit in words, as ``-h`` and README show it (None: none to show)."""
     if name in TEXT_LIMITS:
         return TEXT_LIMITS[name].text()
-    low: Any = None
-    high: Any = None
-    low_open = False
-    for bound in ExperimentConfig.model_fields[name].metadata:
-        if isinstance(bound, annotated_types.Ge | annotated_types.Gt):
-            low_open = isinstance(bound, annotated_types.Gt)
-            low = bound.gt if isinstance(bound, annotated_types.Gt) else bound.ge
-        elif isinstance(bound, annotated_types.Le):
-            high = bound.le
-    if low is None or high is None:
-        return None
-    return span(low, high, low_open)
+    return bounds_text(ExperimentConfig.model_fields[name].metadata)
 
 
 def load_config(

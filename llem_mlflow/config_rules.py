@@ -9,9 +9,11 @@ working. Imports nothing of llem_mlflow.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import annotated_types
 
 #: Upper bounds of numbers that would otherwise fail or never end after the model loaded.
 MAX_PROMPTS = 1_000_000
@@ -44,6 +46,22 @@ def span(low: float, high: float, low_open: bool = False) -> str:
     return (
         f"above {_number(low)}, up to {_number(high)}" if low_open else f"{_number(low)} to {_number(high)}"
     )
+
+
+def bounds_text(metadata: Iterable[object]) -> str | None:
+    """A field's numeric bounds (pydantic's ``FieldInfo.metadata``) in words; None without both ends."""
+    low: Any = None
+    high: Any = None
+    low_open = False
+    for bound in metadata:
+        if isinstance(bound, annotated_types.Ge | annotated_types.Gt):
+            low_open = isinstance(bound, annotated_types.Gt)
+            low = bound.gt if isinstance(bound, annotated_types.Gt) else bound.ge
+        elif isinstance(bound, annotated_types.Le):
+            high = bound.le
+    if low is None or high is None:
+        return None
+    return span(low, high, low_open)
 
 
 def _number(value: float) -> str:
@@ -152,4 +170,9 @@ def pairing_problem(values: Mapping[str, Any]) -> str | None:
             )
         if not values["warmup_batches"] and values["warmup_settle_cv_pct"] is None:
             return "min_window_s needs at least one warm-up batch to time: set warmup_batches >= 1"
+    if values["warmup_power_settle_pct"] is not None and values["scenario"] == "server":
+        return (
+            "warmup_power_settle_pct: not available with scenario: server (its warm-up is requests to the "
+            "server, not batches timed in this process)"
+        )
     return None

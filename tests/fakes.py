@@ -344,6 +344,42 @@ class FakeBackend:
 # --- FakeNvml: the pynvml module, for NvmlSession / NvmlDevice (llem_mlflow.measure.device) -----------------
 
 
+class RecordingBackend(FakeBackend):
+    """A FakeBackend that keeps every batch it generated, in order."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.batches: list[list[list[int]]] = []
+
+    def generate(self, batch: list[list[int]], max_output_tokens: int) -> BatchStats:
+        self.batches.append(batch)
+        return super().generate(batch, max_output_tokens)
+
+
+class StageLog:
+    """A Progress that keeps the stage messages and the measure batch counts."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.measured: list[tuple[int, int]] = []
+
+    def stage(self, message: str) -> None:
+        self.messages.append(message)
+
+    def batch(self, phase: str, done: int, total: int) -> None:
+        if phase == "measure":
+            self.measured.append((done, total))
+
+
+def small_config(output_dir: Any, **kw: object) -> ExperimentConfig:
+    """A tiny in-process config writing under ``output_dir`` (no baseline, no idle after, no MLflow)."""
+    base: dict[str, object] = dict(
+        n=8, batch_size=2, max_input_tokens=4, max_output_tokens=3, baseline_s=0.0, idle_after_s=0.0,
+        output_dir=str(output_dir), mlflow=False, sampling_interval_s=0.005,
+    )  # fmt: skip
+    return ExperimentConfig.model_validate({**base, **kw})
+
+
 class FakeNVMLError(Exception):
     """Stands in for pynvml.NVMLError; ``value``, when given, is the NVML return code (as pynvml's)."""
 

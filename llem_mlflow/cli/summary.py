@@ -164,7 +164,7 @@ def _roof_lines(r: Any) -> list[str]:
 
 
 def _method_lines(r: Any) -> list[str]:
-    """Steady-state trimming, isolated prefill and idle settle, where they ran."""
+    """Steady-state trimming, isolated prefill, the power settle warm-up and idle settle, where they ran."""
     lines = []
     if r.steady_state is not None:
         st = r.steady_state
@@ -179,11 +179,25 @@ def _method_lines(r: Any) -> list[str]:
         energy = f"{_joules(p.per_pass_j)} per pass, " if p.per_pass_j is not None else ""
         per_token = f", {_joules(p.per_input_token_j)}/input token" if p.per_input_token_j is not None else ""
         lines.append(line("prefill alone", f"{energy}{p.per_pass_s * 1000:,.1f} ms per pass{per_token}"))
+    if r.warmup is not None and r.warmup.power_settled is not None:
+        lines.append(line("warm-up", _power_settle_words(r)))
     idle = r.idle_settle
     if idle is not None:
         state = "settled" if idle.settled else "still drifting (cap reached)"
         lines.append(line("idle settle", f"{state} after {idle.waited_s:.1f} s, {idle.last_w:,.1f} W"))
     return lines
+
+
+def _power_settle_words(r: Any) -> str:
+    """``power settled after 3 stretches (300.0 W -> 352.0 W)``, still drifting, or ended by a failed read."""
+    from llem_mlflow.measure.power_settle import POWER_READ_FAILED
+
+    p, seconds = r.warmup.power_w, r.warmup.power_s or 0.0
+    if r.warmup.power_settled:
+        return f"power settled after {len(p)} stretches ({p[0]:,.1f} W -> {p[-1]:,.1f} W)"
+    if len(p) < 2 or any(w.startswith(POWER_READ_FAILED) for w in r.warnings):
+        return f"power settle ended after {seconds:.0f} s: an energy counter read failed (see the warnings)"
+    return f"power still drifting after {seconds:.0f} s ({p[-2]:,.1f} W, {p[-1]:,.1f} W; see the warnings)"
 
 
 _STAGE_NAMES = {

@@ -90,3 +90,7 @@ class WarmupRecord(_Model):
     passes: int = Field(default=1, ge=1)  # passes of the prompt set per measured cycle (min_window_s)
     # passes x batches per pass x the median of the settle rule's latencies; null without a warm-up batch
     est_window_s: float | None = None
+    # warmup_power_settle_pct: each stretch's mean power (sum over the GPUs, energy counter), in order
+    power_w: list[float] = Field(default_factory=list)
+    power_settled: bool | None = None  # null: not asked, or no GPU; false: the cap or a failed read ended it
+    power_s: float | None = None  # seconds the power settle ran; null when it did not

@@ -135,9 +135,10 @@ def measure(
     progress = _Progress()
     sampler, trace = None, None
     try:
+        power_notes: list[str] = []  # the power settle's: a cap reached, a counter read that failed
         with clock.lap("warmup"):
-            warmup = progress.warmup = warm_up(cfg, backend, groups, show)
-        progress.notes = window_warnings(cfg, warmup, bool(devices))
+            warmup = progress.warmup = warm_up(cfg, backend, groups, show, devices=devices, notes=power_notes)
+        progress.notes = [*power_notes, *window_warnings(cfg, warmup, bool(devices))]
         for note in progress.notes:
             show.stage(f"warning: {note}")
         cpu, cpu_warning = _open_rapl()

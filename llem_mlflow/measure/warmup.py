@@ -4,7 +4,8 @@ With ``compile`` the backend names the batches that must run first (``Backend.wa
 batch size), so compiling and graph capture stay out of every window; they are timed as a whole. Then
 warm-up runs the measured batches themselves, one at a time, each timed between two syncs:
 ``warmup_batches`` of them, or with ``warmup_settle_cv_pct`` until the latency settles (the rule in
-``warm_up``). Returns the ``WarmupRecord`` the result keeps.
+``warm_up``). With ``warmup_power_settle_pct`` (and GPUs) it then goes on until their power settles too
+(``power_settle``, opt-in). Returns the ``WarmupRecord`` the result keeps.
 
 It also chooses how many passes of the prompt set each measured cycle runs (``min_window_s``, rule in
 ``passes_for``), and says before any window is measured when the expected window is too short for the
@@ -16,13 +17,14 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.config_gpu import GPU_DEFAULTS
+from llem_mlflow.measure.power_settle import settle_power
 from llem_mlflow.measure.progress import Progress, counted
 from llem_mlflow.measure.records import EnergyBreakdown, WarmupRecord
-from llem_mlflow.protocols import Backend
+from llem_mlflow.protocols import Backend, GpuDevice
 
 #: Settle rule: the CV of this many latest batch latencies is compared with the threshold.
 SETTLE_WINDOW = 3
@@ -38,12 +40,21 @@ TIMER: Callable[[], float] = time.perf_counter
 
 
 def warm_up(
-    cfg: ExperimentConfig, backend: Backend, groups: list[list[list[int]]], show: Progress
+    cfg: ExperimentConfig,
+    backend: Backend,
+    groups: list[list[list[int]]],
+    show: Progress,
+    *,
+    devices: Sequence[GpuDevice] = (),
+    notes: list[str] | None = None,
 ) -> WarmupRecord:
-    """Warm up on the measured batches (same shapes): ``warmup_batches``, or until latency settles.
+    """Warm up on the measured batches (same shapes): ``warmup_batches``, or until latency settles; then,
+    with ``warmup_power_settle_pct`` and ``devices``, until their power settles (``power_settle``).
 
     Settle rule: after at least max(``warmup_batches``, 3) batches, stop once the CV of the last 3
-    batch latencies is below ``warmup_settle_cv_pct``, or at ``warmup_max_batches``.
+    batch latencies is below ``warmup_settle_cv_pct``, or at ``warmup_max_batches``. The passes per
+    cycle come from those latencies, not from the power settle's batches. What the power settle has to
+    say (a cap reached, a counter read that failed) is appended to ``notes``.
     """
     compile_batches, compile_s = _compile_warm_up(cfg, backend, groups, show)
     settle = cfg.warmup_settle_cv_pct
@@ -65,6 +76,9 @@ def warm_up(
         if settle is not None and len(latencies) >= least:
             settled = cv_pct(latencies[-SETTLE_WINDOW:]) < settle
     rule = f"settle: CV of the last {SETTLE_WINDOW} < {settle}%, {least}-{most} batches" if settle else ""
+    power = settle_power(cfg, backend, devices, groups, show, first=len(latencies), clock=TIMER)
+    if power is not None and notes is not None:
+        notes.extend(power.notes)
     passes, pass_s = passes_for(cfg.min_window_s, latencies, len(groups))
     if passes > 1 and pass_s is not None:
         show.stage(f"min_window_s {cfg.min_window_s:g} s: {passes} passes per cycle (one: ~{pass_s:.3g} s)")
@@ -77,6 +91,9 @@ def warm_up(
         compile_s=compile_s,
         passes=passes,
         est_window_s=None if pass_s is None else passes * pass_s,
+        power_w=power.power_w if power else [],
+        power_settled=power.settled if power else None,
+        power_s=power.seconds if power else None,
     )
 
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from llem_mlflow.config import ExperimentConfig
 
 #: Version of the hash recipe (the fields below and how they are spelled).
-HASH_RECIPE = 6
+HASH_RECIPE = 7
 #: Fields each recipe hashes; an older result keeps its recipe, so its hash stays recomputable.
 _RECIPE_2 = (
     "recipe", "model", "model_revision", "backend", "backend_options", "weights", "precision", "device", "n",
@@ -41,12 +41,14 @@ _RECIPE_4 = (
     "gpus",
 )
 _RECIPE_5 = (*_RECIPE_4, "cache", "compile", "attention")
+_RECIPE_6 = (*_RECIPE_5, "min_window_s")
 RECIPE_FIELDS: dict[int, tuple[str, ...]] = {
     2: _RECIPE_2,
     3: _RECIPE_3,
     4: _RECIPE_4,
     5: _RECIPE_5,
-    6: (*_RECIPE_5, "min_window_s"),
+    6: _RECIPE_6,
+    7: (*_RECIPE_6, "warmup_power_settle_pct", "warmup_power_max_s"),
 }
 SYNTHETIC = "synthetic"
 
@@ -92,6 +94,10 @@ class ResolvedSettings(BaseModel):
         None, description="attn_implementation the loaded model uses, e.g. sdpa (recipe 5 on)."
     )
     min_window_s: float = Field(0.0, description="Least window per cycle; sets the passes (recipe 6 on).")
+    warmup_power_settle_pct: float | None = Field(None, description="Power settle warm-up (recipe 7 on).")
+    warmup_power_max_s: float | None = Field(
+        None, description="Its cap; null without the power settle, which it cannot change then (recipe 7 on)."
+    )
 
     @field_validator("recipe")
     @classmethod
@@ -179,5 +185,7 @@ def resolve(
             "compile": cfg.compile,
             "attention": attention or cfg.attention,
             "min_window_s": cfg.min_window_s,
+            "warmup_power_settle_pct": cfg.warmup_power_settle_pct,
+            "warmup_power_max_s": cfg.warmup_power_max_s if cfg.warmup_power_settle_pct is not None else None,
         }
     )

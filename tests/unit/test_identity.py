@@ -22,10 +22,13 @@ def _hash(cfg: ExperimentConfig, **resolved: Any) -> str:
 
 def test_recipe_is_pinned_by_a_literal_hash() -> None:
     # If this fails, the hash recipe changed: bump HASH_RECIPE and update README and this literal.
-    assert HASH_RECIPE == 6
-    assert _hash(ExperimentConfig()) == "f8bd28f6400b2107"
-    assert _hash(ExperimentConfig(), attention="sdpa") == "de68afdbe1436ade"  # what a default run resolves
-    assert _hash(ExperimentConfig(min_window_s=20)) == "383ca60f011e626e"  # recipe 6 hashes min_window_s
+    assert HASH_RECIPE == 7
+    assert _hash(ExperimentConfig()) == "a2ed655bdfcb259b"
+    assert _hash(ExperimentConfig(), attention="sdpa") == "f4ce241ea776bc3c"  # what a default run resolves
+    assert _hash(ExperimentConfig(min_window_s=20)) == "f62131b400a7fab9"  # recipe 6 on hash min_window_s
+    # recipe 7 hashes the power settle warm-up: its threshold, and its cap where there is a settle to cap
+    assert _hash(ExperimentConfig(warmup_power_settle_pct=0.5)) == "30f3d4b7cb4cbe06"
+    assert _hash(ExperimentConfig(warmup_power_settle_pct=0.5, warmup_power_max_s=120)) == "8ae3018ff2cf76f4"
 
 
 def test_older_recipes_keep_their_hash() -> None:
@@ -39,6 +42,12 @@ def test_older_recipes_keep_their_hash() -> None:
     recipe_5 = resolve(ExperimentConfig(), **CPU_RANDOM).model_copy(update={"recipe": 5})
     assert recipe_5.measurement_hash() == "2a7cd6a1631116d3"
     assert recipe_5.model_copy(update={"min_window_s": 20.0}).measurement_hash() == "2a7cd6a1631116d3"
+    recipe_6 = resolve(ExperimentConfig(), **CPU_RANDOM).model_copy(update={"recipe": 6})
+    assert recipe_6.measurement_hash() == "f8bd28f6400b2107"  # recipe 6's own pins, as written then
+    assert recipe_6.model_copy(update={"attention": "sdpa"}).measurement_hash() == "de68afdbe1436ade"
+    assert recipe_6.model_copy(update={"min_window_s": 20.0}).measurement_hash() == "383ca60f011e626e"
+    power = {"warmup_power_settle_pct": 0.5, "warmup_power_max_s": 60.0}  # not in recipe 6
+    assert recipe_6.model_copy(update=power).measurement_hash() == "f8bd28f6400b2107"
     assert _hash(ExperimentConfig(cycles=5)) != _hash(ExperimentConfig())
     assert _hash(ExperimentConfig(cooldown_s=2)) != _hash(ExperimentConfig())
 
@@ -173,3 +182,15 @@ def test_recipe_5_names_cache_compile_and_the_attention_the_model_uses() -> None
     assert _hash(ExperimentConfig(), attention="eager") != base
     assert _hash(ExperimentConfig(attention="sdpa"), attention="sdpa") == base  # auto resolved to sdpa
     assert resolve(ExperimentConfig(attention="eager"), **CPU_RANDOM).attention == "eager"  # as asked
+
+
+def test_recipe_7_names_the_power_settle_and_its_cap_only_where_it_runs() -> None:
+    base = _hash(ExperimentConfig())
+    settle = ExperimentConfig(warmup_power_settle_pct=0.5)
+    assert _hash(settle) != base
+    assert _hash(ExperimentConfig(warmup_power_settle_pct=1.0)) != _hash(settle)
+    assert _hash(settle.model_copy(update={"warmup_power_max_s": 120.0})) != _hash(settle)
+    assert _hash(ExperimentConfig(warmup_power_max_s=120)) == base  # no settle: the cap changes nothing
+    resolved = resolve(ExperimentConfig(warmup_power_max_s=120), **CPU_RANDOM)
+    assert resolved.warmup_power_settle_pct is None and resolved.warmup_power_max_s is None
+    assert resolve(settle, **CPU_RANDOM).warmup_power_max_s == 60.0

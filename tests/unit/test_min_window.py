@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,9 +18,9 @@ from llem_mlflow.errors import ConfigError, RunInterrupted
 from llem_mlflow.figures import quality
 from llem_mlflow.measure import rapl, warmup, workload
 from llem_mlflow.measure.records import WarmupRecord
-from llem_mlflow.protocols import BatchStats, CudaDeviceId
+from llem_mlflow.protocols import CudaDeviceId
 from llem_mlflow.run.execute import GpuSet, Outcome, execute
-from tests.fakes import SMALL_SHAPE, FakeBackend, FakeDevice
+from tests.fakes import SMALL_SHAPE, FakeBackend, FakeDevice, RecordingBackend, StageLog, small_config
 
 CUDA0 = CudaDeviceId(cuda_index=0, uuid="GPU-fake-0", pci_bus_id=None)
 BATCH_S = 0.05  # what the fake clock says each generate() takes
@@ -42,33 +41,6 @@ class Clock:
         self.now_s += self.step_s
 
 
-class Recording(FakeBackend):
-    """A FakeBackend that keeps every batch it generated, in order."""
-
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.batches: list[list[list[int]]] = []
-
-    def generate(self, batch: list[list[int]], max_output_tokens: int) -> BatchStats:
-        self.batches.append(batch)
-        return super().generate(batch, max_output_tokens)
-
-
-class Stages:
-    """A Progress that keeps the stage messages and the measure batch counts."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-        self.measured: list[tuple[int, int]] = []
-
-    def stage(self, message: str) -> None:
-        self.messages.append(message)
-
-    def batch(self, phase: str, done: int, total: int) -> None:
-        if phase == "measure":
-            self.measured.append((done, total))
-
-
 @pytest.fixture(autouse=True)
 def _no_rapl(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(rapl, "POWERCAP_ROOT", tmp_path / "no-powercap")
@@ -82,20 +54,18 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 def _cfg(tmp_path: Path, **kw: object) -> ExperimentConfig:
-    base: dict[str, object] = dict(
-        n=8, batch_size=2, max_input_tokens=4, max_output_tokens=3, baseline_s=0.0, idle_after_s=0.0,
-        output_dir=str(tmp_path / "out"), mlflow=False, sampling_interval_s=0.005,
-    )  # fmt: skip
-    return ExperimentConfig.model_validate({**base, **kw})
+    return small_config(tmp_path / "out", **kw)
 
 
-def _run(tmp_path: Path, clock: Clock, gpu: bool = False, **kw: object) -> tuple[Outcome, Recording, Stages]:
-    backend = Recording(
+def _run(
+    tmp_path: Path, clock: Clock, gpu: bool = False, **kw: object
+) -> tuple[Outcome, RecordingBackend, StageLog]:
+    backend = RecordingBackend(
         on_generate=clock.tick, **({"device": "cuda", "cuda_devices": [CUDA0]} if gpu else {})
     )
     counter = itertools.count(0.0, 7.0)
     device = FakeDevice(energy_script=lambda: float(next(counter)), power_w=150.0)
-    show = Stages()
+    show = StageLog()
     outcome = execute(
         _cfg(tmp_path, **kw),
         backend=backend,

@@ -191,7 +191,7 @@ def test_documented_values(sample_result: Sample, tmp_path: Path) -> None:
     assert metrics["compute/flops"] == 32_000_000_000.0
     assert tags["llem.gpu.name"] == "NVIDIA H200" and tags["llem.gpu.count"] == "2"
     assert tags["llem.energy_source"] == "nvml" and tags["llem.schema_version"] == "2.0"
-    assert tags["llem.hash_recipe"] == "6"
+    assert tags["llem.hash_recipe"] == "7"
     assert params["resolved.backend_options"] == "{}"
     assert params["batch_size"] == "2" and params["resolved.precision"] == "bf16"
     assert run.info.run_name == "gpt2-bs2-bf16"

@@ -271,9 +271,9 @@ def test_resolved_settings_are_params_and_recipe_is_a_tag(sample_result: Sample,
     assert run.data.params["resolved.device"] == "cuda"
     assert run.data.params["resolved.model_revision"] == "607a30d783dfa663caf39e06633721c8d4cfcd7e"
     assert run.data.params["resolved.backend_options"] == "{}"
-    assert run.data.params["resolved.recipe"] == "6"
+    assert run.data.params["resolved.recipe"] == "7"
     assert "resolved.tokenizer" not in run.data.params  # null: omitted
-    assert run.data.tags["llem.hash_recipe"] == "6"
+    assert run.data.tags["llem.hash_recipe"] == "7"
 
 
 def test_old_result_without_resolved_logs_no_resolved_keys(sample_result: Sample, tmp_path: Path) -> None:
