@@ -1,7 +1,9 @@
-"""Shared fixtures: MLflow isolation per test, a real tracking server, and a realistic sample result."""
+"""Shared fixtures: Ctrl-C as in a terminal, MLflow isolation per test, a real tracking server, and a
+realistic sample result."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -25,6 +27,17 @@ T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 INTERVAL_S = 0.1
 IDLE = (T0 + 0.05, T0 + 1.0)
 MEASURE = (T0 + 1.5, T0 + 3.5)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_as_in_a_terminal() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt, as in a terminal, even when the test run was started in the
+    background (``cmd &`` in a non-interactive shell starts it with SIGINT ignored, and the tests that
+    send themselves a Ctrl-C would then see nothing); the inherited disposition is put back after."""
+    inherited = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
 
 
 @pytest.fixture(autouse=True)
