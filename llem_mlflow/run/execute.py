@@ -187,11 +187,14 @@ def _measure_stages(c: _Context, backend: Backend, show: Progress) -> measure.Me
 def _configured(
     cfg: ExperimentConfig, backend: object | None, startup_s: float | None
 ) -> tuple[ExperimentConfig, float | None]:
-    """(``gpu_config(cfg, backend)``, ``startup_s`` plus the seconds it took): telling the device can import
-    torch (seconds), before the run's stopwatch starts, so the timings count it as start-up."""
+    """(``gpu_config(cfg, backend)``, ``startup_s``): with no backend yet, telling the device can import torch
+    (seconds), before the run's stopwatch starts, so the timings count it as start-up; a backend's own
+    ``planned_device`` is quick and adds nothing."""
     t0 = time.perf_counter()
     configured = gpu_config(cfg, backend)
-    return configured, None if startup_s is None else startup_s + (time.perf_counter() - t0)
+    if startup_s is None or backend is not None:
+        return configured, startup_s
+    return configured, startup_s + (time.perf_counter() - t0)
 
 
 def gpu_config(cfg: ExperimentConfig, backend: object | None = None) -> ExperimentConfig:

@@ -266,3 +266,5 @@ def test_telling_the_device_counts_as_start_up(monkeypatch: pytest.MonkeyPatch) 
     assert ex._configured(cfg, None, 0.5) == (cfg, 3.0)  # 0.5 s to the call + 2.5 s telling the device
     ticks = iter([0.0, 1.0])
     assert ex._configured(cfg, None, None) == (cfg, None)  # the API: start-up unknown, as before
+    ticks = iter([0.0, 1.0])
+    assert ex._configured(cfg, object(), 0.5) == (cfg, 0.5)  # a backend's planned_device: nothing added
