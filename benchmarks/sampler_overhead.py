@@ -25,7 +25,15 @@ Stopping on the interval's width makes its coverage slightly optimistic; the pai
   Before measuring, the buffer of each GPU is opened once: which clock its timestamps are on, how old its
   newest sample is, its spacing and depth, and the cost of one buffer read and one power poll.
 
-Targets: median ratio <= 1.005 (overhead <= 0.5 %) and sampler thread CPU < 1 % of one core.
+The quiet floor: a sampler adds work; a busy host (other tenants, clock changes) only adds time, and in
+bursts that span several runs (on the H100 of 2026-12-07, runs of one condition took 0.49 s or 0.52-0.67 s,
+in streaks), which widens the paired median's interval to several %. So each mode is also compared by its
+floor: the 20th percentile of its run times over the 20th percentile of the runs without a sampler, with a
+95 % bootstrap interval that resamples whole ABBA blocks (seeded). It estimates the slowdown on a quiet
+host; a block counts as resolved when either interval is at most ``--resolve-pct`` wide.
+
+Targets: median ratio <= 1.005 (overhead <= 0.5 %) and sampler thread CPU < 1 % of one core; with the
+floor, the upper end of its 95 % interval <= 1.005 (``meets_ratio_target_floor``).
 
 Rerun: ``python benchmarks/sampler_overhead.py --smoke`` (CPU, seconds) or, on a GPU host, one command per
 decode batch size (each stops adding blocks after 480 s): ``python benchmarks/sampler_overhead.py --gpu
@@ -38,6 +46,7 @@ from __future__ import annotations
 
 import gc
 import math
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -317,13 +326,47 @@ def ratios(blocks: list[dict[str | None, Run]], mode: str) -> list[float]:
     return [b[mode].wall_s / b[None].wall_s for b in blocks]
 
 
+FLOOR_Q = 0.2  # the quiet floor: this quantile of each condition's run times
+BOOTSTRAP = 1000
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (linear between order statistics)."""
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def floor_ratio(blocks: list[dict[str | None, Run]], mode: str, q: float = FLOOR_Q) -> float:
+    """quantile_q(time with ``mode``) / quantile_q(time without): the overhead on a quiet host."""
+    return quantile([b[mode].wall_s for b in blocks], q) / quantile([b[None].wall_s for b in blocks], q)
+
+
+def floor_interval(blocks: list[dict[str | None, Run]], mode: str) -> tuple[float, float] | None:
+    """95 % bootstrap interval of ``floor_ratio``, resampling whole blocks (seeded; None under 6 blocks)."""
+    if len(blocks) < 6:
+        return None
+    rng = random.Random(0)
+    draws = sorted(
+        floor_ratio([blocks[rng.randrange(len(blocks))] for _ in blocks], mode) for _ in range(BOOTSTRAP)
+    )
+    return draws[int(0.025 * BOOTSTRAP)], draws[int(0.975 * BOOTSTRAP) - 1]
+
+
+def _narrow(interval: tuple[float, float] | None, width_pct: float) -> bool:
+    return interval is not None and 100 * (interval[1] - interval[0]) <= width_pct
+
+
 def resolved(blocks: list[dict[str | None, Run]], modes: Sequence[str], width_pct: float) -> bool:
-    """Whether every mode's 95 % interval of the median ratio is at most ``width_pct`` % wide."""
-    for mode in modes:
-        interval = median_interval(ratios(blocks, mode))
-        if interval is None or 100 * (interval[1] - interval[0]) > width_pct:
-            return False
-    return True
+    """Whether every mode's 95 % interval, of the median paired ratio or of the floor ratio, is at most
+    ``width_pct`` % wide."""
+    return all(
+        _narrow(median_interval(ratios(blocks, m)), width_pct)
+        or _narrow(floor_interval(blocks, m), width_pct)
+        for m in modes
+    )
 
 
 def run_blocks(
@@ -354,6 +397,7 @@ def summarize(name: str, mode: str, blocks: list[dict[str | None, Run]], n: int,
     devices = max(1, len(on[0].sources))
     rate = [max(0, (r.samples or 0) - 2 * devices) / devices / r.wall_s for r in on]  # less start/stop
     ratio = bc.spread(paired)
+    floor, floor_ci = floor_ratio(blocks, mode), floor_interval(blocks, mode)
     return {
         "workload": name,
         "mode": mode,
@@ -365,10 +409,16 @@ def summarize(name: str, mode: str, blocks: list[dict[str | None, Run]], n: int,
         "ratio_mode_none": ratio,
         "ratio_median_ci95": interval,
         "overhead_pct_median": 100 * (ratio["median"] - 1),
+        "floor_quantile": FLOOR_Q,
+        "ratio_floor": floor,
+        "ratio_floor_ci95": floor_ci,
+        "overhead_pct_floor": 100 * (floor - 1),
+        "meets_ratio_target_floor": floor_ci is not None and floor_ci[1] <= TARGET_RATIO,
         "sampler_thread_core_pct": bc.spread(core_pct),
         "samples_per_s_per_device_median": statistics.median(rate),
         "meets_ratio_target": ratio["median"] <= TARGET_RATIO,
-        "resolved": interval is not None and 100 * (interval[1] - interval[0]) <= args.resolve_pct,
+        "resolved": _narrow(interval, args.resolve_pct),
+        "resolved_floor": _narrow(floor_ci, args.resolve_pct),
         "meets_cpu_target": statistics.median(core_pct) < TARGET_CORE_PCT,
         "runs": [asdict(r) for r in on],
     }
@@ -377,6 +427,7 @@ def summarize(name: str, mode: str, blocks: list[dict[str | None, Run]], n: int,
 def row(s: dict[str, Any]) -> list[Any]:
     """One table row of a workload and mode summary."""
     r, c, ci = s["ratio_mode_none"], s["sampler_thread_core_pct"], s["ratio_median_ci95"]
+    fci = s["ratio_floor_ci95"]
     ok = "yes" if s["meets_ratio_target"] and s["meets_cpu_target"] else "NO"
     return [
         s["workload"],
@@ -388,6 +439,9 @@ def row(s: dict[str, Any]) -> list[Any]:
         "-" if ci is None else f"{ci[0]:.4f}-{ci[1]:.4f}",
         "yes" if s["resolved"] else "no",
         f"{s['overhead_pct_median']:+.2f}",
+        f"{s['overhead_pct_floor']:+.2f}",
+        "-" if fci is None else f"{fci[0]:.4f}-{fci[1]:.4f}",
+        "yes" if s["resolved_floor"] else "no",
         f"{c['median']:.3f} (max {c['max']:.3f})",
         f"{s['samples_per_s_per_device_median']:.1f}",
         ok,
@@ -404,6 +458,9 @@ HEADERS = [
     "95% CI (median)",
     "resolved",
     "overhead %",
+    "floor overhead %",
+    "95% CI (floor)",
+    "floor resolved",
     "sampler thread % core",
     "samples/s/dev",
     "meets target",

@@ -2,8 +2,10 @@
 # Issues 19-21 on one GPU, in parts that fit one device call each (each part skips itself once BUDGET_S
 # seconds of the call are spent, so a call ends inside its limit with what it measured):
 #   efficiency: decode modes beside eager (backend_efficiency.py): gpt2 and the ~1.1B shape, b1/8/64,
-#               eager and graph; then b1 with the compiled modes (the 4x and roofline targets);
-#   sampler:    no sampler vs polling vs the driver's power sample buffer, launch-bound decode (ABBA);
+#               eager and graph ("modes"); then b1 with the compiled modes ("compiled": the 4x and roofline
+#               targets); EFFICIENCY names which (default both); the roofline uses the card's HBM bandwidth;
+#   sampler:    no sampler vs polling vs the driver's power sample buffer, launch-bound decode (ABBA), for
+#               SAMPLER_BUDGET_S (default 55) s;
 #   default:    the default gpt2 run (time to result: the result's timings block);
 #   repeat:     5-cycle runs, REPEAT="model:batch[:compile] ..." with about WINDOW_S s per cycle (n sized
 #               from the efficiency part's ms/step when present);
@@ -12,7 +14,8 @@
 #   gaterun:    gpt2 with the GPU defaults and GATE_WINDOW_S s windows: b8, b8 again, b64, b8 steady_state;
 #   gate:       compare --fail-if-worse on those runs (same config, b8 vs b64, other methodology);
 #   eval:       examples/genai_energy_eval.py with real energy;
-#   paths:      gpt2 b8 with the GPU defaults, compile off (eager) vs reduce-overhead vs graph (the default);
+#   paths:      gpt2 b8 with the GPU defaults, compile off (eager) vs reduce-overhead vs graph (the default),
+#               PATHS_ARGS added (e.g. "--min-window-s 6");
 #   examples:   examples/server-launch.yaml and examples/server-attach.yaml as they are, on a gpt2 folder.
 # Everything logs to $OUT_DIR/mlflow.db; results under $OUT_DIR/<part>/.
 #   scripts/gpu-h200.sh OUT_DIR        (PARTS="efficiency sampler default repeat" by default)
@@ -39,20 +42,24 @@ default_run() {  # the default gpt2 run, as a user types it (time to result: the
   rc "default-$1 wall=$((SECONDS - s))s" $?
 }
 has default && left default && default_run first
-if has efficiency && left efficiency; then
-  timeout 150 $py benchmarks/backend_efficiency.py --out "$out/efficiency_modes.json" \
-    --models gpt2,TinyLlama/TinyLlama-1.1B-Chat-v1.0 --batches 1,8,64 --modes eager,graph \
-    --new-tokens 128 --calls 3 --warmup 2 > "$out/efficiency_modes.log" 2>&1
-  rc efficiency_modes $?
-  left efficiency_compiled && timeout 140 $py benchmarks/backend_efficiency.py \
-    --out "$out/efficiency_compiled.json" --models gpt2,TinyLlama/TinyLlama-1.1B-Chat-v1.0 --batches 1 \
-    --modes eager,graph,static+compile,graph+compile --new-tokens 128 --calls 3 --warmup 2 \
-    > "$out/efficiency_compiled.log" 2>&1
+hbm=4.8e12; grep -q H100 "$out/gpu.txt" && hbm=3.35e12  # the HBM roofline: H200 4.8 TB/s, H100 SXM 3.35
+if has efficiency && left efficiency; then  # EFFICIENCY="modes compiled" (default both)
+  if [[ " ${EFFICIENCY:-modes compiled} " == *" modes "* ]]; then
+    timeout 150 $py benchmarks/backend_efficiency.py --out "$out/efficiency_modes.json" \
+      --models gpt2,TinyLlama/TinyLlama-1.1B-Chat-v1.0 --batches 1,8,64 --modes eager,graph \
+      --new-tokens 128 --calls 3 --warmup 2 --hbm-bytes-per-s $hbm > "$out/efficiency_modes.log" 2>&1
+    rc efficiency_modes $?
+  fi
+  [[ " ${EFFICIENCY:-modes compiled} " == *" compiled "* ]] && left efficiency_compiled && timeout 140 \
+    $py benchmarks/backend_efficiency.py --out "$out/efficiency_compiled.json" \
+    --models gpt2,TinyLlama/TinyLlama-1.1B-Chat-v1.0 --batches 1 --modes eager,graph,static+compile,graph+compile \
+    --new-tokens 128 --calls 3 --warmup 2 --hbm-bytes-per-s $hbm > "$out/efficiency_compiled.log" 2>&1
   rc efficiency_compiled $?
 fi
 if has sampler && left sampler; then
-  timeout 75 $py benchmarks/sampler_overhead.py --gpu --workloads decode --batches 1 --pairs 20 --max-pairs 300 \
-    --budget-s 55 --run-s 0.5 --out "$out/sampler_overhead.json" > "$out/sampler_overhead.log" 2>&1
+  sb=${SAMPLER_BUDGET_S:-55}
+  timeout $((sb + 25)) $py benchmarks/sampler_overhead.py --gpu --workloads decode --batches 1 --pairs 20 \
+    --max-pairs 400 --budget-s "$sb" --run-s 0.5 --out "$out/sampler_overhead.json" > "$out/sampler_overhead.log" 2>&1
   rc sampler $?
 fi
 prompts_for() {  # prompts_for MODEL BATCH COMPILE: n for about WINDOW_S s per cycle
@@ -77,15 +84,16 @@ PY
 if has repeat; then
   for spec in ${REPEAT:-gpt2:8 gpt2:64}; do
     left "repeat $spec" || break
-    IFS=: read -r model batch compile tag <<< "$spec"  # tag: again (a second run) or steady (steady_state)
+    IFS=: read -r model batch compile tag <<< "$spec"  # tag: again, steady (steady_state), psettle
     compile=${compile:-graph}
     cache=static; [ "$compile" = off ] && cache=dynamic
     n=$(prompts_for "$model" "$batch" "$compile")
     name="rep-$(basename "$model")-b$batch-$compile${tag:+-$tag}"
     method=total; [ "$tag" = steady ] && method=steady_state
+    extra=(); [ "$tag" = psettle ] && extra=(--warmup-power-settle-pct 1)  # the opt-in power-settle warm-up
     timeout 150 $py -m llem_mlflow run --model "$model" --weights random --batch-size "$batch" --n "$n" \
       --compile "$compile" --cache "$cache" --cycles 5 --warmup-settle-cv-pct 2 --measurement-methodology "$method" \
-      --output-dir "$out/repeat" --run-name "$name" ${REPEAT_ARGS:-} > "$out/$name.log" 2>&1
+      --output-dir "$out/repeat" --run-name "$name" ${REPEAT_ARGS:-} "${extra[@]}" > "$out/$name.log" 2>&1
     rc "$name n=$n" $?
   done
 fi
@@ -164,7 +172,7 @@ if has paths; then  # eager vs generate()'s compiled path vs the default (graph)
     read -r compile cache <<< "$path"
     left "path $compile" || break
     timeout 200 $py -m llem_mlflow run --model gpt2 --weights random --compile "$compile" --cache "$cache" \
-      --output-dir "$out/paths" --run-name "path-gpt2-b8-$compile" > "$out/path-$compile.log" 2>&1
+      --output-dir "$out/paths" --run-name "path-gpt2-b8-$compile" ${PATHS_ARGS:-} > "$out/path-$compile.log" 2>&1
     rc "path $compile" $?
   done
 fi
