@@ -10,7 +10,8 @@
 #   repeat:     5-cycle runs, REPEAT="model:batch[:compile] ..." with about WINDOW_S s per cycle (n sized
 #               from the efficiency part's ms/step when present);
 #   server:     transformers serve --continuous-batching on a random-weights folder of SERVER_SHAPES: c=1 with
-#               the server launched by the tool, then SERVER_CONC attached to one we start; in-process beside;
+#               the server launched by the tool (SERVER_N1 requests), then SERVER_POINTS ("C" or "C:REQUESTS")
+#               attached to one we start, SERVER_ARGS added to each; in-process beside (INPROCESS_SHAPES);
 #   gaterun:    gpt2 with the GPU defaults and GATE_WINDOW_S s windows: b8, b8 again, b64, b8 steady_state;
 #   gate:       compare --fail-if-worse on those runs (same config, b8 vs b64, other methodology);
 #   eval:       examples/genai_energy_eval.py with real energy;
@@ -125,7 +126,7 @@ srv() {  # srv NAME CONCURRENCY N ARGS...: one server-scenario run of $folder
   left "$name" || return 1
   timeout 200 $py -m llem_mlflow run --scenario server --model "$folder" --concurrency "$conc" --n "$n" \
     --cycles "${SERVER_CYCLES:-3}" --max-output-tokens 64 --output-dir "$out/server" --experiment-name server \
-    --run-name "$name" "$@" > "$out/$name.log" 2>&1
+    --run-name "$name" "$@" ${SERVER_ARGS:-} > "$out/$name.log" 2>&1
   rc "$name" $?
 }
 wait_health() {  # wait_health URL: up to 180 s
@@ -140,30 +141,37 @@ for _ in range(180):
 sys.exit(1)
 PY
 }
-if has server; then
+folder_of() {  # folder_of SHAPE: a random-weights servable folder of SHAPE (made once), in $folder
+  b=$(basename "$1")
+  folder=/tmp/models/$b
+  [ -d "$folder" ] || $py scripts/served_model_folder.py "$1" "$folder" > "$out/folder-$b.log" 2>&1
+}
+serve_points() {  # serve_points SHAPE: c=1 launched by the tool, then SERVER_POINTS attached to one server
+  folder_of "$1"
+  srv "$b-launch-c1" 1 "${SERVER_N1:-24}" --server-command "transformers serve {model} --host {host} --port {port} --continuous-batching"
+  url=http://127.0.0.1:18123  # attach mode: one server of ours for the other points, measured on GPU 0
+  setsid transformers serve "$folder" --host 127.0.0.1 --port 18123 --continuous-batching > "$out/serve-$b.log" 2>&1 &
+  spid=$!
+  wait_health "$url"
+  rc "health $b" $?
+  for point in ${SERVER_POINTS:-8 32 128}; do  # CONCURRENCY or CONCURRENCY:REQUESTS
+    c=${point%%:*} n=${point#*:}
+    [ "$n" = "$point" ] && n=$((c * 4 < 128 ? 128 : c * 4))
+    srv "$b-attach-c$c" "$c" "$n" --server-url "$url" --server-gpus 0
+  done
+  kill -TERM -- -"$spid" 2>/dev/null; sleep 2; kill -KILL -- -"$spid" 2>/dev/null
+}
+if has server; then  # SERVER_SHAPES served; INPROCESS_SHAPES (default: the same) in-process when SERVER_INPROCESS=1
   for shape in ${SERVER_SHAPES:-gpt2}; do
-    left "server $shape" || break
-    b=$(basename "$shape")
-    folder=/tmp/models/$b
-    [ -d "$folder" ] || $py scripts/served_model_folder.py "$shape" "$folder" > "$out/folder-$b.log" 2>&1
-    # launch mode: the tool starts and stops the server (concurrency 1)
-    srv "$b-launch-c1" 1 "${SERVER_N1:-24}" --server-command "transformers serve {model} --host {host} --port {port} --continuous-batching"
-    # attach mode: one server of ours for the other points, measured on GPU 0
-    url=http://127.0.0.1:18123
-    setsid transformers serve "$folder" --host 127.0.0.1 --port 18123 --continuous-batching > "$out/serve-$b.log" 2>&1 &
-    spid=$!
-    wait_health "$url"
-    rc "health $b" $?
-    for c in ${SERVER_CONC:-8 32 128}; do
-      srv "$b-attach-c$c" "$c" $((c * 4 < 128 ? 128 : c * 4)) --server-url "$url" --server-gpus 0
-    done
-    kill -TERM -- -"$spid" 2>/dev/null; sleep 2; kill -KILL -- -"$spid" 2>/dev/null
-    if [ "${SERVER_INPROCESS:-1}" = 1 ] && left "inprocess $b"; then
-      timeout 150 $py -m llem_mlflow run --model "$folder" --weights pretrained --n 256 --batch-size 32 --cycles 3 \
-        --min-window-s 8 --output-dir "$out/server-inprocess" --experiment-name server --run-name "inprocess-$b-b32" \
-        > "$out/inprocess-$b.log" 2>&1
-      rc "inprocess $b" $?
-    fi
+    left "server $shape" && serve_points "$shape"
+  done
+  for shape in ${INPROCESS_SHAPES:-${SERVER_SHAPES:-gpt2}}; do
+    [ "${SERVER_INPROCESS:-1}" = 1 ] && left "inprocess $shape" || break
+    folder_of "$shape"
+    timeout 150 $py -m llem_mlflow run --model "$folder" --weights pretrained --n 256 --batch-size 32 --cycles 3 \
+      --min-window-s 8 --output-dir "$out/server-inprocess" --experiment-name server --run-name "inprocess-$b-b32" \
+      > "$out/inprocess-$b.log" 2>&1
+    rc "inprocess $b" $?
   done
   $py scripts/serving_table.py "$out/server" "$out/server-inprocess" > "$out/serving_table.md" 2>&1
 fi
