@@ -179,9 +179,10 @@ if has paths; then  # eager vs generate()'s compiled path vs the default (graph)
   for path in "off dynamic" "reduce-overhead static" "graph static"; do
     read -r compile cache <<< "$path"
     left "path $compile" || break
+    s=$SECONDS
     timeout 200 $py -m llem_mlflow run --model gpt2 --weights random --compile "$compile" --cache "$cache" \
       --output-dir "$out/paths" --run-name "path-gpt2-b8-$compile" ${PATHS_ARGS:-} > "$out/path-$compile.log" 2>&1
-    rc "path $compile" $?
+    rc "path $compile wall=$((SECONDS - s))s" $?
   done
 fi
 if has examples; then  # the example YAMLs themselves (issue 20): launch, then attach to a server we start
