@@ -14,7 +14,10 @@ mode runs beside eager in the same process:
   (forward + greedy argmax) one replay of a CUDA graph captured in the first call of each batch size
   (warm-up); on CPU the same loop runs uncaptured;
 * ``graph+compile`` (CUDA only, not a config value yet): the same loop with the decode step compiled by
-  ``torch.compile(mode="default")`` (inductor's fused kernels) before it is captured.
+  ``torch.compile(mode="default")`` (inductor's fused kernels) before it is captured;
+* ``graph+compile-exact`` (CUDA only): the same, with inductor's ``emulate_precision_casts`` on (fused
+  kernels round their bf16 intermediates where eager would, to keep eager's numerics). The flag is
+  process-wide once set, so list this mode after ``graph+compile``.
 
 Tokens: every mode's new tokens are compared with eager's of the same model and batch (``= eager``:
 ``yes``, or the share of equal tokens); greedy decoding of random bf16 weights can flip a near-tie when
@@ -51,7 +54,7 @@ import bench_common as bc
 
 from llem_mlflow.backends.catalogue import shipped_config
 
-MODES = ("eager", "static", "static+compile", "graph", "graph+compile")
+MODES = ("eager", "static", "static+compile", "graph", "graph+compile", "graph+compile-exact")
 CPU_MODES = ("eager", "static", "static+compile", "graph")  # graph+compile needs CUDA
 CPU_MODELS, GPU_MODELS = "llem/tiny-gpt2", "gpt2,TinyLlama/TinyLlama-1.1B-Chat-v1.0"
 SPEEDUP_TARGET, ROOFLINE_TARGET_PCT = 4.0, 40.0
@@ -160,8 +163,12 @@ def mode_call(mode: str, model: Any, ids: Any, args: Any, device: str, pad: int)
     """One call of ``mode`` on ``ids``: exactly ``args.new_tokens`` greedy tokens per row."""
     import torch
 
-    if mode in ("graph", "graph+compile"):
-        return graph_call(model, ids, args.new_tokens, device, "default" if mode == "graph+compile" else None)
+    if mode == "graph+compile-exact":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.emulate_precision_casts = True  # process-wide from here on (see the module docstring)
+    if mode.startswith("graph"):
+        return graph_call(model, ids, args.new_tokens, device, None if mode == "graph" else "default")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
     kw = generate_kwargs(mode, args.new_tokens, device, pad)

@@ -51,9 +51,9 @@ if has efficiency && left efficiency; then  # EFFICIENCY="modes compiled" (defau
       --new-tokens 128 --calls 3 --warmup 2 --hbm-bytes-per-s $hbm > "$out/efficiency_modes.log" 2>&1
     rc efficiency_modes $?
   fi
-  [[ " ${EFFICIENCY:-modes compiled} " == *" compiled "* ]] && left efficiency_compiled && timeout 140 \
+  [[ " ${EFFICIENCY:-modes compiled} " == *" compiled "* ]] && left efficiency_compiled && timeout 170 \
     $py benchmarks/backend_efficiency.py --out "$out/efficiency_compiled.json" \
-    --models gpt2,TinyLlama/TinyLlama-1.1B-Chat-v1.0 --batches 1 --modes eager,graph,static+compile,graph+compile \
+    --models gpt2,TinyLlama/TinyLlama-1.1B-Chat-v1.0 --batches 1 --modes eager,graph,graph+compile,graph+compile-exact \
     --new-tokens 128 --calls 3 --warmup 2 --hbm-bytes-per-s $hbm > "$out/efficiency_compiled.log" 2>&1
   rc efficiency_compiled $?
 fi
