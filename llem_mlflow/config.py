@@ -1,14 +1,12 @@
 """ExperimentConfig: what one experiment asks to measure, and where its results go.
 
-The config holds requested values (``device: auto`` and so on); what a run resolved them to,
-and the ``measurement_config_hash`` over that, live in ``identity``.
+The config holds requested values (``device: auto``...); what a run resolved them to, and its hash: identity.
 
-The config is inert: validating it touches no GPU, network or environment variable.
-``load_config`` reads YAML and applies overrides; every failure is a ``ConfigError``
-whose message (one line) names the field and what is allowed. Numbers are finite and bounded
-(no NaN/inf, no ``true`` for a number, no value so large that a later stage would overflow or
-never end), so a bad value is refused here, before any check or model load. The bounds and text
-limits themselves live in ``config_rules`` and are re-exported here.
+The config is inert: validating it touches no GPU, network or environment variable. ``load_config`` reads
+YAML and applies overrides; every failure is a ``ConfigError`` whose message (one line) names the field and
+what is allowed. Numbers are finite and bounded (no NaN/inf, no ``true`` for a number, no value so large that
+a later stage would overflow or never end), so a bad value is refused here, before any check or model load.
+The bounds and text limits themselves live in ``config_rules`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -197,6 +195,9 @@ class ExperimentConfig(BaseModel):
         "off",
         description="torch.compile of the decode step by generate() (reduce-overhead: CUDA graphs); graph: "
         "our own decode loop, one CUDA graph per decode step.",
+    )
+    batching: Literal["static", "continuous"] = Field(
+        "static", description="static: generate() per batch; continuous: generate_batch, <=batch_size a step."
     )
     quality: Literal["off", "perplexity"] = Field(
         "off", description="After measuring: perplexity on a shipped held-out text (in-process runs)."

@@ -41,7 +41,8 @@ def with_gpu_defaults(cfg: ExperimentConfig, device: str) -> tuple[ExperimentCon
     """``cfg`` with ``GPU_DEFAULTS`` on every field the user left unset, and the defaults it now holds.
 
     Only for ``device == "cuda"`` in-process runs; else ``(cfg, {})``. Skipped where a default cannot
-    apply: ``cache``/``compile`` with a ``device_map`` (a split model keeps the eager path), ``compile``
+    apply: ``cache``/``compile`` with a ``device_map`` (a split model keeps the eager path) or ``batching:
+    continuous`` (generate_batch keeps its own cache), ``compile``
     when the cache is not static (``cache: dynamic`` set by the user), ``min_window_s`` when no warm-up
     batch would run to time it. The new config is validated (every validator runs) and keeps ``cfg``'s
     set fields: the applied defaults are not among them.
@@ -72,8 +73,8 @@ def with_settled(cfg: ExperimentConfig, changed: dict[str, Any]) -> ExperimentCo
 
 def _applies(name: str, values: dict[str, Any]) -> bool:
     """Whether default ``name`` can apply given the values decided so far."""
-    if name in ("cache", "compile") and values["device_map"] is not None:
-        return False
+    if name in ("cache", "compile") and (values["device_map"] is not None or values["batching"] != "static"):
+        return False  # a split model keeps the eager path; continuous batching keeps generate_batch's own
     if name == "compile":
         return bool(values["cache"] == "static")
     if name == "min_window_s":

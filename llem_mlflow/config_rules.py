@@ -1,9 +1,9 @@
 """The rules a config's values obey: numeric bounds, text limits, and how ``-h`` and README state them.
 
 One source for the bounds (``MAX_*``), ``TEXT_LIMITS`` (what MLflow's SQL stores and the filesystem take),
-``span`` (a range in words) and ``pairing_problem`` (fields that must go together). ``config`` builds
-``ExperimentConfig`` on them and re-exports them, so ``from llem_mlflow.config import MAX_RUN_NAME`` keeps
-working. Imports nothing of llem_mlflow.
+``span`` (a range in words) and ``pairing_problem`` (fields that must go together, ``batching: continuous``'s
+among them). ``config`` builds ``ExperimentConfig`` on them and re-exports them, so
+``from llem_mlflow.config import MAX_RUN_NAME`` keeps working. Imports nothing of llem_mlflow.
 """
 
 from __future__ import annotations
@@ -157,6 +157,8 @@ def pairing_problem(values: Mapping[str, Any]) -> str | None:
 
     The server scenario's own rules are ``config_server.server_problem``'s.
     """
+    if values["batching"] == "continuous" and (problem := _continuous_problem(values)):
+        return problem
     # transformers compiles generate()'s decode step only with a static cache (fixed shapes)
     if values["compile"] != "off" and values["cache"] != "static":
         return (
@@ -174,5 +176,31 @@ def pairing_problem(values: Mapping[str, Any]) -> str | None:
         return (
             "warmup_power_settle_pct: not available with scenario: server (its warm-up is requests to the "
             "server, not batches timed in this process)"
+        )
+    return None
+
+
+def _continuous_problem(values: Mapping[str, Any]) -> str | None:
+    """Why ``batching: continuous`` (transformers' ``generate_batch``, in process) cannot run with these."""
+    if values["scenario"] == "server":
+        return (
+            "batching: continuous is the in-process scheduler; with scenario: server the server batches "
+            "(e.g. 'transformers serve --continuous-batching'): remove batching, or set scenario: in_process"
+        )
+    if values["compile"] != "off":
+        return (
+            f"batching: continuous runs generate_batch's own forward passes, which compile: "
+            f"{values['compile']} does not reach; set compile: off"
+        )
+    if values["cache"] != "dynamic":
+        return (
+            "batching: continuous keeps generate_batch's own paged KV cache; set cache: dynamic (the default)"
+        )
+    if values["device_map"] is not None:
+        return "batching: continuous keeps its KV cache on one device; remove device_map"
+    if not values["warmup_batches"] and values["warmup_settle_cv_pct"] is None:
+        return (
+            "batching: continuous builds its manager (KV cache, CUDA graphs) in the first call: set "
+            "warmup_batches >= 1 so that it is not measured"
         )
     return None

@@ -201,7 +201,7 @@ if has examples; then  # the example YAMLs themselves (issue 20): launch, then a
 fi
 has default && left "default again" && default_run again
 for d in default repeat paths gate server server-inprocess examples; do
-  [ -d "$out/$d" ] && { echo "=== $d"; $py scripts/summarize_results.py "$out/$d"; }
+  [ -d "$out/$d" ] && { echo "=== $d"; $py scripts/summarize_results.py "$out/$d"; $py scripts/cycle_drift.py "$out/$d"; }
 done > "$out/summary.txt" 2>&1
 cat "$out/gpu.txt" "$out/rcs.txt"
 tail -n 60 "$out/summary.txt"

@@ -16,7 +16,8 @@ and itself. The modules of the transformers backend:
 * ``placement``: ``device_map`` over several GPUs (accelerate);
 * ``tokens``: left padding, special ids, counting generated tokens;
 * ``timing``: ``StepTimer`` (prefill and decode-step timings);
-* ``fastpath``: static KV cache, ``torch.compile`` and attention kernel choices for generate().
+* ``fastpath``: static KV cache, ``torch.compile`` and attention kernel choices for generate();
+* ``continuous``: ``batching: continuous``, each call through transformers' ``generate_batch``.
 
 ``start_runtime`` starts what a backend's runtime needs before its first batch (the transformers backend:
 the CUDA context and cuBLAS, ``runtime.CudaStart``) in the background; the runner calls it as the model
@@ -44,6 +45,7 @@ class Started(Protocol):
 
 
 def _transformers(cfg: ExperimentConfig) -> Backend:
+    from llem_mlflow.backends.continuous import ContinuousBatching
     from llem_mlflow.backends.fastpath import FastPath
     from llem_mlflow.backends.hf import TransformersBackend
 
@@ -56,6 +58,7 @@ def _transformers(cfg: ExperimentConfig) -> Backend:
         device_map=cfg.device_map,
         fast=FastPath.of(cfg),
         trust_remote_code=cfg.trust_remote_code,
+        batching=ContinuousBatching(cfg.batch_size) if cfg.batching == "continuous" else None,
     )
 
 

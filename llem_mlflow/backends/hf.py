@@ -4,27 +4,27 @@
 torch and transformers are imported lazily (inside functions). Its helpers live beside it: ``hub`` (where
 files come from), ``runtime`` (device, precision, versions), ``shape`` (facts and FLOPs shape), ``placement``
 (several GPUs), ``tokenizing`` (which tokenizer), ``generation`` (one generate() call's arguments and
-counts), ``tokens`` (padding and counting) and ``timing`` (step timings).
+counts), ``tokens`` (padding, counting), ``timing`` (step timings), ``continuous`` (``generate_batch``).
 
-Out of memory in ``generate()`` (warm-up, measurement, isolated prefill): the failed call's memory is
-returned (its tensors go with the exception, then ``free_memory``) and an ``errors.OutOfMemoryError``
-names the batch size and what to lower; the model stays loaded, so a sweep's next, smaller point can
-use it. ``release()`` drops the model itself (the runner calls it when a run it owns fails). Weight policy:
+Out of memory in ``generate()`` (warm-up, measurement, isolated prefill): the failed call's memory is returned
+(its tensors go with the exception, then ``free_memory``) and an ``errors.OutOfMemoryError`` names the batch
+size and what to lower; the model stays loaded, so a sweep's next, smaller point can use it. ``release()``
+drops the model itself (the runner calls it when a run it owns fails). Weight policy:
 
-* ``pretrained``: a local folder with weight files, else the local HF cache, else the hub
-  (skipped when ``HF_HUB_OFFLINE`` is set or the hub endpoint is unreachable: a cheap TCP check
-  replaces huggingface_hub's ~23 s of retries on a machine without network).
-* ``random``: seeded normal init of the architecture from the local folder's ``config.json``,
-  else the shipped catalogue, else the hub config.
-* ``auto``: pretrained when it can be had, else random from the shipped config with a loud
-  warning (logged and put in ``LoadedModel.warnings``).
+* ``pretrained``: a local folder with weight files, else the local HF cache, else the hub (skipped when
+  ``HF_HUB_OFFLINE`` is set or the hub endpoint is unreachable: a cheap TCP check replaces huggingface_hub's
+  ~23 s of retries on a machine without network).
+* ``random``: seeded normal init of the architecture from the local folder's ``config.json``, else the
+  shipped catalogue, else the hub config.
+* ``auto``: pretrained when it can be had, else random from the shipped config with a loud warning (logged
+  and put in ``LoadedModel.warnings``).
 
-``inspect()`` reads the config alone (local folder ``config.json``, else the shipped catalogue, else
-the HF cache or hub) and keeps it, so ``load()`` does not fetch it again. Tokenizing needs no model
-(see ``tokenizing``: the model's own tokenizer, else with random or auto weights the byte-level
-fallback, with a warning). Several GPUs (``device_map``, CUDA only, needs
-``accelerate``): see ``placement``. The loaded model's ``ModelShape`` comes from its config
-(``shape.config_shape``) when the architecture family is known there, else from walking its parameters.
+``inspect()`` reads the config alone (local folder ``config.json``, else the shipped catalogue, else the HF
+cache or hub) and keeps it, so ``load()`` does not fetch it again. Tokenizing needs no model (see
+``tokenizing``: the model's own tokenizer, else with random or auto weights the byte-level fallback, with a
+warning). Several GPUs (``device_map``, CUDA only, needs ``accelerate``): see ``placement``. The loaded
+model's ``ModelShape`` comes from its config (``shape.config_shape``) when the architecture family is known
+there, else from walking its parameters.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llem_mlflow.backends import fastpath, generation
+from llem_mlflow.backends import continuous, fastpath, generation
 from llem_mlflow.backends.catalogue import shipped_config
 from llem_mlflow.backends.fastpath import FastPath
 from llem_mlflow.backends.hub import (
@@ -117,6 +117,7 @@ class TransformersBackend:
         device_map: str | dict[str, Any] | None = None,
         fast: FastPath | None = None,
         trust_remote_code: bool = False,
+        batching: continuous.ContinuousBatching | None = None,
     ) -> None:
         if weights not in ("auto", "pretrained", "random"):
             raise ConfigError(f"weights must be auto, pretrained or random, not {weights!r}")
@@ -129,6 +130,7 @@ class TransformersBackend:
             raise BackendError(f"device_map needs the accelerate package: {ACCELERATE_HINT}")
         self.model_name = model
         self._fast = fast or FastPath()
+        self._continuous = batching  # None: static batches through generate()
         self._remote_code = trust_remote_code  # passed to every transformers loader, False unless asked
         self._weights = weights
         self._precision = precision
@@ -325,19 +327,17 @@ class TransformersBackend:
         return self._model
 
     def generate(self, batch: list[list[int]], max_output_tokens: int) -> BatchStats:
-        """Greedy, left-padded generation of exactly ``max_output_tokens`` new tokens per row.
-
-        The prefill and every decode step are timed by a ``StepTimer`` (CUDA events, no host sync per
-        token) into ``BatchStats.prefill_s`` and ``decode_step_s``.
-        """
+        """Exactly ``max_output_tokens`` greedy new tokens per row, steps timed (``continuous``: untimed)."""
         model = self._require_model()
         if not batch or any(not row for row in batch):
             raise BackendError("generate() needs a non-empty batch of non-empty token id lists")
+        pad = self._tokens.pad_token_id
+        if self._continuous is not None:  # batching: continuous, through generate_batch
+            return self._continuous.generate(model, batch, max_output_tokens, pad, self._device)
         device = input_device(model)
         if self._step_timer is None or self._step_timer.device != device:
             self._step_timer = StepTimer(device)
         timer = self._step_timer
-        pad = self._tokens.pad_token_id
         call = generation.prepare(model, batch, pad, max_output_tokens, self._fast, timer)
         out = self._generate_or_free(call.generate, timer, len(batch), call.padded_len, max_output_tokens)
         return generation.batch_stats(batch, out, call, timer)

@@ -131,7 +131,8 @@ def measure(
             batch is abandoned, the counters are read at once and the cycle keeps its completed batches).
     """
     clock = Stopwatch()
-    groups = workload.batches(prompts, cfg.batch_size)
+    # continuous batching: one group per pass, every prompt in one call (transformers schedules them)
+    groups = [list(prompts)] if cfg.batching == "continuous" else workload.batches(prompts, cfg.batch_size)
     progress = _Progress()
     sampler, trace = None, None
     try:

@@ -9,7 +9,9 @@ stored in result.json as ``resolved``, and the hash is recomputable from it alon
 
 Bump ``HASH_RECIPE`` whenever a field is added, removed or its meaning changes, and list the new
 recipe's fields in ``RECIPE_FIELDS`` (results of older recipes keep theirs); a test pins a literal
-hash per recipe so a refactor cannot change one silently.
+hash per recipe so a refactor cannot change one silently. A field in ``HASHED_WHEN_SET`` is the exception:
+at its default it is left out of ``resolved`` (every dump) and so of the hash, so adding it changed no earlier
+hash and needs no new recipe (``batching``: every result before it was ``static``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 from llem_mlflow.config import ExperimentConfig
 
@@ -50,6 +59,8 @@ RECIPE_FIELDS: dict[int, tuple[str, ...]] = {
     6: _RECIPE_6,
     7: (*_RECIPE_6, "warmup_power_settle_pct", "warmup_power_max_s"),
 }
+#: Fields added inside recipe 7, hashed (and kept in ``resolved``) only when not at this value, their default.
+HASHED_WHEN_SET: dict[str, object] = {"batching": "static"}
 SYNTHETIC = "synthetic"
 
 
@@ -98,6 +109,16 @@ class ResolvedSettings(BaseModel):
     warmup_power_max_s: float | None = Field(
         None, description="Its cap; null without the power settle, which it cannot change then (recipe 7 on)."
     )
+    batching: Literal["static", "continuous"] = Field(
+        "static", description="static: generate() per batch; continuous: generate_batch (hashed when set)."
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_additions(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # a HASHED_WHEN_SET field at its default is left out of every dump (result.json, the hash), so
+        # `resolved` of such a run is byte for byte what it was before the field existed
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if k not in HASHED_WHEN_SET or v != HASHED_WHEN_SET[k]}
 
     @field_validator("recipe")
     @classmethod
@@ -109,7 +130,7 @@ class ResolvedSettings(BaseModel):
 
     def measurement_hash(self) -> str:
         """First 16 hex digits of SHA-256 over the canonical JSON of this recipe's fields."""
-        fields = set(RECIPE_FIELDS[self.recipe])
+        fields = set(RECIPE_FIELDS[self.recipe]) | (set(HASHED_WHEN_SET) if self.recipe >= 7 else set())
         data = self.model_dump(mode="json", include=fields)
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
@@ -187,5 +208,6 @@ def resolve(
             "min_window_s": cfg.min_window_s,
             "warmup_power_settle_pct": cfg.warmup_power_settle_pct,
             "warmup_power_max_s": cfg.warmup_power_max_s if cfg.warmup_power_settle_pct is not None else None,
+            "batching": cfg.batching,
         }
     )
