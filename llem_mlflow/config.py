@@ -132,15 +132,15 @@ class ExperimentConfig(BaseModel):
         None,
         gt=0.0,
         le=MAX_CV_PCT,
-        description="After latency settles, keep warming up in stretches of >= 2 s until the GPUs' mean "
-        "power (energy counter) of a stretch is within this % of the one before (at most warmup_power_max_s) "
-        f"({span(0, MAX_CV_PCT, low_open=True)}).",
+        description="After latency settles, keep warming up in stretches of >= 2 s until the power drift "
+        "fitted over the last 5 (energy counter), projected over min_window_s (20 s when 0), is below this % "
+        f"of the power (at most warmup_power_max_s) ({span(0, MAX_CV_PCT, low_open=True)}).",
     )
     warmup_power_max_s: float = Field(
         60.0,
         gt=0.0,
         le=MAX_SETTLE_S,
-        description="Cap on the power settle warm-up in seconds; two stretches always run "
+        description="Cap on the power settle warm-up in seconds; five stretches always run "
         f"({span(0, MAX_SETTLE_S, low_open=True)}).",
     )
     cycles: int = Field(

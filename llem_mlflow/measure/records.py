@@ -94,3 +94,6 @@ class WarmupRecord(_Model):
     power_w: list[float] = Field(default_factory=list)
     power_settled: bool | None = None  # null: not asked, or no GPU; false: the cap or a failed read ended it
     power_s: float | None = None  # seconds the power settle ran; null when it did not
+    # the last line fit over 5 stretches: |slope| x horizon as % of the last stretch's power (null before 5)
+    power_drift_pct: float | None = None
+    power_horizon_s: float | None = None  # the window the drift is projected over (min_window_s, else 20 s)

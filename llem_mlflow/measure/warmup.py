@@ -94,6 +94,8 @@ def warm_up(
         power_w=power.power_w if power else [],
         power_settled=power.settled if power else None,
         power_s=power.seconds if power else None,
+        power_drift_pct=power.drift_pct_per_window if power else None,
+        power_horizon_s=power.horizon_s if power else None,
     )
 
 
