@@ -11,7 +11,8 @@
 #               from the efficiency part's ms/step when present);
 #   server:     transformers serve --continuous-batching on a random-weights folder of SERVER_SHAPES: c=1 with
 #               the server launched by the tool (SERVER_N1 requests), then SERVER_POINTS ("C" or "C:REQUESTS")
-#               attached to one we start, SERVER_ARGS added to each; in-process beside (INPROCESS_SHAPES);
+#               attached to one we start, SERVER_ARGS added to each; in-process beside (INPROCESS_SHAPES), static
+#               batches and batching: continuous;
 #   gaterun:    gpt2 with the GPU defaults and GATE_WINDOW_S s windows: b8, b8 again, b64, b8 steady_state;
 #   gate:       compare --fail-if-worse on those runs (same config, b8 vs b64, other methodology);
 #   eval:       examples/genai_energy_eval.py with real energy;
@@ -172,6 +173,11 @@ if has server; then  # SERVER_SHAPES served; INPROCESS_SHAPES (default: the same
       --min-window-s 8 --output-dir "$out/server-inprocess" --experiment-name server --run-name "inprocess-$b-b32" \
       > "$out/inprocess-$b.log" 2>&1
     rc "inprocess $b" $?
+    left "inprocess continuous $b" || break  # the same, through transformers' generate_batch
+    timeout 150 $py -m llem_mlflow run --model "$folder" --weights pretrained --n 256 --batch-size 32 --cycles 3 \
+      --batching continuous --min-window-s 8 --output-dir "$out/server-inprocess" --experiment-name server \
+      --run-name "inprocess-continuous-$b-b32" > "$out/inprocess-continuous-$b.log" 2>&1
+    rc "inprocess continuous $b" $?
   done
   $py scripts/serving_table.py "$out/server" "$out/server-inprocess" > "$out/serving_table.md" 2>&1
 fi

@@ -61,7 +61,8 @@ def row(r: dict[str, Any]) -> tuple[tuple[Any, ...], list[str]]:
     lat = _latency(r)
     conc = s.get("concurrency") if server else r["config"]["batch_size"]
     model = Path(str(r["model"])).name
-    way = f"server ({s.get('engine')})" if server else f"in-process b{conc}"
+    kind = "continuous " if r["config"].get("batching") == "continuous" else "b"
+    way = f"server ({s.get('engine')})" if server else f"in-process {kind}{conc}"
     cells = [
         model, way, str(conc if server else "-"), str(c.get("n", 1)),
         _interval(c.get("energy_per_output_token_j_ci95")),

@@ -4,6 +4,7 @@ per pass of the prompt set; its refusals; its hash (the default's unchanged). CP
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +209,12 @@ def test_a_whole_run_with_continuous_batching(tmp_path: Path) -> None:
     assert result.status == "completed" and result.output_tokens == 5 * 4
     assert result.resolved is not None and result.resolved.batching == "continuous"
     assert result.config.batching == "continuous"
+
+
+def test_only_the_known_continuous_batching_warnings_are_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    cb = logging.getLogger(continuous.CB_LOGGER)
+    with caplog.at_level(logging.WARNING, logger=continuous.CB_LOGGER):
+        cb.warning("Since you passed `persistent_manager=True`, the manager will be kept alive")
+        cb.warning("Processor SuppressTokensLogitsProcessor might not be supported by CB.")
+        cb.warning("Request 3 failed: out of memory")
+    assert [r.getMessage() for r in caplog.records] == ["Request 3 failed: out of memory"]
