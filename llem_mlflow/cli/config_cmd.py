@@ -184,8 +184,8 @@ def _settings(cfg: ExperimentConfig, planned: _Planned, applied: dict[str, objec
             if name in at_load
             else _setting_text(values[name], name in applied),
         )
-        for name in identity.RECIPE_FIELDS[resolved.recipe]
-        if name != "recipe"
+        for name in [*identity.RECIPE_FIELDS[resolved.recipe], *identity.HASHED_WHEN_SET]
+        if name != "recipe" and name in values  # a HASHED_WHEN_SET field shows only when set
     ]
     note = f" (provisional: {', '.join(at_load)} {_AT_LOAD}; a run's hash covers them)" if at_load else ""
     return [*rows, ("config hash", f"{resolved.measurement_hash()}{note}")]

@@ -479,3 +479,12 @@ def test_config_without_torch_or_nvml_has_no_traceback(tmp_path: Path) -> None:
     assert rows["precision"] == "fp32 (auto on cpu)"
     assert rows["energy source"].startswith("none (pynvml is not installed")
     assert proc.stdout.splitlines()[-2:] == ["exit 0", "[]"]
+
+
+def test_config_shows_batching_only_where_it_is_set() -> None:
+    plain = invoke("config", "--model", "llem/tiny-gpt2", "--device", "cpu")
+    continuous = invoke("config", "--model", "llem/tiny-gpt2", "--device", "cpu", "--batching", "continuous")
+    assert plain.exit_code == 0 and continuous.exit_code == 0, plain.output + continuous.output
+    assert "resolved.batching" not in plain.stdout  # the default stays out of the hash, and of the rows
+    assert re.search(r"resolved\.batching +continuous", continuous.stdout)
+    assert config_rows(plain.stdout)["config hash"] != config_rows(continuous.stdout)["config hash"]
