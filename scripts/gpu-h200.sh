@@ -11,7 +11,7 @@
 #               from the efficiency part's ms/step when present);
 #   server:     transformers serve --continuous-batching on a random-weights folder of SERVER_SHAPES: c=1 with
 #               the server launched by the tool (SERVER_N1 requests), then SERVER_POINTS ("C" or "C:REQUESTS")
-#               attached to one we start, SERVER_ARGS added to each; in-process beside (INPROCESS_SHAPES), static
+#               attached to one we start (SERVER_LAUNCH=0 skips the launched c=1), SERVER_ARGS added to each; in-process beside (INPROCESS_SHAPES), static
 #               batches and batching: continuous;
 #   gaterun:    gpt2 with the GPU defaults and GATE_WINDOW_S s windows: b8, b8 again, b64, b8 steady_state;
 #   gate:       compare --fail-if-worse on those runs (same config, b8 vs b64, other methodology);
@@ -149,7 +149,7 @@ folder_of() {  # folder_of SHAPE: a random-weights servable folder of SHAPE (mad
 }
 serve_points() {  # serve_points SHAPE: c=1 launched by the tool, then SERVER_POINTS attached to one server
   folder_of "$1"
-  srv "$b-launch-c1" 1 "${SERVER_N1:-24}" --server-command "transformers serve {model} --host {host} --port {port} --continuous-batching"
+  [ "${SERVER_LAUNCH:-1}" = 1 ] && srv "$b-launch-c1" 1 "${SERVER_N1:-24}" --server-command "transformers serve {model} --host {host} --port {port} --continuous-batching"
   url=http://127.0.0.1:18123  # attach mode: one server of ours for the other points, measured on GPU 0
   setsid transformers serve "$folder" --host 127.0.0.1 --port 18123 --continuous-batching > "$out/serve-$b.log" 2>&1 &
   spid=$!
