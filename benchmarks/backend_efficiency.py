@@ -18,6 +18,10 @@ mode runs beside eager in the same process:
 * ``graph+compile-exact`` (CUDA only): the same, with inductor's ``emulate_precision_casts`` on (fused
   kernels round their bf16 intermediates where eager would, to keep eager's numerics). The flag is
   process-wide once set, so list this mode after ``graph+compile``.
+* ``graph+compile-tuned`` (CUDA only): the same loop compiled with ``mode="max-autotune-no-cudagraphs"``
+  (inductor benchmarks Triton and cuBLAS choices per GEMM shape; we capture the graph ourselves) and
+  inductor's ``coordinate_descent_tuning`` (gpt-fast's setting for batch-1 decode). Compiling takes minutes
+  at first; the flags are process-wide once set, so list this mode last.
 
 Tokens: every mode's new tokens are compared with eager's of the same model and batch (``= eager``:
 ``yes``, or the share of equal tokens); greedy decoding of random bf16 weights can flip a near-tie when
@@ -54,7 +58,22 @@ import bench_common as bc
 
 from llem_mlflow.backends.catalogue import shipped_config
 
-MODES = ("eager", "static", "static+compile", "graph", "graph+compile", "graph+compile-exact")
+MODES = (
+    "eager",
+    "static",
+    "static+compile",
+    "graph",
+    "graph+compile",
+    "graph+compile-exact",
+    "graph+compile-tuned",
+)
+#: the decode loop's modes and the torch.compile mode of each (None: the eager step, captured)
+GRAPH_COMPILE_MODES: dict[str, str | None] = {
+    "graph": None,
+    "graph+compile": "default",
+    "graph+compile-exact": "default",
+    "graph+compile-tuned": "max-autotune-no-cudagraphs",
+}
 CPU_MODES = ("eager", "static", "static+compile", "graph")  # graph+compile needs CUDA
 CPU_MODELS, GPU_MODELS = "llem/tiny-gpt2", "gpt2,TinyLlama/TinyLlama-1.1B-Chat-v1.0"
 SPEEDUP_TARGET, ROOFLINE_TARGET_PCT = 4.0, 40.0
@@ -167,8 +186,12 @@ def mode_call(mode: str, model: Any, ids: Any, args: Any, device: str, pad: int)
         import torch._inductor.config as inductor_config
 
         inductor_config.emulate_precision_casts = True  # process-wide from here on (see the module docstring)
-    if mode.startswith("graph"):
-        return graph_call(model, ids, args.new_tokens, device, None if mode == "graph" else "default")
+    if mode == "graph+compile-tuned":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.coordinate_descent_tuning = True  # process-wide from here on
+    if mode in GRAPH_COMPILE_MODES:
+        return graph_call(model, ids, args.new_tokens, device, GRAPH_COMPILE_MODES[mode])
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
     kw = generate_kwargs(mode, args.new_tokens, device, pad)

@@ -3,7 +3,9 @@
 # seconds of the call are spent, so a call ends inside its limit with what it measured):
 #   efficiency: decode modes beside eager (backend_efficiency.py): gpt2 and the ~1.1B shape, b1/8/64,
 #               eager and graph ("modes"); then b1 with the compiled modes ("compiled": the 4x and roofline
-#               targets); EFFICIENCY names which (default both); the roofline uses the card's HBM bandwidth;
+#               targets), "tuned": b1 with max-autotune + coordinate descent (minutes of compiling);
+#               EFFICIENCY names which (default "modes compiled"); the roofline uses the card's HBM bandwidth;
+#   profile:    the default gpt2 run under -X importtime and cProfile (scripts/startup_profile.py sums it);
 #   sampler:    no sampler vs polling vs the driver's power sample buffer, launch-bound decode (ABBA), for
 #               SAMPLER_BUDGET_S (default 55) s;
 #   default:    the default gpt2 run (time to result: the result's timings block);
@@ -57,6 +59,18 @@ if has efficiency && left efficiency; then  # EFFICIENCY="modes compiled" (defau
     --models gpt2,TinyLlama/TinyLlama-1.1B-Chat-v1.0 --batches 1 --modes eager,graph,graph+compile,graph+compile-exact \
     --new-tokens 128 --calls 3 --warmup 2 --hbm-bytes-per-s $hbm > "$out/efficiency_compiled.log" 2>&1
   rc efficiency_compiled $?
+  [[ " ${EFFICIENCY:-modes compiled} " == *" tuned "* ]] && left efficiency_tuned && timeout 300 \
+    $py benchmarks/backend_efficiency.py --out "$out/efficiency_tuned.json" \
+    --models TinyLlama/TinyLlama-1.1B-Chat-v1.0,gpt2 --batches 1 --modes eager,graph,graph+compile,graph+compile-tuned \
+    --new-tokens 128 --calls 3 --warmup 2 --hbm-bytes-per-s $hbm > "$out/efficiency_tuned.log" 2>&1
+  rc efficiency_tuned $?
+fi
+if has profile && left profile; then  # where the default run's seconds outside the window go: imports, calls
+  timeout 200 $py -X importtime -m cProfile -o "$out/default.prof" -m llem_mlflow run --model gpt2 \
+    --weights random --output-dir "$out/profile" --run-name default-gpt2-profiled \
+    > "$out/profile.log" 2> "$out/importtime.txt"
+  rc profile $?
+  $py scripts/startup_profile.py "$out/importtime.txt" "$out/default.prof" > "$out/profile_summary.txt" 2>&1
 fi
 if has sampler && left sampler; then
   sb=${SAMPLER_BUDGET_S:-55}
