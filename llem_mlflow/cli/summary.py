@@ -1,8 +1,9 @@
 """What a run measured, as the CLI prints it after the run: ``summary`` and its ``stages`` line.
 
 One ``label  value`` row per figure (model, workload, time, energy, per-token energy, cycles with their
-95 % intervals, MFU and memory-bandwidth utilization, the methods that ran, warnings, stages), then the
-result folder and the MLflow run.
+95 % intervals (a server run's per-cycle TTFT p50, ITL p50 and net J/request among them), MFU and
+memory-bandwidth utilization, the methods that ran, warnings, stages), then the result folder and the
+MLflow run.
 """
 
 from __future__ import annotations
@@ -136,20 +137,39 @@ def _cycle_lines(r: Any) -> list[str]:
     if c is None or c.n < 2:
         return []
     figures = [
-        ("J/token", c.energy_per_output_token_j_ci95, 4),
-        ("net J/token", c.net_energy_per_output_token_j_ci95, 4),
-        ("tok/s", c.output_tokens_per_s_ci95, 3),
+        ("J/token", c.energy_per_output_token_j_ci95, 4, 1.0),
+        ("net J/token", c.net_energy_per_output_token_j_ci95, 4, 1.0),
+        ("tok/s", c.output_tokens_per_s_ci95, 3, 1.0),
+        *_serving_cycle_figures(r),
     ]
     lines = [line("cycles", f"{c.n} (mean [95% interval], CV across cycles)")]
-    for name, interval, digits in figures:
+    for name, interval, digits, scale in figures:
         if interval is None or interval.n < 2:
             continue
-        text = with_interval(interval.mean, interval.ci95_low, interval.ci95_high, digits)
+        low, high = interval.ci95_low, interval.ci95_high
+        text = with_interval(
+            interval.mean * scale,
+            None if low is None else low * scale,
+            None if high is None else high * scale,
+            digits,
+        )
         cv = f"{interval.cv_pct:.2f}%" if interval.cv_pct is not None else "n/a"
         rests = f", {interval.n} of {c.n} cycles" if interval.left_out else ""
         bounds = "" if interval.ci95_low is not None else f" (no interval: {_why_no_bounds(interval.n)})"
         lines.append(line(f"  {name}", f"{text}{bounds}, CV {cv}{rests}"))
     return lines
+
+
+def _serving_cycle_figures(r: Any) -> list[tuple[str, Any, int, float]]:
+    """A server run's per-cycle TTFT p50, ITL p50 (in ms) and net J/request; none for older results."""
+    ci = r.serving.cycle_intervals if r.serving is not None else None
+    if ci is None:
+        return []
+    return [
+        ("TTFT p50 ms", ci.ttft_p50_s, 3, 1000.0),
+        ("ITL p50 ms", ci.itl_p50_s, 3, 1000.0),
+        ("net J/request", ci.net_per_request_j, 4, 1.0),
+    ]
 
 
 def _roof_lines(r: Any) -> list[str]:

@@ -1,13 +1,18 @@
 """The server scenario's MLflow names: the same metric names as an in-process run where the meaning is the
 same (``latency/ttft_p50_s``, ``latency/itl_p50_s``...), new ones for what only a server has (end-to-end
-latency, requests and errors, J per request, the steady-state window), and the scenario's tags.
+latency, requests and errors, J per request, the steady-state window), the 95 % intervals across cycles
+of the per-cycle percentiles and net J/request (``<metric>_ci95_low`` / ``_ci95_high``, as the headline
+intervals of ``naming``), and the scenario's tags.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from statistics import fmean
 
 from llem_mlflow.figures.serving import Spread
+from llem_mlflow.figures.serving_cycles import ServingIntervals
+from llem_mlflow.figures.stats import Interval
 from llem_mlflow.results import rounding
 from llem_mlflow.results.serving import ServingFigures
 
@@ -44,6 +49,27 @@ def serving_metrics(f: ServingFigures) -> dict[str, rounding.Rounded]:
             for q, value in (("p50", per.p50), ("p90", per.p90), ("p99", per.p99), ("mean", per.mean))
         }
     out |= _steady_metrics(f)
+    out |= _interval_metrics(f.cycle_intervals)
+    return out
+
+
+def _interval_metrics(ci: ServingIntervals | None) -> dict[str, rounding.Rounded]:
+    """``latency/ttft_p50_s_ci95_low`` ... ``energy/net_per_request_j_ci95_high``, where bounds exist."""
+    if ci is None:
+        return {}
+    pairs: dict[str, tuple[Interval | None, Callable[[float], float]]] = {
+        "latency/ttft_p50_s": (ci.ttft_p50_s, rounding.seconds),
+        "latency/ttft_p99_s": (ci.ttft_p99_s, rounding.seconds),
+        "latency/itl_p50_s": (ci.itl_p50_s, rounding.seconds),
+        "latency/itl_p99_s": (ci.itl_p99_s, rounding.seconds),
+        "latency/e2e_p50_s": (ci.e2e_p50_s, rounding.seconds),
+        "energy/net_per_request_j": (ci.net_per_request_j, rounding.ratio),
+    }
+    out: dict[str, rounding.Rounded] = {}
+    for key, (interval, rule) in pairs.items():
+        if interval is not None and interval.ci95_low is not None and interval.ci95_high is not None:
+            out[f"{key}_ci95_low"] = (interval.ci95_low, rule)
+            out[f"{key}_ci95_high"] = (interval.ci95_high, rule)
     return out
 
 

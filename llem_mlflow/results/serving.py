@@ -2,7 +2,9 @@
 requests' outcome and latency, each cycle's steady-state window, and the per-request energy summary.
 
 The per-request table itself (timings, tokens, joules) is ``requests.parquet`` beside result.json
-(``files.write_requests_parquet``); these are its summaries.
+(``files.write_requests_parquet``); these are its summaries. ``latency`` pools every cycle's requests;
+``cycle_intervals`` holds the same percentiles and net J/request taken per cycle, with their 95 %
+intervals across cycles (``figures.serving_cycles``; absent from results written before it).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llem_mlflow.figures.serving import ApportionSummary, ServingLatency
+from llem_mlflow.figures.serving_cycles import ServingIntervals
 
 #: Where per-request joules come from (docs/methodology.md, "Per-request energy").
 APPORTION_RULE = (
@@ -75,5 +78,6 @@ class ServingFigures(_Model):
     apportion_rule: str = APPORTION_RULE
     per_request: ApportionSummary | None = None  # null without energy or without requests
     net_per_request_j: float | None = None  # net energy / completed requests
+    cycle_intervals: ServingIntervals | None = None  # per-cycle figures across cycles; None below 2 cycles
     gpu_processes: list[str] = Field(default_factory=list)  # what NVML saw on the measured GPUs
     notes: list[str] = Field(default_factory=list)

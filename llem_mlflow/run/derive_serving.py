@@ -4,7 +4,9 @@
 Per cycle: the steady-state window (closed loop) with its energy from the interpolated counter reads,
 tokens and occupancy; each request's share of the cycle's net energy (``figures.serving.apportion`` over
 100 ms intervals shaped by the power trace and scaled to the counter's net total). Over the run: the
-requests' outcome, latency percentiles and the J/request summary. Pure apart from reading the trace.
+requests' outcome, latency percentiles and the J/request summary; and the per-cycle latency percentiles
+and net J/request with their intervals across cycles (``figures.serving_cycles``, over the cycles not cut
+short, as ``CycleStats``). Pure apart from reading the trace.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.figures import serving as sf
+from llem_mlflow.figures import serving_cycles as sc
 from llem_mlflow.figures import serving_energy as se
 from llem_mlflow.measure import stages as measure
 from llem_mlflow.measure.served_load import ServedCycle
@@ -119,9 +122,21 @@ def serving_figures(
         steady=_steady_windows(m, idle_w, gpus),
         per_request=sf.apportion_summary(flat, records) if known else None,
         net_per_request_j=net_total / len(completed) if net_total is not None and completed else None,
+        cycle_intervals=cycle_intervals(m, cycle_net_j),
         gpu_processes=list(m.served.gpu_processes),
         notes=[*info.notes, *why],
     )
+
+
+def cycle_intervals(
+    m: measure.Measurement, cycle_net_j: Sequence[float | None]
+) -> sc.ServingIntervals | None:
+    """Per-cycle latency percentiles and net J/request across the cycles not cut short (all of them when
+    every cycle was cut, as ``CycleStats``); None below 2 such cycles."""
+    assert m.served is not None  # noqa: S101 - the server scenario's measurement
+    cycles = list(zip(m.cycles, m.served.cycles, cycle_net_j, strict=True))
+    whole = [c for c in cycles if c[0].cut is None] or cycles
+    return sc.serving_intervals([served.records for _, served, _ in whole], [net for _, _, net in whole])
 
 
 #: Marks of each engine in a process name NVML lists on a measured GPU (``/proc/<pid>/comm``).

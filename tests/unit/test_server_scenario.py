@@ -142,6 +142,11 @@ def test_a_closed_loop_run_counts_usage_tokens_and_apportions_every_net_joule(
     metrics = result.mlflow_metrics()
     assert metrics["serving/requests"] == 24 and "latency/ttft_p50_s" in metrics
     assert "energy/per_request_net_j_p50" in metrics and "steady/occupancy" in metrics
+    ci = s.cycle_intervals  # 2 cycles: each cycle's figures, no 95 % bounds below 3
+    assert ci is not None and ci.ttft_p50_s is not None and ci.itl_p99_s is not None
+    assert ci.ttft_p50_s.n == 2 and ci.ttft_p50_s.ci95_low is None and ci.net_per_request_j is not None
+    assert math.isclose(ci.net_per_request_j.mean, s.net_per_request_j or 0, rel_tol=1e-9)  # 12 + 12 done
+    assert "latency/ttft_p50_s_ci95_low" not in metrics
     assert result.mlflow_tags()["llem.scenario"] == "server"
     assert result.resolved is not None and result.resolved.backend == "server"
     assert result.resolved.backend_options["concurrency"] == 4
