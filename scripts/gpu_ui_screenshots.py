@@ -33,7 +33,9 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import urllib.error
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cdp import Browser  # noqa: E402
@@ -144,22 +146,42 @@ def _eval_joules(db: Path, run_id: str) -> list[float]:
     return [float(j) for j in joules]
 
 
+def _maybe_runs(base: str, experiment: str) -> tuple[str, list[dict[str, Any]]] | None:
+    """The experiment's id and runs; None (with a line saying so) when the store has no such experiment."""
+    try:
+        return _runs(base, experiment)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
+        print(f"no experiment {experiment!r} in this store: its screenshot is skipped")
+        return None
+
+
 def _shoot_all(base: str, db: Path, out: Path) -> list[Path]:
-    eval_id, eval_runs = _runs(base, EVAL_EXPERIMENT)
-    run_id = next(r["info"]["run_id"] for r in eval_runs if r["info"]["run_name"] == EVAL_RUN)
-    joules = _eval_joules(db, run_id)
-    server_id, server_runs = _runs(base, SERVER_EXPERIMENT)
-    gate_id, gate_runs = _runs(base, GATE_EXPERIMENT)
-    pngs = [
-        out / name for name in ("genai_energy_eval_gpu.png", "server-run-gpu-runs.png", "gate-runs-gpu.png")
-    ]
+    """Each screenshot whose experiment the store has (a store from one part of gpu-h200.sh has one)."""
+    evals, server, gate = (
+        _maybe_runs(base, e) for e in (EVAL_EXPERIMENT, SERVER_EXPERIMENT, GATE_EXPERIMENT)
+    )
+    pngs: list[Path] = []
     with Browser(1500, 760) as page:
-        _shoot_eval(page, f"{base}/#/experiments/{eval_id}/runs/{run_id}/traces", joules, pngs[0])
+        if evals is not None:
+            run_id = next(r["info"]["run_id"] for r in evals[1] if r["info"]["run_name"] == EVAL_RUN)
+            pngs.append(out / "genai_energy_eval_gpu.png")
+            _shoot_eval(
+                page,
+                f"{base}/#/experiments/{evals[0]}/runs/{run_id}/traces",
+                _eval_joules(db, run_id),
+                pngs[-1],
+            )
         page.set_size(1600, 420)
-        _shoot_table(page, f"{base}/#/experiments/{server_id}/runs?{ML}",
-                     [r["info"]["run_id"] for r in server_runs], SERVER_COLUMNS, pngs[1])  # fmt: skip
-        _shoot_table(page, f"{base}/#/experiments/{gate_id}/runs?{ML}",
-                     [r["info"]["run_id"] for r in gate_runs], GATE_COLUMNS, pngs[2])  # fmt: skip
+        for found, columns, name in (
+            (server, SERVER_COLUMNS, "server-run-gpu-runs.png"),
+            (gate, GATE_COLUMNS, "gate-runs-gpu.png"),
+        ):
+            if found is not None:
+                pngs.append(out / name)
+                _shoot_table(page, f"{base}/#/experiments/{found[0]}/runs?{ML}",
+                             [r["info"]["run_id"] for r in found[1]], columns, pngs[-1])  # fmt: skip
     return pngs
 
 
