@@ -1,30 +1,28 @@
 """The transformers backend: ``TransformersBackend``, loading (pretrained or seeded-random) and generating.
 
-``TransformersBackend`` implements ``protocols.Backend`` on ``AutoModelForCausalLM`` and ``generate()``;
-torch and transformers are imported lazily (inside functions). Its helpers live beside it: ``hub`` (where
-files come from), ``runtime`` (device, precision, versions), ``shape`` (facts and FLOPs shape), ``placement``
-(several GPUs), ``tokenizing`` (which tokenizer), ``generation`` (one generate() call's arguments and
-counts), ``tokens`` (padding, counting), ``timing`` (step timings), ``continuous`` (``generate_batch``).
+``TransformersBackend`` implements ``protocols.Backend`` on ``AutoModelForCausalLM`` and ``generate()``; torch
+and transformers are imported lazily (inside functions). Its helpers live beside it: ``hub`` (where files come
+from), ``runtime`` (device, precision, versions), ``shape`` (facts and FLOPs shape), ``placement`` (several
+GPUs), ``tokenizing`` (which tokenizer), ``generation`` (one generate() call's arguments and counts),
+``tokens`` (padding, counting), ``timing`` (step timings), ``continuous`` (continuous batching).
 
-Out of memory in ``generate()`` (warm-up, measurement, isolated prefill): the failed call's memory is returned
-(its tensors go with the exception, then ``free_memory``) and an ``errors.OutOfMemoryError`` names the batch
-size and what to lower; the model stays loaded, so a sweep's next, smaller point can use it. ``release()``
-drops the model itself (the runner calls it when a run it owns fails). Weight policy:
+Out of memory in ``generate()``: the failed call's memory is returned and an ``errors.OutOfMemoryError``
+names the batch size and what to lower; the model stays loaded for a sweep's next, smaller point.
+``release()`` drops the model (the runner calls it when a run it owns fails). Weight policy:
 
 * ``pretrained``: a local folder with weight files, else the local HF cache, else the hub (skipped when
   ``HF_HUB_OFFLINE`` is set or the hub endpoint is unreachable: a cheap TCP check replaces huggingface_hub's
   ~23 s of retries on a machine without network).
-* ``random``: seeded normal init of the architecture from the local folder's ``config.json``, else the
-  shipped catalogue, else the hub config.
-* ``auto``: pretrained when it can be had, else random from the shipped config with a loud warning (logged
-  and put in ``LoadedModel.warnings``).
+* ``random``: seeded normal init of the architecture from the local folder's ``config.json``, else the shipped
+  catalogue, else the hub config.
+* ``auto``: pretrained when it can be had, else random from the shipped config with a loud warning (logged and
+  put in ``LoadedModel.warnings``).
 
-``inspect()`` reads the config alone (local folder ``config.json``, else the shipped catalogue, else the HF
-cache or hub) and keeps it, so ``load()`` does not fetch it again. Tokenizing needs no model (see
-``tokenizing``: the model's own tokenizer, else with random or auto weights the byte-level fallback, with a
-warning). Several GPUs (``device_map``, CUDA only, needs ``accelerate``): see ``placement``. The loaded
-model's ``ModelShape`` comes from its config (``shape.config_shape``) when the architecture family is known
-there, else from walking its parameters.
+``inspect()`` reads the config alone (local ``config.json``, the shipped catalogue, the HF cache or hub) and
+keeps it for ``load()``. Tokenizing needs no model (``tokenizing``: the model's own tokenizer, else with
+random or auto weights the byte-level fallback, with a warning). Several GPUs (``device_map``, CUDA only,
+needs ``accelerate``): see ``placement``. The loaded model's ``ModelShape`` comes from its config
+(``shape.config_shape``) when its family is known there, else from walking its parameters.
 """
 
 from __future__ import annotations
@@ -379,7 +377,9 @@ class TransformersBackend:
     # -- housekeeping
 
     def release(self) -> None:
-        """Drop the model and return its memory (``free_memory``); safe to repeat, ``load()`` may follow."""
+        """Drop the model (a continuous-batching manager stopped first), return its memory; repeatable."""
+        if self._continuous is not None and self._model is not None:
+            continuous.release(self._model)
         self._model = None
         self._step_timer = None
         self._placement = None

@@ -217,4 +217,27 @@ def test_only_the_known_continuous_batching_warnings_are_dropped(caplog: pytest.
         cb.warning("Since you passed `persistent_manager=True`, the manager will be kept alive")
         cb.warning("Processor SuppressTokensLogitsProcessor might not be supported by CB.")
         cb.warning("Request 3 failed: out of memory")
-    assert [r.getMessage() for r in caplog.records] == ["Request 3 failed: out of memory"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "Since you passed `persistent_manager=True`, the manager will be kept alive",  # generate_batch only
+        "Request 3 failed: out of memory",
+    ]
+
+
+def test_the_paged_cache_is_sized_to_the_workload_on_every_device() -> None:
+    """Not from free memory (a server's choice): max_requests rows of the longest prompt + new tokens."""
+    config = ContinuousBatching(4)._cb_config([[1] * 30, [2] * 100, [3] * 5], 28)
+    assert config.max_requests_per_batch == 4
+    assert config.max_batch_tokens == 3 * 128  # 3 rows (fewer prompts than max_requests) x (100 + 28)
+    assert config.num_blocks == 3 * 2  # 128 tokens: one 256-token page each, plus one
+
+
+def test_release_stops_and_drops_the_kept_manager() -> None:
+    backend = TransformersBackend(
+        "llem/tiny-gpt2", weights="random", device="cpu", batching=ContinuousBatching(2)
+    )
+    backend.load()
+    backend.generate([[5, 6, 7], [8, 9]], 3)
+    model = backend.model
+    assert getattr(model, "_cached_continuous_batching_manager", None) is not None
+    backend.release()
+    assert getattr(model, "_cached_continuous_batching_manager", None) is None
