@@ -7,7 +7,8 @@
 #               EFFICIENCY names which (default "modes compiled"); the roofline uses the card's HBM bandwidth;
 #   profile:    the default gpt2 run under -X importtime and cProfile (scripts/startup_profile.py sums it);
 #   sampler:    no sampler vs polling vs the driver's power sample buffer, launch-bound decode (ABBA), for
-#               SAMPLER_BUDGET_S (default 55) s;
+#               SAMPLER_BUDGET_S (default 55) s, SAMPLER_ARGS added (e.g. "--modes buffer --buffer-periods
+#               1.0,0.1,0.01": the amplified estimate, see benchmarks/sampler_overhead.py);
 #   default:    the default gpt2 run (time to result: the result's timings block);
 #   repeat:     5-cycle runs, REPEAT="model:batch[:compile] ..." with about WINDOW_S s per cycle (n sized
 #               from the efficiency part's ms/step when present);
@@ -35,6 +36,7 @@ parts=${PARTS:-efficiency sampler default repeat}
 has() { [[ " $parts " == *" $1 "* ]]; }
 left() { [ "$SECONDS" -lt "$budget" ] || { echo "skip $1: ${SECONDS}s spent" | tee -a "$out/rcs.txt"; return 1; }; }
 rc() { echo "$1 rc=$2 t=${SECONDS}s" | tee -a "$out/rcs.txt"; }
+cap() { local c=$((budget + 50 - SECONDS)); [ "$c" -lt 30 ] && c=30; [ "$1" -lt "$c" ] && c=$1; echo "$c"; }  # a timeout inside the call
 nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
 $py -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
   >> "$out/gpu.txt" 2>&1
@@ -59,7 +61,7 @@ if has efficiency && left efficiency; then  # EFFICIENCY="modes compiled" (defau
     --models gpt2,TinyLlama/TinyLlama-1.1B-Chat-v1.0 --batches 1 --modes eager,graph,graph+compile,graph+compile-exact \
     --new-tokens 128 --calls 3 --warmup 2 --hbm-bytes-per-s $hbm > "$out/efficiency_compiled.log" 2>&1
   rc efficiency_compiled $?
-  [[ " ${EFFICIENCY:-modes compiled} " == *" tuned "* ]] && left efficiency_tuned && timeout 300 \
+  [[ " ${EFFICIENCY:-modes compiled} " == *" tuned "* ]] && left efficiency_tuned && timeout "$(cap 300)" \
     $py benchmarks/backend_efficiency.py --out "$out/efficiency_tuned.json" \
     --models TinyLlama/TinyLlama-1.1B-Chat-v1.0,gpt2 --batches 1 --modes eager,graph,graph+compile,graph+compile-tuned \
     --new-tokens 128 --calls 3 --warmup 2 --hbm-bytes-per-s $hbm > "$out/efficiency_tuned.log" 2>&1
@@ -75,7 +77,7 @@ fi
 if has sampler && left sampler; then
   sb=${SAMPLER_BUDGET_S:-55}
   timeout $((sb + 25)) $py benchmarks/sampler_overhead.py --gpu --workloads decode --batches 1 --pairs 20 \
-    --max-pairs 400 --budget-s "$sb" --run-s 0.5 --out "$out/sampler_overhead.json" > "$out/sampler_overhead.log" 2>&1
+    --max-pairs 400 --budget-s "$sb" --run-s 0.5 ${SAMPLER_ARGS:-} --out "$out/sampler_overhead.json" > "$out/sampler_overhead.log" 2>&1
   rc sampler $?
 fi
 prompts_for() {  # prompts_for MODEL BATCH COMPILE: n for about WINDOW_S s per cycle
