@@ -8,7 +8,7 @@
 #   profile:    the default gpt2 run under -X importtime and cProfile (scripts/startup_profile.py sums it);
 #   sampler:    no sampler vs polling vs the driver's power sample buffer, launch-bound decode (ABBA), for
 #               SAMPLER_BUDGET_S (default 55) s, SAMPLER_ARGS added (e.g. "--modes buffer --buffer-periods
-#               1.0,0.1,0.01": the amplified estimate, see benchmarks/sampler_overhead.py);
+#               1.0,0.1,0.04": the amplified estimate, see benchmarks/sampler_overhead.py);
 #   default:    the default gpt2 run (time to result: the result's timings block);
 #   repeat:     5-cycle runs, REPEAT="model:batch[:compile] ..." with about WINDOW_S s per cycle (n sized
 #               from the efficiency part's ms/step when present);
