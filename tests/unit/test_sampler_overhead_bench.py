@@ -26,6 +26,7 @@ assert spec is not None and spec.loader is not None
 so = importlib.util.module_from_spec(spec)
 sys.modules["sampler_overhead"] = so
 spec.loader.exec_module(so)
+stats = sys.modules["sampler_stats"]  # the statistics it imports: ``amplified`` reads its globals there
 
 PERIODS = (1.0, 0.1, 0.01)  # the product's period and 10x, 100x its reads
 CONDS = [so.Condition(so.buffer_name(p), "buffer", p) for p in PERIODS]
@@ -74,7 +75,7 @@ def test_exact_ratios_give_back_c_and_the_product_overhead_at_one_read_a_second(
 
 
 def test_the_product_overhead_is_scaled_by_the_products_read_rate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(so, "BUFFER_READ_PERIOD_S", 0.5)  # a product reading twice a second
+    monkeypatch.setattr(stats, "BUFFER_READ_PERIOD_S", 0.5)  # a product reading twice a second
     c = 3e-3
     fit = so.amplified(blocks_of(c), CONDS)
     assert fit is not None
