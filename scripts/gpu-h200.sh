@@ -5,7 +5,8 @@
 #               eager and graph ("modes"); then b1 with the compiled modes ("compiled": the 4x and roofline
 #               targets), "tuned": b1 with max-autotune + coordinate descent (minutes of compiling);
 #               EFFICIENCY names which (default "modes compiled"); the roofline uses the card's HBM bandwidth;
-#   profile:    the default gpt2 run under -X importtime and cProfile (scripts/startup_profile.py sums it);
+#   profile:    the default gpt2 run under -X importtime (summed by scripts/startup_profile.py) and a sampling
+#               profile of its main thread every 20 ms (scripts/sample_profile.py; cProfile slows it 4x);
 #   sampler:    no sampler vs polling vs the driver's power sample buffer, launch-bound decode (ABBA), for
 #               SAMPLER_BUDGET_S (default 55) s, SAMPLER_ARGS added (e.g. "--modes buffer --buffer-periods
 #               1.0,0.1,0.04": the amplified estimate, see benchmarks/sampler_overhead.py);
@@ -68,11 +69,11 @@ if has efficiency && left efficiency; then  # EFFICIENCY="modes compiled" (defau
   rc efficiency_tuned $?
 fi
 if has profile && left profile; then  # where the default run's seconds outside the window go: imports, calls
-  timeout 200 $py -X importtime -m cProfile -o "$out/default.prof" -m llem_mlflow run --model gpt2 \
-    --weights random --output-dir "$out/profile" --run-name default-gpt2-profiled \
+  timeout 200 $py -X importtime scripts/sample_profile.py "$out/profile_samples.txt" -m llem_mlflow run \
+    --model gpt2 --weights random --output-dir "$out/profile" --run-name default-gpt2-profiled \
     > "$out/profile.log" 2> "$out/importtime.txt"
   rc profile $?
-  $py scripts/startup_profile.py "$out/importtime.txt" "$out/default.prof" > "$out/profile_summary.txt" 2>&1
+  $py scripts/startup_profile.py "$out/importtime.txt" > "$out/profile_summary.txt" 2>&1
 fi
 if has sampler && left sampler; then
   sb=${SAMPLER_BUDGET_S:-55}
