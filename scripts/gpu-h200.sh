@@ -64,7 +64,7 @@ if has efficiency && left efficiency; then  # EFFICIENCY="modes compiled" (defau
   rc efficiency_compiled $?
   [[ " ${EFFICIENCY:-modes compiled} " == *" tuned "* ]] && left efficiency_tuned && timeout "$(cap 300)" \
     $py benchmarks/backend_efficiency.py --out "$out/efficiency_tuned.json" \
-    --models TinyLlama/TinyLlama-1.1B-Chat-v1.0,gpt2 --batches 1 --modes eager,graph,graph+compile,graph+compile-tuned \
+    --models TinyLlama/TinyLlama-1.1B-Chat-v1.0,gpt2 --batches 1 --modes eager,graph+compile-tuned \
     --new-tokens 128 --calls 3 --warmup 2 --hbm-bytes-per-s $hbm > "$out/efficiency_tuned.log" 2>&1
   rc efficiency_tuned $?
 fi
