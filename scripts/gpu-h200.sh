@@ -6,7 +6,7 @@
 #               targets), "tuned": b1 with max-autotune + coordinate descent (minutes of compiling);
 #               EFFICIENCY names which (default "modes compiled"); the roofline uses the card's HBM bandwidth;
 #   profile:    the default gpt2 run under -X importtime (summed by scripts/startup_profile.py) and a sampling
-#               profile of its main thread every 20 ms (scripts/sample_profile.py; cProfile slows it 4x);
+#               profile of its main thread every 20 ms (scripts/sample_profile.py: wall time, low overhead);
 #   sampler:    no sampler vs polling vs the driver's power sample buffer, launch-bound decode (ABBA), for
 #               SAMPLER_BUDGET_S (default 55) s, SAMPLER_ARGS added (e.g. "--modes buffer --buffer-periods
 #               1.0,0.1,0.04": the amplified estimate, see benchmarks/sampler_overhead.py);

@@ -8,13 +8,13 @@ samples' share of the run's wall time. The report (OUT.txt): the run's wall time
 with the most cumulative and self time, and self time by top-level package (the file's folder under
 site-packages, else the file). Imports show as the ``<module>`` code of each imported file.
 
-Why not cProfile: it hooks every call, which slows Python-heavy work several times (the default gpt2 run on
-the dev CPU went from 50 s to 224 s under it, its background MLflow import from under 1 s of waiting to 60 s),
-so its seconds are not the run's. Sampling is not free either: each sample takes the GIL from the main thread.
-On the dev CPU (2 cores, torch using both) sampling every 5 ms made start-up 4x slower (2.1 -> 9.5 s) and load
-3.5x (5.9 -> 20.9 s); every 20 ms (the default) start-up, checks and load stayed within run-to-run noise (1.7,
-0.9, 4.0 s against 2.2, 1.0, 4.8 s unsampled), but the launch-bound warm-up and windows still slowed (16.9 s
-against 7.4 s of warm-up). So read the stages outside the windows from such a run, not its energy figures.
+Why not cProfile: it hooks every call, so it inflates Python-heavy stages most (one run each on the quiet dev
+CPU, default gpt2 run: start-up 2.3 s and checks 1.4 s under cProfile against 1.5 s and 0.9 s plain), and it
+misses time spent waiting in C (a CUDA context, file reads under gVisor) unless a Python call wraps it. The
+sampler reads wall time; its cost is one stack walk per sample: sampling every 5 or 20 ms left every stage
+outside the windows within run-to-run noise there (start-up 1.5 / 1.9 s, checks 0.9 / 1.3 s, load 5.7 / 7.8 s,
+against 1.5, 0.9 and 5.6-6.5 s in two plain runs). Read the stages outside the windows from such a run, not
+its energy figures.
 Only the main thread is sampled; the run's own threads (the MLflow import, the power sampler) are not.
 
 Used by ``scripts/gpu-h200.sh`` (part ``profile``) on the default gpt2 run, for issue 19's time to result.
