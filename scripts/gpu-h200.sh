@@ -38,6 +38,9 @@ has() { [[ " $parts " == *" $1 "* ]]; }
 left() { [ "$SECONDS" -lt "$budget" ] || { echo "skip $1: ${SECONDS}s spent" | tee -a "$out/rcs.txt"; return 1; }; }
 rc() { echo "$1 rc=$2 t=${SECONDS}s" | tee -a "$out/rcs.txt"; }
 cap() { local c=$((budget + 50 - SECONDS)); [ "$c" -lt 30 ] && c=30; [ "$1" -lt "$c" ] && c=$1; echo "$c"; }  # a timeout inside the call
+# A server left by an earlier call on the same warm machine (one cut by its time limit) would hold the GPU and
+# the port: our attach points would talk to it and every run would carry other_processes. Stop any first.
+pkill -f "transformers serve" 2>/dev/null && sleep 3
 nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
 $py -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
   >> "$out/gpu.txt" 2>&1
