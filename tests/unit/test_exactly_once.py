@@ -234,7 +234,10 @@ def test_a_run_create_slower_than_the_timeout_makes_one_run(
     retries: int,
 ) -> None:
     """The server creates the run but its reply comes after the client's timeout: with a retry the
-    client creates a second run; without one the create fails although the run exists."""
+    client usually creates a second run; without one the create fails although the run exists. Either
+    way one run is left FINISHED and every other run the creates made is retired. (Whether MLflow's retry
+    fires depends on timing: once, on a loaded CI host, the late reply was taken and no second create
+    was sent; so the test counts the creates rather than assuming them.)"""
     llem_id = f"slow{retries}-20260101T000000Z-dddddd"
     folder = _folder(tmp_path, sample_result, llem_id)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
@@ -251,10 +254,11 @@ def test_a_run_create_slower_than_the_timeout_makes_one_run(
 
     logged = recording.log_folder(folder, proxy.uri, "slow-create", None)
 
-    assert first.is_set() and proxy.count(CREATE) == 1 + retries
+    creates = proxy.count(CREATE)
+    assert first.is_set() and 1 <= creates <= 1 + retries
     (run,) = _runs(mlflow_server, llem_id)
     assert run.info.run_id == logged.run_id and run.info.status == "FINISHED"
-    assert len(_runs(mlflow_server, llem_id, deleted=True)) == retries  # the duplicate, retired
+    assert len(_runs(mlflow_server, llem_id, deleted=True)) == creates - 1  # each duplicate, retired
 
 
 def test_log_honours_the_names_saved_with_the_result(
