@@ -236,7 +236,7 @@ def test_a_run_create_slower_than_the_timeout_makes_one_run(
     """The server creates the run but its reply comes after the client's timeout: with a retry the
     client usually creates a second run; without one the create fails although the run exists. Either
     way one run is left FINISHED and every other run the creates made is retired. (Whether MLflow's retry
-    fires depends on timing: once, on a loaded CI host, the late reply was taken and no second create
+    fires depends on timing: once in CI (2026-12-07) the late reply was taken and no second create
     was sent; so the test counts the creates rather than assuming them.)"""
     llem_id = f"slow{retries}-20260101T000000Z-dddddd"
     folder = _folder(tmp_path, sample_result, llem_id)
