@@ -274,12 +274,7 @@ def _interval_metrics(cycles: CycleStats) -> dict[str, _Rounded]:
         "throughput/output_tokens_per_s": (cycles.output_tokens_per_s_ci95, _ratio),
         "time/cycle_s": (cycles.duration_s_ci95, _seconds),
     }
-    out: dict[str, _Rounded] = {}
-    for key, (interval, rule) in pairs.items():
-        if interval is not None and interval.ci95_low is not None:
-            out[f"{key}_ci95_low"] = (interval.ci95_low, rule)
-            out[f"{key}_ci95_high"] = (interval.ci95_high, rule)
-    return out
+    return rounding.ci95_bounds(pairs)
 
 
 def _pairs(values: dict[str, Any] | None) -> str | None:

@@ -65,12 +65,7 @@ def _interval_metrics(ci: ServingIntervals | None) -> dict[str, rounding.Rounded
         "latency/e2e_p50_s": (ci.e2e_p50_s, rounding.seconds),
         "energy/net_per_request_j": (ci.net_per_request_j, rounding.ratio),
     }
-    out: dict[str, rounding.Rounded] = {}
-    for key, (interval, rule) in pairs.items():
-        if interval is not None and interval.ci95_low is not None and interval.ci95_high is not None:
-            out[f"{key}_ci95_low"] = (interval.ci95_low, rule)
-            out[f"{key}_ci95_high"] = (interval.ci95_high, rule)
-    return out
+    return rounding.ci95_bounds(pairs)
 
 
 def _steady_metrics(f: ServingFigures) -> dict[str, rounding.Rounded]:

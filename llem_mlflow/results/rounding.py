@@ -3,7 +3,8 @@ noise (266.0649999999987 is logged as 266.065). ``naming`` and ``naming_serving`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 # Rounding of logged metric values: each keeps the precision its source has, no float noise
 # (266.0649999999987 is logged as 266.065). A metric is (value, rounding rule).
@@ -38,3 +39,14 @@ def ratio(value: float) -> float:
 def percent(value: float) -> float:
     """Percentages to 4 decimals."""
     return round(value, 4)
+
+
+def ci95_bounds(pairs: Mapping[str, tuple[Any, Callable[[float], float]]]) -> dict[str, Rounded]:
+    """``<key>_ci95_low`` / ``_ci95_high`` for each (interval, rule) whose interval has bounds (an object
+    with ``ci95_low`` and ``ci95_high``, e.g. ``figures.stats.Interval``); nothing for one without."""
+    out: dict[str, Rounded] = {}
+    for key, (interval, rule) in pairs.items():
+        if interval is not None and interval.ci95_low is not None and interval.ci95_high is not None:
+            out[f"{key}_ci95_low"] = (interval.ci95_low, rule)
+            out[f"{key}_ci95_high"] = (interval.ci95_high, rule)
+    return out

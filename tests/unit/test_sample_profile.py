@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "sample_profile.py"
-spec = importlib.util.spec_from_file_location("sample_profile", SCRIPT)
-assert spec is not None and spec.loader is not None
-sample_profile = importlib.util.module_from_spec(spec)
-sys.modules["sample_profile"] = sample_profile
-spec.loader.exec_module(sample_profile)
+from tests.scripts_loader import load_script
+
+sample_profile = load_script("scripts/sample_profile.py")
 
 BUSY = """\
 import sys

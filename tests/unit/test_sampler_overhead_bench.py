@@ -4,7 +4,6 @@ conditions it runs, the reads it counts, and one ``--smoke`` run end to end on t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import random
@@ -17,15 +16,9 @@ from typing import Any
 import pytest
 
 from tests.fakes import FakeDevice, FakePowerBuffer
+from tests.scripts_loader import load_script
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-if str(BENCH) not in sys.path:  # the script imports its helpers as ``bench_common``
-    sys.path.insert(0, str(BENCH))
-spec = importlib.util.spec_from_file_location("sampler_overhead", BENCH / "sampler_overhead.py")
-assert spec is not None and spec.loader is not None
-so = importlib.util.module_from_spec(spec)
-sys.modules["sampler_overhead"] = so
-spec.loader.exec_module(so)
+so = load_script("benchmarks/sampler_overhead.py")  # its helpers (bench_common...) import beside it
 stats = sys.modules["sampler_stats"]  # the statistics it imports: ``amplified`` reads its globals there
 
 PERIODS = (1.0, 0.1, 0.01)  # the product's period and 10x, 100x its reads

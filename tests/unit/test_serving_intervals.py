@@ -21,10 +21,8 @@ TTFT p50 0.2, 0.3, 0.3 (mean 0.8/3); TTFT p99 0.298, 0.398, 0.3; ITL p50 0.15, 0
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -47,13 +45,9 @@ from llem_mlflow.results.schema import ExperimentResult
 from llem_mlflow.results.serving import ServingFigures
 from llem_mlflow.run.derive_serving import REQUEST_COLUMNS, cycle_intervals
 from llem_mlflow.served import RequestRecord
+from tests.scripts_loader import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "serving_table.py"
-_spec = importlib.util.spec_from_file_location("serving_table", SCRIPT)
-assert _spec is not None and _spec.loader is not None
-serving_table = importlib.util.module_from_spec(_spec)
-sys.modules["serving_table"] = serving_table
-_spec.loader.exec_module(serving_table)
+serving_table = load_script("scripts/serving_table.py")
 
 
 def _r(i: int, first: float, chunks: tuple[float, ...], end: float, tokens: int, cycle: int) -> RequestRecord:

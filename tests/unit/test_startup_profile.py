@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import cProfile
-import importlib.util
-import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "startup_profile.py"
-spec = importlib.util.spec_from_file_location("startup_profile", SCRIPT)
-assert spec is not None and spec.loader is not None
-startup_profile = importlib.util.module_from_spec(spec)
-sys.modules["startup_profile"] = startup_profile
-spec.loader.exec_module(startup_profile)
+from tests.scripts_loader import load_script
+
+startup_profile = load_script("scripts/startup_profile.py")
 
 LOG = """\
 import time: self [us] | cumulative | imported package
