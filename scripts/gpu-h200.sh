@@ -6,7 +6,8 @@
 #               targets), "tuned": b1 with max-autotune + coordinate descent (minutes of compiling);
 #               EFFICIENCY names which (default "modes compiled"); the roofline uses the card's HBM bandwidth;
 #   profile:    the default gpt2 run under -X importtime (summed by scripts/startup_profile.py) and a sampling
-#               profile of its main thread every 20 ms (scripts/sample_profile.py: wall time, low overhead);
+#               profile of its main thread every 20 ms (scripts/sample_profile.py: wall time, low overhead),
+#               PROFILE_ARGS added (e.g. "--min-window-s 5 --cycles 1": the seconds outside the window only);
 #   sampler:    no sampler vs polling vs the driver's power sample buffer, launch-bound decode (ABBA), for
 #               SAMPLER_BUDGET_S (default 55) s, SAMPLER_ARGS added (e.g. "--modes buffer --buffer-periods
 #               1.0,0.1,0.04": the amplified estimate, see benchmarks/sampler_overhead.py);
@@ -73,7 +74,7 @@ if has efficiency && left efficiency; then  # EFFICIENCY="modes compiled" (defau
 fi
 if has profile && left profile; then  # where the default run's seconds outside the window go: imports, calls
   timeout 200 $py -X importtime scripts/sample_profile.py "$out/profile_samples.txt" -m llem_mlflow run \
-    --model gpt2 --weights random --output-dir "$out/profile" --run-name default-gpt2-profiled \
+    --model gpt2 --weights random --output-dir "$out/profile" --run-name default-gpt2-profiled ${PROFILE_ARGS:-} \
     > "$out/profile.log" 2> "$out/importtime.txt"
   rc profile $?
   $py scripts/startup_profile.py "$out/importtime.txt" > "$out/profile_summary.txt" 2>&1
