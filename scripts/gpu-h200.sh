@@ -23,6 +23,9 @@
 #   eval:       examples/genai_energy_eval.py with real energy;
 #   paths:      gpt2 b8 with the GPU defaults, compile off (eager) vs reduce-overhead vs graph (the default),
 #               PATHS_ARGS added (e.g. "--min-window-s 6");
+#   table:      benchmarks/sweeps/gpu_defaults_table.yaml in one `llem-mlflow sweep` (imports paid once): gpt2 b64,
+#               ~1.1B b64 and b1 with the GPU defaults, then the three paths on gpt2 b8 (the repeat and paths
+#               parts' rows, ~480 s on an H100); cut by the budget, the same sweep run again measures the rest;
 #   examples:   examples/server-launch.yaml and examples/server-attach.yaml as they are, on a gpt2 folder.
 # Everything logs to $OUT_DIR/mlflow.db; results under $OUT_DIR/<part>/.
 #   scripts/gpu-h200.sh OUT_DIR        (PARTS="efficiency sampler default repeat" by default)
@@ -202,6 +205,11 @@ if has server; then  # SERVER_SHAPES served; INPROCESS_SHAPES (default: the same
   done
   $py scripts/serving_table.py "$out/server" "$out/server-inprocess" > "$out/serving_table.md" 2>&1
 fi
+if has table && left table; then  # repeat's last three shapes and the three paths in one sweep process (issue 19)
+  timeout "$(cap 500)" $py -m llem_mlflow sweep benchmarks/sweeps/gpu_defaults_table.yaml --output-dir "$out/table" \
+    --experiment-name gpu-defaults-table > "$out/table.log" 2>&1
+  rc table $?
+fi
 if has paths; then  # eager vs generate()'s compiled path vs the default (graph), one workload (issue 19)
   for path in "off dynamic" "reduce-overhead static" "graph static"; do
     read -r compile cache <<< "$path"
@@ -227,7 +235,7 @@ if has examples; then  # the example YAMLs themselves (issue 20): launch, then a
   kill -TERM -- -"$spid" 2>/dev/null; sleep 2; kill -KILL -- -"$spid" 2>/dev/null
 fi
 has default && left "default again" && default_run again
-for d in default repeat paths gate server server-inprocess examples; do
+for d in default repeat table paths gate server server-inprocess examples; do
   [ -d "$out/$d" ] && { echo "=== $d"; $py scripts/summarize_results.py "$out/$d"; $py scripts/cycle_drift.py "$out/$d"; }
 done > "$out/summary.txt" 2>&1
 cat "$out/gpu.txt" "$out/rcs.txt"
