@@ -25,7 +25,8 @@
 #               PATHS_ARGS added (e.g. "--min-window-s 6");
 #   table:      benchmarks/sweeps/gpu_defaults_table.yaml in one `llem-mlflow sweep` (imports paid once): gpt2 b64,
 #               ~1.1B b64 and b1 with the GPU defaults, then the three paths on gpt2 b8 (the repeat and paths
-#               parts' rows, ~480 s on an H100); cut by the budget, the same sweep run again measures the rest;
+#               parts' rows, ~480 s on an H100; TABLE_YAML names another file); its store is /tmp/gpu-table, so
+#               cut by the budget, the part in the next call on the same warm machine measures only the rest;
 #   examples:   examples/server-launch.yaml and examples/server-attach.yaml as they are, on a gpt2 folder.
 # Everything logs to $OUT_DIR/mlflow.db; results under $OUT_DIR/<part>/.
 #   scripts/gpu-h200.sh OUT_DIR        (PARTS="efficiency sampler default repeat" by default)
@@ -206,9 +207,13 @@ if has server; then  # SERVER_SHAPES served; INPROCESS_SHAPES (default: the same
   $py scripts/serving_table.py "$out/server" "$out/server-inprocess" > "$out/serving_table.md" 2>&1
 fi
 if has table && left table; then  # repeat's last three shapes and the three paths in one sweep process (issue 19)
-  timeout "$(cap 500)" $py -m llem_mlflow sweep benchmarks/sweeps/gpu_defaults_table.yaml --output-dir "$out/table" \
-    --experiment-name gpu-defaults-table > "$out/table.log" 2>&1
+  tdir=/tmp/gpu-table  # outside OUT_DIR: the same part in a later call on this warm machine resumes the sweep
+  mkdir -p "$tdir"
+  MLFLOW_TRACKING_URI="sqlite:///$tdir/mlflow.db" timeout "$(cap 500)" $py -m llem_mlflow sweep \
+    "${TABLE_YAML:-benchmarks/sweeps/gpu_defaults_table.yaml}" --output-dir "$tdir/results" \
+    --experiment-name gpu-defaults-table >> "$out/table.log" 2>&1
   rc table $?
+  rm -rf "$out/table" && cp -r "$tdir/results" "$out/table" && cp "$tdir/mlflow.db" "$out/table-mlflow.db"
 fi
 if has paths; then  # eager vs generate()'s compiled path vs the default (graph), one workload (issue 19)
   for path in "off dynamic" "reduce-overhead static" "graph static"; do
