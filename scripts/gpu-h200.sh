@@ -3,7 +3,8 @@
 # seconds of the call are spent, so a call ends inside its limit with what it measured):
 #   efficiency: decode modes beside eager (backend_efficiency.py): gpt2 and the ~1.1B shape, b1/8/64,
 #               eager and graph ("modes"); then b1 with the compiled modes ("compiled": the 4x and roofline
-#               targets), "tuned": b1 with max-autotune + coordinate descent (minutes of compiling);
+#               targets; EFF_MODES picks its modes), "tuned": b1 with max-autotune + coordinate descent (minutes
+#               of compiling);
 #               EFFICIENCY names which (default "modes compiled"); the roofline uses the card's HBM bandwidth;
 #   profile:    the default gpt2 run under -X importtime (summed by scripts/startup_profile.py) and a sampling
 #               profile of its main thread every 20 ms (scripts/sample_profile.py: wall time, low overhead),
@@ -67,7 +68,7 @@ if has efficiency && left efficiency; then  # EFFICIENCY="modes compiled" (defau
   fi
   [[ " ${EFFICIENCY:-modes compiled} " == *" compiled "* ]] && left efficiency_compiled && timeout 170 \
     $py benchmarks/backend_efficiency.py --out "$out/efficiency_compiled.json" \
-    --models gpt2,TinyLlama/TinyLlama-1.1B-Chat-v1.0 --batches 1 --modes eager,graph,graph+compile,graph+compile-exact \
+    --models gpt2,TinyLlama/TinyLlama-1.1B-Chat-v1.0 --batches 1 --modes "${EFF_MODES:-eager,graph,graph+compile,graph+compile-exact}" \
     --new-tokens 128 --calls 3 --warmup 2 --hbm-bytes-per-s $hbm > "$out/efficiency_compiled.log" 2>&1
   rc efficiency_compiled $?
   [[ " ${EFFICIENCY:-modes compiled} " == *" tuned "* ]] && left efficiency_tuned && timeout "$(cap 300)" \
