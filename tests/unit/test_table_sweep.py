@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from llem_mlflow.config import ExperimentConfig
+from llem_mlflow.config import ExperimentConfig, load_config
 from llem_mlflow.config_gpu import GPU_DEFAULTS, with_gpu_defaults
 from llem_mlflow.sweep.plan import load_sweep
 
@@ -46,7 +46,7 @@ def test_the_paths_rows_differ_only_in_the_decode_path() -> None:
         ("reduce-overhead", "static"),
     ]
     workloads = {tuple(getattr(c, f) for f in WORKLOAD) for c in paths}
-    default_run = ExperimentConfig(model="gpt2", weights="random")  # the default run's workload
+    default_run = load_config(None, model="gpt2", weights="random")  # the default run's workload
     assert workloads == {tuple(getattr(default_run, f) for f in WORKLOAD)}
     assert {(c.cycles, c.min_window_s, c.warmup_settle_cv_pct) for c in paths} == {
         (3, 5.0, GPU_DEFAULTS["warmup_settle_cv_pct"])
